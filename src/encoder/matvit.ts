@@ -1,0 +1,123 @@
+// The MatViT model in TensorFlow.js, bottom-up: parameters, patch embedding, attention, nested MLP, block, model.
+// Parameters are a flat name -> tensor map (the checkpoint layout); the forward pass takes one FFN width per layer,
+// so uniform S/M/L/XL and every Mix'n'Match list run on the same weights.
+import { tf } from './backend.ts';
+import { type MatViTConfig, maxFfn, numPatches, numTokens, patchDim } from './config.ts';
+import { bmm, dense, gelu, layerNorm } from './ops.ts';
+
+export type Params = Record<string, tf.Tensor>;
+export type ParamShapes = [name: string, shape: number[]][];
+
+/** Every parameter's name and shape, in checkpoint order. Weights are [in, out]. */
+export function paramShapes(c: MatViTConfig, withHead = true): ParamShapes {
+  const D = c.width;
+  const F = maxFfn(c);
+  const out: ParamShapes = [
+    ['patch_embed.weight', [patchDim(c), D]],
+    ['patch_embed.bias', [D]],
+    ['cls_token', [D]],
+    ['pos_embed', [numTokens(c), D]],
+  ];
+  for (let i = 0; i < c.depth; i++) {
+    const p = `blocks.${i}.`;
+    out.push(
+      [p + 'norm1.weight', [D]], [p + 'norm1.bias', [D]],
+      [p + 'attn.qkv.weight', [D, 3 * D]], [p + 'attn.qkv.bias', [3 * D]], // columns: q | k | v, heads contiguous
+      [p + 'attn.proj.weight', [D, D]], [p + 'attn.proj.bias', [D]],
+      [p + 'norm2.weight', [D]], [p + 'norm2.bias', [D]],
+      [p + 'mlp.fc1.weight', [D, F]], [p + 'mlp.fc1.bias', [F]],
+      [p + 'mlp.fc2.weight', [F, D]], [p + 'mlp.fc2.bias', [D]],
+    );
+  }
+  out.push(['norm.weight', [D]], ['norm.bias', [D]]);
+  if (withHead) out.push(['head.weight', [D, c.numClasses]], ['head.bias', [c.numClasses]]);
+  return out;
+}
+
+/** Weight matrices get weight decay; biases, norms, [CLS] and positions do not (the usual ViT recipe). */
+export const isDecayed = (name: string, shape: number[]) => shape.length === 2 && name.endsWith('.weight');
+
+/** timm-style init: truncated normal(0.02) weights and positions, zero biases, unit LayerNorm gains, zero head. */
+export function initParams(c: MatViTConfig, seed = 0): Params {
+  return tf.tidy(() => {
+    const params: Params = {};
+    paramShapes(c).forEach(([name, shape], i) => {
+      const isNormGain = /norm\d?\.weight$/.test(name);
+      if (isNormGain) params[name] = tf.ones(shape);
+      else if (name.startsWith('head.') || name.endsWith('.bias')) params[name] = tf.zeros(shape);
+      else params[name] = tf.truncatedNormal(shape, 0, 0.02, 'float32', seed * 1000 + i);
+    });
+    return params;
+  });
+}
+
+/**
+ * The MatFormer slicing rule, the one place it is written: granularity with FFN width m keeps the first m hidden
+ * neurons, W1[:, :m], b1[:m], W2[:m, :]; b2 stays whole. Used by the tfjs forward and by ONNX export.
+ */
+export function ffnSlices(d: number, m: number): Record<'fc1.weight' | 'fc1.bias' | 'fc2.weight', { begin: number[]; size: number[] }> {
+  return {
+    'fc1.weight': { begin: [0, 0], size: [d, m] },
+    'fc1.bias': { begin: [0], size: [m] },
+    'fc2.weight': { begin: [0, 0], size: [m, d] },
+  };
+}
+
+function patchEmbed(p: Params, images: tf.Tensor, c: MatViTConfig): tf.Tensor {
+  const B = images.shape[0];
+  const g = c.imageSize / c.patchSize;
+  const x = tf.div(tf.sub(images, c.mean), c.std); // [B, H, W, C], normalised inside the model
+  const patches = tf.reshape(tf.transpose(tf.reshape(x, [B, g, c.patchSize, g, c.patchSize, c.channels]), [0, 1, 3, 2, 4, 5]), [B * numPatches(c), patchDim(c)]); // [B*P, p*p*C], (row, col, channel) order
+  const emb = tf.reshape(dense(patches, p['patch_embed.weight'], p['patch_embed.bias']), [B, numPatches(c), c.width]); // [B, P, D]
+  const cls = tf.tile(tf.reshape(p['cls_token'], [1, 1, c.width]), [B, 1, 1]); // [B, 1, D]
+  return tf.add(tf.concat([cls, emb], 1), p['pos_embed']); // [B, T, D]
+}
+
+function attention(p: Params, pre: string, x: tf.Tensor, B: number, c: MatViTConfig): tf.Tensor {
+  const T = numTokens(c);
+  const H = c.heads;
+  const dh = c.width / H;
+  const qkv = dense(x, p[pre + 'qkv.weight'], p[pre + 'qkv.bias']); // [B*T, 3D]
+  // Rank-4 transposes only: tfjs-wasm runs a rank-5 transpose about 100x slower.
+  const [q, k, v] = tf.split(qkv, 3, 1).map((t) => tf.reshape(t, [B, T, H, dh])); // each [B, T, H, dh]
+  const toHeads = (t: tf.Tensor, perm: number[]) => tf.reshape(tf.transpose(t, perm), [B * H, ...(perm[3] === 3 ? [T, dh] : [dh, T])]);
+  const scores = bmm(toHeads(tf.mul(q, 1 / Math.sqrt(dh)), [0, 2, 1, 3]), toHeads(k, [0, 2, 3, 1])); // [B*H, T, dh] x [B*H, dh, T] -> [B*H, T, T]
+  const out = bmm(tf.softmax(scores), toHeads(v, [0, 2, 1, 3])); // [B*H, T, dh]
+  const merged = tf.reshape(tf.transpose(tf.reshape(out, [B, H, T, dh]), [0, 2, 1, 3]), [B * T, c.width]); // [B*T, D]
+  return dense(merged, p[pre + 'proj.weight'], p[pre + 'proj.bias']);
+}
+
+/** The nested FFN at hidden width m. */
+function mlp(p: Params, pre: string, x: tf.Tensor, m: number, c: MatViTConfig): tf.Tensor {
+  const s = ffnSlices(c.width, m);
+  const w1 = tf.slice(p[pre + 'fc1.weight'], s['fc1.weight'].begin, s['fc1.weight'].size);
+  const b1 = tf.slice(p[pre + 'fc1.bias'], s['fc1.bias'].begin, s['fc1.bias'].size);
+  const w2 = tf.slice(p[pre + 'fc2.weight'], s['fc2.weight'].begin, s['fc2.weight'].size);
+  return dense(gelu(dense(x, w1, b1)), w2, p[pre + 'fc2.bias']); // [B*T, D]
+}
+
+function block(p: Params, i: number, x: tf.Tensor, m: number, B: number, c: MatViTConfig): tf.Tensor {
+  const pre = `blocks.${i}.`;
+  const eps = c.layerNormEps;
+  const h = tf.add(x, attention(p, pre + 'attn.', layerNorm(x, p[pre + 'norm1.weight'], p[pre + 'norm1.bias'], eps), B, c));
+  return tf.add(h, mlp(p, pre + 'mlp.', layerNorm(h, p[pre + 'norm2.weight'], p[pre + 'norm2.bias'], eps), m, c)); // [B*T, D]
+}
+
+export interface ForwardOutput {
+  features: tf.Tensor; // [B, D] the [CLS] token after the final LayerNorm
+  embedding: tf.Tensor; // [B, D] features, L2-normalised
+  logits?: tf.Tensor; // [B, classes] when the head is present
+}
+
+/** images [B, H, W, C] float32 in [0, 1]; widths: the FFN width of each layer. */
+export function forward(p: Params, images: tf.Tensor, widths: number[], c: MatViTConfig): ForwardOutput {
+  if (widths.length !== c.depth) throw new Error(`expected ${c.depth} FFN widths, got ${widths.length}`);
+  const B = images.shape[0];
+  let x = tf.reshape(patchEmbed(p, images, c), [B * numTokens(c), c.width]); // [B*T, D]
+  for (let i = 0; i < c.depth; i++) x = block(p, i, x, widths[i], B, c);
+  const cls = tf.reshape(tf.slice(tf.reshape(x, [B, numTokens(c), c.width]), [0, 0, 0], [B, 1, c.width]), [B, c.width]); // [B, D]
+  const features = layerNorm(cls, p['norm.weight'], p['norm.bias'], c.layerNormEps);
+  const embedding = tf.div(features, tf.maximum(tf.norm(features, 'euclidean', 1, true), 1e-12));
+  const logits = p['head.weight'] ? dense(features, p['head.weight'], p['head.bias']) : undefined;
+  return { features, embedding, logits };
+}

@@ -1,0 +1,99 @@
+// The safetensors file format: an 8-byte little-endian header length, a JSON header naming each tensor's dtype,
+// shape and byte range (plus a free "__metadata__" map of strings), then the raw little-endian data.
+// Only float32 tensors are used by this project. Writes are atomic (temporary file, fsync, rename).
+import fs from 'node:fs';
+import path from 'node:path';
+
+export interface NamedTensor {
+  shape: number[];
+  data: Float32Array;
+}
+export type TensorMap = Record<string, NamedTensor>;
+
+export class CheckpointError extends Error {
+  override name = 'CheckpointError';
+}
+
+const ALIGN = 8;
+
+export function encodeSafetensors(tensors: TensorMap, metadata: Record<string, string> = {}): Buffer {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  for (const [name, t] of Object.entries(tensors)) {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    if (n !== t.data.length) throw new CheckpointError(`tensor ${name}: shape [${t.shape}] holds ${n} values but data has ${t.data.length}`);
+    header[name] = { dtype: 'F32', shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
+    offset += t.data.byteLength;
+  }
+  let json = Buffer.from(JSON.stringify(header), 'utf8');
+  const pad = (ALIGN - (json.length % ALIGN)) % ALIGN; // the spec allows trailing spaces to align the data
+  json = Buffer.concat([json, Buffer.alloc(pad, 0x20)]);
+  const out = Buffer.alloc(8 + json.length + offset);
+  out.writeBigUInt64LE(BigInt(json.length), 0);
+  json.copy(out, 8);
+  let pos = 8 + json.length;
+  for (const t of Object.values(tensors)) {
+    Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).copy(out, pos);
+    pos += t.data.byteLength;
+  }
+  return out;
+}
+
+export function decodeSafetensors(buf: Buffer, source = 'checkpoint'): { tensors: TensorMap; metadata: Record<string, string> } {
+  if (buf.length < 8) throw new CheckpointError(`${source} is truncated: ${buf.length} bytes, not even a header length`);
+  const headerLen = Number(buf.readBigUInt64LE(0));
+  if (headerLen > buf.length - 8) throw new CheckpointError(`${source} is truncated or not a safetensors file: header claims ${headerLen} bytes, file has ${buf.length - 8}`);
+  let header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] } | Record<string, string>>;
+  try {
+    header = JSON.parse(buf.subarray(8, 8 + headerLen).toString('utf8'));
+  } catch {
+    throw new CheckpointError(`${source} is not a safetensors file: its header is not valid JSON`);
+  }
+  const dataStart = 8 + headerLen;
+  const tensors: TensorMap = {};
+  let metadata: Record<string, string> = {};
+  for (const [name, entry] of Object.entries(header)) {
+    if (name === '__metadata__') {
+      metadata = entry as Record<string, string>;
+      continue;
+    }
+    const { dtype, shape, data_offsets } = entry as { dtype: string; shape: number[]; data_offsets: [number, number] };
+    if (dtype !== 'F32') throw new CheckpointError(`${source}: tensor ${name} has dtype ${dtype}; only F32 is supported`);
+    const [begin, end] = data_offsets;
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (end - begin !== n * 4) throw new CheckpointError(`${source}: tensor ${name} of shape [${shape}] needs ${n * 4} bytes but spans ${end - begin}`);
+    if (dataStart + end > buf.length) throw new CheckpointError(`${source} is truncated: tensor ${name} ends at byte ${dataStart + end} of ${buf.length}`);
+    // Copy into an aligned buffer: the data section of a Buffer may not be 4-byte aligned.
+    const data = new Float32Array(n);
+    Buffer.from(data.buffer).set(buf.subarray(dataStart + begin, dataStart + end));
+    tensors[name] = { shape, data };
+  }
+  return { tensors, metadata };
+}
+
+export function writeFileAtomic(file: string, data: Buffer | string): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    fs.writeSync(fd, data);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+}
+
+export function saveSafetensors(file: string, tensors: TensorMap, metadata: Record<string, string> = {}): void {
+  writeFileAtomic(file, encodeSafetensors(tensors, metadata));
+}
+
+export function loadSafetensors(file: string): { tensors: TensorMap; metadata: Record<string, string> } {
+  let buf: Buffer;
+  try {
+    buf = fs.readFileSync(file);
+  } catch (err) {
+    throw new CheckpointError(`cannot read checkpoint ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+  }
+  return decodeSafetensors(buf, file);
+}
