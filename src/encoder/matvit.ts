@@ -121,3 +121,12 @@ export function forward(p: Params, images: tf.Tensor, widths: number[], c: MatVi
   const logits = p['head.weight'] ? dense(features, p['head.weight'], p['head.bias']) : undefined;
   return { features, embedding, logits };
 }
+
+/** tfjs tensors -> plain float32 arrays (the checkpoint and ONNX representation). */
+export function toTensorMap(p: Params): Record<string, { shape: number[]; data: Float32Array }> {
+  return Object.fromEntries(Object.entries(p).map(([k, t]) => [k, { shape: t.shape, data: t.dataSync() as Float32Array }]));
+}
+
+export function fromTensorMap(m: Record<string, { shape: number[]; data: Float32Array }>): Params {
+  return Object.fromEntries(Object.entries(m).map(([k, t]) => [k, tf.tensor(t.data, t.shape, 'float32')]));
+}

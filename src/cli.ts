@@ -1,0 +1,84 @@
+// The `matvit` command line. Each command parses its flags, calls one service, and prints; known errors become a
+// one-line message and a non-zero exit code (2 for bad usage or input, 1 for anything else).
+import path from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import { ConfigError } from './encoder/config.ts';
+import { CheckpointError } from './encoder/safetensors.ts';
+import { logger } from './log.ts';
+
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+const int = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n)) throw new InvalidArgumentError('not an integer');
+  return n;
+};
+const num = (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new InvalidArgumentError('not a number');
+  return n;
+};
+
+const program = new Command('matvit').description('Image search with elastic query cost on MatViT encoders').showHelpAfterError();
+
+program
+  .command('train')
+  .description('train a MatViT (all granularities on shared weights) or a fixed-width baseline; resumes from --out')
+  .requiredOption('--data <source>', 'training images: folder of class folders, .tar.gz, or IDX images file')
+  .requiredOption('--out <dir>', 'run directory (checkpoint, metrics.jsonl, model.safetensors)')
+  .option('--model <size>', 'default | tiny', 'default')
+  .option('--epochs <n>', 'epochs', int)
+  .option('--batch-size <n>', 'images per step', int)
+  .option('--lr <x>', 'peak learning rate', num)
+  .option('--warmup-epochs <x>', 'linear warm-up length', num)
+  .option('--weight-decay <x>', 'AdamW weight decay', num)
+  .option('--objective <kind>', 'sample (one granularity per step) | sum (all four per step)')
+  .option('--probs <list>', 'sampling probabilities of S,M,L,XL', (v) => v.split(',').map(num))
+  .option('--baseline <ffn>', 'train an ordinary ViT with this one FFN width (S|M|L|XL)')
+  .option('--val-size <n>', 'held-out validation images', int)
+  .option('--limit <n>', 'use only the first N images', int)
+  .option('--seed <n>', 'random seed', int)
+  .option('--threads <n>', 'onnxruntime threads', int)
+  .option('--checkpoint-minutes <x>', 'minutes between checkpoints', num)
+  .option('--max-steps <n>', 'stop after this step (resumable)', int)
+  .action(async (opts) => {
+    const { train } = await import('./train/trainer.ts');
+    const { TrainOptions } = await import('./train/trainer.ts');
+    const parsed = TrainOptions.safeParse(Object.fromEntries(Object.entries({ ...opts, data: path.resolve(opts.data), out: path.resolve(opts.out), baseline: opts.baseline?.toUpperCase() }).filter(([, v]) => v !== undefined)));
+    if (!parsed.success) throw new UsageError(parsed.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; '));
+    const r = await train(parsed.data);
+    console.log(JSON.stringify(r));
+    if (!r.finished && r.step < (parsed.data.maxSteps ?? Infinity)) process.exitCode = 130; // stopped by a signal
+  });
+
+program
+  .command('extract')
+  .description('export a submodel as a standalone ONNX file with physically sliced FFN weights')
+  .option('--model <ckpt>', 'model checkpoint (default: the shipped model)')
+  .requiredOption('--ffn <spec>', "S | M | L | XL | a per-layer list such as 'S,S,M,M,L,XL'")
+  .requiredOption('--out <file>', 'output .onnx file')
+  .action(async (opts) => {
+    const { extractToFile } = await import('./encoder/extract.ts');
+    const r = extractToFile(opts.model, opts.ffn, opts.out);
+    console.log(JSON.stringify(r));
+  });
+
+export async function main(argv = process.argv): Promise<void> {
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    const known = err instanceof UsageError || err instanceof ConfigError || err instanceof CheckpointError || (err as Error)?.name === 'ImageDecodeError';
+    if (known) {
+      process.stderr.write(`matvit: ${(err as Error).message}\n`);
+      process.exitCode = 2;
+    } else {
+      logger.error({ err }, 'unexpected error');
+      process.stderr.write(`matvit: ${(err as Error)?.message ?? err}\n`);
+      process.exitCode = 1;
+    }
+  }
+}
+
+await main();

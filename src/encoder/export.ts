@@ -1,0 +1,67 @@
+// Extraction: a submodel (one FFN width per layer) written as a standalone ONNX file whose FFN weights are
+// physically sliced, so the file is smaller and the runtime does fewer FLOPs. Input `pixels` [N, 3, H, W] float32
+// RGB in [0, 1]; output `embedding` [N, D], L2-normalised; the config and widths travel in metadata_props.
+import { GraphBuilder, type V } from '../onnx/graph.ts';
+import { type MatViTConfig, type Submodel, countFlops, countParams } from './config.ts';
+import { ffnSlices } from './matvit.ts';
+import { type WeightSource, matvitGraph } from './onnx-matvit.ts';
+import type { NamedTensor, TensorMap } from './safetensors.ts';
+
+/** Copies a row-major sub-block (begin, size) out of a tensor; the slicing rule itself lives in ffnSlices. */
+export function sliceTensor(t: NamedTensor, begin: number[], size: number[]): NamedTensor {
+  if (t.shape.length === 1) return { shape: size, data: t.data.slice(begin[0], begin[0] + size[0]) };
+  const [, cols] = t.shape;
+  const out = new Float32Array(size[0] * size[1]);
+  for (let r = 0; r < size[0]; r++) out.set(t.data.subarray((begin[0] + r) * cols + begin[1], (begin[0] + r) * cols + begin[1] + size[1]), r * size[1]);
+  return { shape: size, data: out };
+}
+
+/** Weights as initializers, each FFN cut to its layer's width. */
+class SlicedWeights implements WeightSource {
+  private cache = new Map<string, V>();
+  constructor(private g: GraphBuilder, private params: TensorMap, private c: MatViTConfig) {}
+  get(name: string): V {
+    let v = this.cache.get(name);
+    if (!v) {
+      const t = this.params[name];
+      if (!t) throw new Error(`checkpoint has no tensor ${name}`);
+      v = this.g.initializer(name, t.data, t.shape);
+      this.cache.set(name, v);
+    }
+    return v;
+  }
+  ffn(layer: number, m: number) {
+    const pre = `blocks.${layer}.mlp.`;
+    const s = ffnSlices(this.c.width, m);
+    const cut = (k: keyof typeof s) => {
+      const t = sliceTensor(this.params[pre + k], s[k].begin, s[k].size);
+      return this.g.initializer(pre + k, t.data, t.shape);
+    };
+    return { w1: cut('fc1.weight'), b1: cut('fc1.bias'), w2: cut('fc2.weight') };
+  }
+}
+
+export interface ExportedModel {
+  onnx: Uint8Array;
+  flops: number; // per image
+  params: number; // embedding model parameters
+  metadata: Record<string, string>;
+}
+
+export function exportSubmodel(config: MatViTConfig, params: TensorMap, sub: Submodel, extraMetadata: Record<string, string> = {}): ExportedModel {
+  const g = new GraphBuilder();
+  const pixels = g.input('pixels', [-1, config.channels, config.imageSize, config.imageSize]);
+  const [{ features }] = matvitGraph(g, config, new SlicedWeights(g, params, config), pixels, [sub.widths], -1, false);
+  g.output(g.node('LpNormalization', [features], features.shape, { axis: -1, p: 2 }), 'embedding');
+  const flops = countFlops(config, sub.widths);
+  const nParams = countParams(config, sub.widths);
+  const metadata = {
+    ...extraMetadata,
+    'matvit.config': JSON.stringify(config),
+    'matvit.ffn': sub.spec,
+    'matvit.ffn_widths': JSON.stringify(sub.widths),
+    'matvit.flops': String(flops),
+    'matvit.params': String(nParams),
+  };
+  return { onnx: g.toBytes(metadata, `matvit_${sub.spec.replaceAll(',', '')}`), flops, params: nParams, metadata };
+}

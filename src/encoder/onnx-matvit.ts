@@ -1,0 +1,70 @@
+// The MatViT forward pass as an ONNX graph, the same network as matvit.ts (the parity test keeps them equal).
+// Weights come from a WeightSource: initializers with physically sliced FFNs for an exported submodel, or graph
+// inputs sliced inside the graph for a training step (whose backward pass autodiff.ts appends).
+import type { GraphBuilder, V } from '../onnx/graph.ts';
+import * as op from '../onnx/ops.ts';
+import { type MatViTConfig, numPatches, numTokens, patchDim } from './config.ts';
+
+export interface WeightSource {
+  get(name: string): V;
+  /** The layer's FFN weights at hidden width m (the first m neurons). */
+  ffn(layer: number, m: number): { w1: V; b1: V; w2: V };
+}
+
+/** pixels [B, 3, H, W] in [0, 1] -> tokens [B*T, D]; B = -1 for a dynamic batch. */
+function patchEmbed(g: GraphBuilder, c: MatViTConfig, W: WeightSource, pixels: V, B: number): V {
+  const n = c.imageSize / c.patchSize;
+  const p = c.patchSize;
+  const mean = g.constFloat(c.mean, [1, 3, 1, 1]);
+  const std = g.constFloat(c.std, [1, 3, 1, 1]);
+  const x = g.node('Div', [g.node('Sub', [pixels, mean], pixels.shape), std], pixels.shape); // normalised inside the model
+  const grid = op.reshape(g, x, [B, c.channels, n, p, n, p]); // [B, C, gy, py, gx, px]
+  const patches = op.reshape(g, op.transpose(g, grid, [0, 2, 4, 3, 5, 1]), [B * numPatches(c), patchDim(c)]); // [B*P, py*px*C], same order as tfjs
+  const emb = op.reshape(g, op.dense(g, patches, W.get('patch_embed.weight'), W.get('patch_embed.bias')), [B, numPatches(c), c.width]); // [B, P, D]
+  // concat([CLS], patches) + pos == pad(patches, one zero row in front) + (pos with CLS added to row 0): no batch-sized Expand needed.
+  const clsRow = op.pad(g, op.reshape(g, W.get('cls_token'), [1, c.width]), 0, 0, numPatches(c)); // [T, D]
+  const tokens = op.add(g, op.pad(g, emb, 1, 1, 0), op.add(g, W.get('pos_embed'), clsRow)); // [B, T, D]
+  return op.reshape(g, tokens, [B * numTokens(c), c.width]); // [B*T, D]
+}
+
+function attention(g: GraphBuilder, c: MatViTConfig, W: WeightSource, pre: string, x: V, B: number): V {
+  const T = numTokens(c);
+  const H = c.heads;
+  const D = c.width;
+  const dh = D / H;
+  const qkv = op.dense(g, x, W.get(pre + 'qkv.weight'), W.get(pre + 'qkv.bias')); // [B*T, 3D]
+  const part = (i: number) => op.reshape(g, op.slice(g, qkv, 1, i * D, (i + 1) * D), [B, T, H, dh]); // [B, T, H, dh]
+  const q = op.reshape(g, op.transpose(g, part(0), [0, 2, 1, 3]), [B * H, T, dh]); // [B*H, T, dh]
+  const kT = op.reshape(g, op.transpose(g, part(1), [0, 2, 3, 1]), [B * H, dh, T]); // [B*H, dh, T]
+  const v = op.reshape(g, op.transpose(g, part(2), [0, 2, 1, 3]), [B * H, T, dh]); // [B*H, T, dh]
+  const attn = op.softmax(g, op.matmul(g, op.scale(g, q, 1 / Math.sqrt(dh)), kT)); // [B*H, T, T]
+  const out = op.reshape(g, op.matmul(g, attn, v), [B, H, T, dh]); // [B, H, T, dh]
+  const merged = op.reshape(g, op.transpose(g, out, [0, 2, 1, 3]), [B * T, D]); // [B*T, D]
+  return op.dense(g, merged, W.get(pre + 'proj.weight'), W.get(pre + 'proj.bias'));
+}
+
+function block(g: GraphBuilder, c: MatViTConfig, W: WeightSource, i: number, x: V, m: number, B: number): V {
+  const pre = `blocks.${i}.`;
+  const eps = c.layerNormEps;
+  const h = op.add(g, x, attention(g, c, W, pre + 'attn.', op.layerNorm(g, x, W.get(pre + 'norm1.weight'), W.get(pre + 'norm1.bias'), eps), B));
+  const { w1, b1, w2 } = W.ffn(i, m);
+  const hidden = op.gelu(g, op.dense(g, op.layerNorm(g, h, W.get(pre + 'norm2.weight'), W.get(pre + 'norm2.bias'), eps), w1, b1)); // [B*T, m]
+  return op.add(g, h, op.dense(g, hidden, w2, W.get(pre + 'mlp.fc2.bias'))); // [B*T, D]
+}
+
+export interface GraphOutputs {
+  features: V; // [B, D] [CLS] after the final LayerNorm
+  logits?: V; // [B, classes]
+}
+
+/** One forward per entry of `widthsList`, sharing the patch embedding; B = -1 for a dynamic batch. */
+export function matvitGraph(g: GraphBuilder, c: MatViTConfig, W: WeightSource, pixels: V, widthsList: number[][], B: number, withHead: boolean): GraphOutputs[] {
+  const tokens = patchEmbed(g, c, W, pixels, B);
+  return widthsList.map((widths) => {
+    let x = tokens;
+    for (let i = 0; i < c.depth; i++) x = block(g, c, W, i, x, widths[i], B);
+    const cls = op.reshape(g, op.slice(g, op.reshape(g, x, [B, numTokens(c), c.width]), 1, 0, 1), [B, c.width]); // [B, D]
+    const features = op.layerNorm(g, cls, W.get('norm.weight'), W.get('norm.bias'), c.layerNormEps);
+    return { features, logits: withHead ? op.dense(g, features, W.get('head.weight'), W.get('head.bias')) : undefined };
+  });
+}

@@ -1,0 +1,293 @@
+// `matvit train`: MatFormer training of all granularities on shared weights (or an ordinary fixed-width ViT
+// baseline with the same recipe). Each step is one onnxruntime run of the step graph; AdamW runs in JS.
+// Resumable: the run directory holds the latest state (weights, optimiser moments, step), written atomically
+// every few minutes and at each epoch end; every random choice derives from (seed, step), so a resumed run
+// ends exactly where an uninterrupted one would.
+import fs from 'node:fs';
+import path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { z } from 'zod';
+import { DEFAULT_CONFIG, GRANULARITIES, type Granularity, type MatViTConfig, TINY_CONFIG, parseSubmodel } from '../encoder/config.ts';
+import { loadModel, saveModel } from '../encoder/checkpoint.ts';
+import { initParams, isDecayed, paramShapes, toTensorMap } from '../encoder/matvit.ts';
+import { initTf } from '../encoder/backend.ts';
+import { CheckpointError, type TensorMap, loadSafetensors, saveSafetensors } from '../encoder/safetensors.ts';
+import { loadLabelledPixels } from '../data/labelled.ts';
+import { logger } from '../log.ts';
+import { type AdamWSlot, adamwStep, learningRate } from './adamw.ts';
+import { makeBatch } from './augment.ts';
+import { Progress } from '../progress.ts';
+import { mixSeed, mulberry32, permutation } from './rng.ts';
+import { buildEvalGraph, buildTrainGraph } from './step-graph.ts';
+
+export const TrainOptions = z.object({
+  data: z.string(), // training images: folder, .tar.gz or IDX
+  out: z.string(), // run directory
+  model: z.enum(['default', 'tiny']).default('default'),
+  epochs: z.number().int().positive().default(30),
+  batchSize: z.number().int().positive().default(128),
+  lr: z.number().positive().default(1e-3),
+  minLr: z.number().nonnegative().default(1e-5),
+  warmupEpochs: z.number().nonnegative().default(3),
+  weightDecay: z.number().nonnegative().default(0.05),
+  clipNorm: z.number().nonnegative().default(1),
+  labelSmoothing: z.number().min(0).max(0.5).default(0.1),
+  objective: z.enum(['sample', 'sum']).default('sample'),
+  // the paper's XL-weighted sampling (S/M/L/XL), its best XL at a small cost to S
+  probs: z.array(z.number().nonnegative()).length(4).default([0.17, 0.2, 0.22, 0.41]),
+  baseline: z.enum(GRANULARITIES).optional(), // train one fixed FFN width: an independently trained ViT
+  valSize: z.number().int().nonnegative().default(5000),
+  limit: z.number().int().positive().optional(), // use only the first N training images (tests, quick runs)
+  seed: z.number().int().default(0),
+  pad: z.number().int().nonnegative().default(4),
+  // not part of the run's identity: may change between resumes
+  checkpointMinutes: z.number().positive().default(5),
+  threads: z.number().int().positive().default(2),
+  maxSteps: z.number().int().positive().optional(), // stop (with a checkpoint) after this global step
+});
+export type TrainOptions = z.infer<typeof TrainOptions>;
+const VOLATILE: (keyof TrainOptions)[] = ['checkpointMinutes', 'threads', 'maxSteps', 'out', 'data'];
+
+export const STATE_FILE = 'train-state.safetensors';
+export const MODEL_FILE = 'model.safetensors';
+export const METRICS_FILE = 'metrics.jsonl';
+
+interface RunState {
+  step: number;
+  elapsedSec: number;
+  params: TensorMap;
+  m: TensorMap;
+  v: TensorMap;
+  val: Record<string, number>;
+}
+
+function modelConfig(o: TrainOptions): MatViTConfig {
+  return o.model === 'tiny' ? TINY_CONFIG : DEFAULT_CONFIG;
+}
+
+function identity(o: TrainOptions): string {
+  return JSON.stringify(Object.fromEntries(Object.entries(o).filter(([k]) => !VOLATILE.includes(k as keyof TrainOptions))));
+}
+
+function freshState(c: MatViTConfig, seed: number): RunState {
+  const params = toTensorMap(initParams(c, seed));
+  const zeros = () => Object.fromEntries(Object.entries(params).map(([k, t]) => [k, { shape: t.shape, data: new Float32Array(t.data.length) }]));
+  return { step: 0, elapsedSec: 0, params, m: zeros(), v: zeros(), val: {} };
+}
+
+function loadState(file: string, o: TrainOptions): RunState {
+  const ckpt = loadModel(file, { requireHead: true });
+  const saved = ckpt.metadata['train.options'];
+  if (saved !== identity(o)) {
+    const a = JSON.parse(saved ?? '{}');
+    const b = JSON.parse(identity(o));
+    const diff = Object.keys({ ...a, ...b }).filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
+    throw new CheckpointError(`${file} belongs to a run with different options (${diff.join(', ')}); use another --out or delete it to start over`);
+  }
+  const { tensors } = loadSafetensors(file); // the optimiser moments sit beside the weights
+  const moments = (kind: string) =>
+    Object.fromEntries(Object.keys(ckpt.params).map((k) => {
+      const t = tensors[`adam.${kind}.${k}`];
+      if (!t) throw new CheckpointError(`${file}: optimiser state adam.${kind}.${k} is missing`);
+      return [k, t];
+    }));
+  return { step: Number(ckpt.metadata['train.step']), elapsedSec: Number(ckpt.metadata['train.elapsed_sec']), params: ckpt.params, m: moments('m'), v: moments('v'), val: JSON.parse(ckpt.metadata['train.val'] ?? '{}') };
+}
+
+function saveState(dir: string, o: TrainOptions, c: MatViTConfig, s: RunState): void {
+  const tensors: TensorMap = { ...s.params };
+  for (const [k, t] of Object.entries(s.m)) tensors[`adam.m.${k}`] = t;
+  for (const [k, t] of Object.entries(s.v)) tensors[`adam.v.${k}`] = t;
+  saveSafetensors(path.join(dir, STATE_FILE), tensors, {
+    format: 'matvit/1',
+    config: JSON.stringify(c),
+    'train.step': String(s.step),
+    'train.elapsed_sec': s.elapsedSec.toFixed(1),
+    'train.options': identity(o),
+    'train.val': JSON.stringify(s.val),
+  });
+}
+
+/** Trained granularities of a run: all four for MatViT, one for a baseline. */
+export function trainedGranularities(o: Pick<TrainOptions, 'baseline'>): Granularity[] {
+  return o.baseline ? [o.baseline] : [...GRANULARITIES];
+}
+
+function exportModel(dir: string, o: TrainOptions, c: MatViTConfig, s: RunState, epoch: number): void {
+  saveModel(path.join(dir, MODEL_FILE), c, s.params, {
+    'trained_granularities': trainedGranularities(o).join(','),
+    'train.step': String(s.step),
+    'train.epoch': String(epoch),
+    'train.val_top1': JSON.stringify(s.val),
+  });
+}
+
+function smoothedTargets(labels: ArrayLike<number>, classes: number, eps: number): Float32Array {
+  const t = new Float32Array(labels.length * classes).fill(eps / classes);
+  for (let i = 0; i < labels.length; i++) t[i * classes + labels[i]] += 1 - eps;
+  return t;
+}
+
+function sessionOptions(threads: number): ort.InferenceSession.SessionOptions {
+  return { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all', executionMode: 'sequential' };
+}
+
+function paramFeeds(names: string[], params: TensorMap): Record<string, ort.Tensor> {
+  return Object.fromEntries(names.map((n) => [n, new ort.Tensor('float32', params[n].data, params[n].shape)]));
+}
+
+/** Top-1 accuracy of each submodel on a labelled set (no augmentation). */
+export async function evaluateTop1(c: MatViTConfig, params: TensorMap, pixels: Uint8Array, labels: Int32Array, indices: Int32Array, specs: string[], threads: number): Promise<Record<string, number>> {
+  const g = buildEvalGraph(c, specs.map((s) => parseSubmodel(s, c).widths));
+  const sess = await ort.InferenceSession.create(g.onnx, sessionOptions(threads));
+  const feeds = paramFeeds(g.paramNames, params);
+  const correct = new Array(specs.length).fill(0);
+  const B = 250;
+  for (let i = 0; i < indices.length; i += B) {
+    const idx = indices.subarray(i, i + B);
+    const out = await sess.run({ ...feeds, pixels: new ort.Tensor('float32', makeBatch(pixels, c.imageSize, idx, Math.random), [idx.length, 3, c.imageSize, c.imageSize]) });
+    specs.forEach((_, k) => {
+      const logits = out[`logits_${k}`].data as Float32Array;
+      for (let b = 0; b < idx.length; b++) {
+        let best = 0;
+        for (let j = 1; j < c.numClasses; j++) if (logits[b * c.numClasses + j] > logits[b * c.numClasses + best]) best = j;
+        if (best === labels[idx[b]]) correct[k]++;
+      }
+    });
+  }
+  await sess.release();
+  return Object.fromEntries(specs.map((s, k) => [s, correct[k] / Math.max(1, indices.length)]));
+}
+
+export interface TrainResult {
+  step: number;
+  totalSteps: number;
+  finished: boolean;
+  val: Record<string, number>;
+}
+
+export async function train(options: TrainOptions): Promise<TrainResult> {
+  const o = TrainOptions.parse(options);
+  const c = modelConfig(o);
+  fs.mkdirSync(o.out, { recursive: true });
+  const stateFile = path.join(o.out, STATE_FILE);
+  const metricsFile = path.join(o.out, METRICS_FILE);
+
+  const data = await loadLabelledPixels(o.data, c.imageSize, { limit: o.limit });
+  if (data.classes.length > c.numClasses) throw new Error(`${o.data} has ${data.classes.length} classes; the model head has ${c.numClasses}`);
+  const n = data.labels.length;
+  const valSize = Math.min(o.valSize, Math.floor(n / 5));
+  const split = permutation(n, mulberry32(mixSeed(o.seed, 0xda7a)));
+  const valIdx = split.subarray(0, valSize);
+  const trainIdx = split.subarray(valSize);
+  const stepsPerEpoch = Math.floor(trainIdx.length / o.batchSize);
+  if (stepsPerEpoch === 0) throw new Error(`only ${trainIdx.length} training images: fewer than one batch of ${o.batchSize}`);
+  const totalSteps = o.epochs * stepsPerEpoch;
+  const warmupSteps = Math.round(o.warmupEpochs * stepsPerEpoch);
+
+  await initTf(); // for the initial weights (the tfjs model's own initialiser)
+  const s = fs.existsSync(stateFile) ? loadState(stateFile, o) : freshState(c, o.seed);
+  if (s.step > 0) logger.info({ step: s.step, totalSteps, out: o.out }, 'resuming from checkpoint');
+  truncateMetrics(metricsFile, s.step);
+  fs.writeFileSync(path.join(o.out, 'command.txt'), `matvit train ${process.argv.slice(3).join(' ')}\n`);
+
+  const names = paramShapes(c, true).map(([name]) => name);
+  const shapes = Object.fromEntries(paramShapes(c, true));
+  const slots: AdamWSlot[] = names.map((k) => ({ param: s.params[k].data, m: s.m[k].data, v: s.v[k].data, decay: isDecayed(k, shapes[k]) }));
+  const granularities = trainedGranularities(o);
+  const sessions = new Map<string, Promise<ort.InferenceSession>>();
+  const session = (specs: string[]) => {
+    const key = specs.join('+');
+    if (!sessions.has(key)) sessions.set(key, ort.InferenceSession.create(buildTrainGraph(c, o.batchSize, specs.map((sp) => parseSubmodel(sp, c).widths)).onnx, sessionOptions(o.threads)));
+    return sessions.get(key)!;
+  };
+  const pickSpecs = (rand: () => number): string[] => {
+    if (o.baseline) return [o.baseline];
+    if (o.objective === 'sum') return [...GRANULARITIES];
+    const total = o.probs.reduce((a, b) => a + b, 0);
+    let r = rand() * total;
+    for (let i = 0; i < 4; i++) if ((r -= o.probs[i]) < 0) return [GRANULARITIES[i]];
+    return ['XL'];
+  };
+
+  let stopSignal: string | undefined;
+  const onSignal = (sig: string) => () => {
+    stopSignal = sig;
+  };
+  const sigint = onSignal('SIGINT');
+  const sigterm = onSignal('SIGTERM');
+  process.on('SIGINT', sigint).on('SIGTERM', sigterm);
+
+  const progress = new Progress(totalSteps, s.step, o.batchSize);
+  const metrics = fs.openSync(metricsFile, 'a');
+  let lastCkpt = Date.now();
+  let t0 = Date.now();
+  let epochPerm: { epoch: number; perm: Int32Array } | undefined;
+  const endStep = Math.min(totalSteps, o.maxSteps ?? totalSteps);
+  try {
+    while (s.step < endStep && !stopSignal) {
+      const epoch = Math.floor(s.step / stepsPerEpoch);
+      if (epochPerm?.epoch !== epoch) epochPerm = { epoch, perm: permutation(trainIdx.length, mulberry32(mixSeed(o.seed, epoch, 1))) };
+      const rand = mulberry32(mixSeed(o.seed, s.step, 2));
+      const specs = pickSpecs(rand);
+      const at = (s.step % stepsPerEpoch) * o.batchSize;
+      const idx = Int32Array.from(epochPerm.perm.subarray(at, at + o.batchSize), (j) => trainIdx[j]);
+      const labels = Int32Array.from(idx, (j) => data.labels[j]);
+      const feeds = {
+        ...paramFeeds(names, s.params),
+        pixels: new ort.Tensor('float32', makeBatch(data.pixels, c.imageSize, idx, rand, { pad: o.pad, flip: true }), [o.batchSize, 3, c.imageSize, c.imageSize]),
+        targets: new ort.Tensor('float32', smoothedTargets(labels, c.numClasses, o.labelSmoothing), [o.batchSize, c.numClasses]),
+      };
+      const out = await (await session(specs)).run(feeds);
+      const loss = (out.loss.data as Float32Array)[0] / specs.length;
+      if (!Number.isFinite(loss)) throw new Error(`loss is ${loss} at step ${s.step}: stopping without saving this step`);
+      const lr = learningRate(s.step, totalSteps, warmupSteps, o.lr, o.minLr);
+      const gradNorm = adamwStep(slots, names.map((k) => out[`grad.${k}`].data as Float32Array), s.step + 1, lr, { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: o.weightDecay, clipNorm: o.clipNorm });
+      const acc = trainAccuracy(out['logits_0'].data as Float32Array, labels, c.numClasses);
+      s.step++;
+      const now = Date.now();
+      s.elapsedSec += (now - t0) / 1000;
+      t0 = now;
+      progress.update(s.step, { loss, lr, spec: specs.join('+') });
+      if (s.step % 20 === 0) fs.writeSync(metrics, JSON.stringify({ type: 'step', step: s.step, epoch: s.step / stepsPerEpoch, loss, acc, lr, gradNorm, ffn: specs.join('+'), elapsedSec: +s.elapsedSec.toFixed(1) }) + '\n');
+      const epochDone = s.step % stepsPerEpoch === 0;
+      if (epochDone) {
+        const specsToEval = o.baseline ? [o.baseline] : s.step === totalSteps ? [...granularities] : ['S', 'XL'];
+        const val = await evaluateTop1(c, s.params, data.pixels, data.labels, valIdx, specsToEval, o.threads);
+        s.val = { ...s.val, ...val };
+        fs.writeSync(metrics, JSON.stringify({ type: 'eval', step: s.step, epoch: s.step / stepsPerEpoch, val, elapsedSec: +s.elapsedSec.toFixed(1) }) + '\n');
+        progress.log(`epoch ${s.step / stepsPerEpoch}/${o.epochs}: val top-1 ${Object.entries(val).map(([k, v]) => `${k} ${(100 * v).toFixed(1)}%`).join(', ')}`);
+        exportModel(o.out, o, c, s, s.step / stepsPerEpoch);
+      }
+      if (epochDone || Date.now() - lastCkpt > o.checkpointMinutes * 60_000) {
+        saveState(o.out, o, c, s);
+        lastCkpt = Date.now();
+      }
+    }
+    if (s.step > 0) saveState(o.out, o, c, s);
+  } finally {
+    progress.stop();
+    fs.closeSync(metrics);
+    process.off('SIGINT', sigint).off('SIGTERM', sigterm);
+    for (const p of sessions.values()) await (await p).release();
+  }
+  if (stopSignal) logger.warn({ step: s.step, signal: stopSignal }, 'stopped by signal; checkpoint saved, rerun the same command to resume');
+  return { step: s.step, totalSteps, finished: s.step >= totalSteps, val: s.val };
+}
+
+function trainAccuracy(logits: Float32Array, labels: Int32Array, classes: number): number {
+  let ok = 0;
+  for (let b = 0; b < labels.length; b++) {
+    let best = 0;
+    for (let j = 1; j < classes; j++) if (logits[b * classes + j] > logits[b * classes + best]) best = j;
+    if (best === labels[b]) ok++;
+  }
+  return ok / labels.length;
+}
+
+/** Drops metric lines written after the checkpoint we resume from, so the log matches the state. */
+function truncateMetrics(file: string, step: number): void {
+  if (!fs.existsSync(file)) return;
+  const kept = fs.readFileSync(file, 'utf8').split('\n').filter((l) => l && JSON.parse(l).step <= step);
+  fs.writeFileSync(file, kept.map((l) => l + '\n').join(''));
+}
