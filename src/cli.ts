@@ -43,6 +43,7 @@ program
   .option('--threads <n>', 'onnxruntime threads', int)
   .option('--checkpoint-minutes <x>', 'minutes between checkpoints', num)
   .option('--max-steps <n>', 'stop after this step (resumable)', int)
+  .option('--log-every <n>', 'steps between metrics.jsonl lines', int)
   .action(async (opts) => {
     const { train } = await import('./train/trainer.ts');
     const { TrainOptions } = await import('./train/trainer.ts');

@@ -45,7 +45,7 @@ export function initParams(c: MatViTConfig, seed = 0): Params {
       const isNormGain = /norm\d?\.weight$/.test(name);
       if (isNormGain) params[name] = tf.ones(shape);
       else if (name.startsWith('head.') || name.endsWith('.bias')) params[name] = tf.zeros(shape);
-      else params[name] = tf.truncatedNormal(shape, 0, 0.02, 'float32', seed * 1000 + i);
+      else params[name] = tf.truncatedNormal(shape, 0, 0.02, 'float32', seed * 1000 + i + 1); // tfjs treats seed 0 as "unseeded"
     });
     return params;
   });

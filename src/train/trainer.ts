@@ -44,9 +44,10 @@ export const TrainOptions = z.object({
   checkpointMinutes: z.number().positive().default(5),
   threads: z.number().int().positive().default(2),
   maxSteps: z.number().int().positive().optional(), // stop (with a checkpoint) after this global step
+  logEvery: z.number().int().positive().default(20), // steps between metrics.jsonl lines
 });
 export type TrainOptions = z.infer<typeof TrainOptions>;
-const VOLATILE: (keyof TrainOptions)[] = ['checkpointMinutes', 'threads', 'maxSteps', 'out', 'data'];
+const VOLATILE: (keyof TrainOptions)[] = ['checkpointMinutes', 'threads', 'maxSteps', 'logEvery', 'out', 'data'];
 
 export const STATE_FILE = 'train-state.safetensors';
 export const MODEL_FILE = 'model.safetensors';
@@ -249,7 +250,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
       s.elapsedSec += (now - t0) / 1000;
       t0 = now;
       progress.update(s.step, { loss, lr, spec: specs.join('+') });
-      if (s.step % 20 === 0) fs.writeSync(metrics, JSON.stringify({ type: 'step', step: s.step, epoch: s.step / stepsPerEpoch, loss, acc, lr, gradNorm, ffn: specs.join('+'), elapsedSec: +s.elapsedSec.toFixed(1) }) + '\n');
+      if (s.step % o.logEvery === 0) fs.writeSync(metrics, JSON.stringify({ type: 'step', step: s.step, epoch: s.step / stepsPerEpoch, loss, acc, lr, gradNorm, ffn: specs.join('+'), elapsedSec: +s.elapsedSec.toFixed(1) }) + '\n');
       const epochDone = s.step % stepsPerEpoch === 0;
       if (epochDone) {
         const specsToEval = o.baseline ? [o.baseline] : s.step === totalSteps ? [...granularities] : ['S', 'XL'];
