@@ -1,0 +1,353 @@
+// Approximate nearest-neighbour search: an hnswlib-node adapter over L2-normalised vectors (inner product = cosine).
+// HNSW labels are the store's image ids. The index file is a cache of the store's embeddings, checked against the
+// store through a JSON sidecar and rebuilt from SQLite whenever it does not match.
+import fs from 'node:fs';
+import hnswlib from 'hnswlib-node';
+import { logger } from '../log.ts';
+import type { ImageStore } from './store.ts';
+
+const { HierarchicalNSW } = hnswlib;
+type Native = InstanceType<typeof HierarchicalNSW>;
+
+export interface HnswOptions {
+  M?: number; // graph degree: memory and build time against recall
+  efConstruction?: number; // build-time beam width
+  ef?: number; // default search beam width (raised to k when k is larger)
+  initialCapacity?: number; // slots allocated up front; the index doubles when full
+}
+
+export const HNSW_DEFAULTS = { M: 16, efConstruction: 200, ef: 64, initialCapacity: 1024 } as const;
+const RANDOM_SEED = 100; // fixed, so that the same vectors inserted in the same order give the same graph
+
+export interface Sidecar {
+  modelId: string;
+  count: number; // live vectors
+  generation: number; // the store's generation for this model when the file was written
+  dim: number;
+  M: number;
+  efConstruction: number;
+  // The index file this sidecar describes: a reader racing a writer's save must not pair an old sidecar with a
+  // new index file (or the reverse).
+  indexFile: { bytes: number; mtimeMs: number };
+}
+
+export interface SearchHit {
+  id: number;
+  score: number; // cosine similarity, in [-1, 1]
+}
+
+export const sidecarPath = (indexFile: string) => `${indexFile}.json`;
+
+/** Unit-length copy of v as a plain array (hnswlib-node takes arrays, not typed arrays). */
+export function normalize(v: ArrayLike<number>): number[] {
+  let s = 0;
+  for (let i = 0; i < v.length; i++) s += v[i] * v[i];
+  const n = Math.sqrt(s);
+  if (!(n > 0) || !Number.isFinite(n)) throw new RangeError('cannot index or search a zero or non-finite vector');
+  return Array.from(v, (x) => x / n);
+}
+
+export class HnswIndex {
+  readonly modelId: string;
+  readonly dim: number;
+  readonly M: number;
+  readonly efConstruction: number;
+  /** The store generation this index reflects (set by open/rebuild, advanced by the service after each write). */
+  generation = 0;
+  private ef: number;
+  private native: Native;
+  private deleted = 0; // slots marked deleted and not yet reused
+
+  private constructor(modelId: string, dim: number, opts: HnswOptions, native?: Native) {
+    if (!Number.isInteger(dim) || dim <= 0) throw new RangeError(`dimension must be a positive integer, got ${dim}`);
+    this.modelId = modelId;
+    this.dim = dim;
+    this.M = opts.M ?? HNSW_DEFAULTS.M;
+    this.efConstruction = opts.efConstruction ?? HNSW_DEFAULTS.efConstruction;
+    this.ef = opts.ef ?? HNSW_DEFAULTS.ef;
+    if (native) {
+      this.native = native;
+    } else {
+      this.native = new HierarchicalNSW('ip', dim);
+      this.native.initIndex(opts.initialCapacity ?? HNSW_DEFAULTS.initialCapacity, this.M, this.efConstruction, RANDOM_SEED, true);
+    }
+    this.native.setEf(this.ef); // not stored in the file: without this, recall silently drops to ef = 10
+  }
+
+  /** An empty index. */
+  static create(modelId: string, dim: number, opts: HnswOptions = {}): HnswIndex {
+    return new HnswIndex(modelId, dim, opts);
+  }
+
+  /**
+   * Loads `file` if its sidecar matches the store (model, dimension, count, generation), otherwise rebuilds from the
+   * store's embeddings (logging why). The caller decides whether to save a rebuilt index.
+   */
+  static open(store: ImageStore, modelId: string, dim: number, file: string, opts: HnswOptions = {}): { index: HnswIndex; rebuilt: boolean; reason?: string } {
+    const { generation, count } = store.readSnapshot(() => ({ generation: store.generation(modelId), count: store.count(modelId) }));
+    const reason = HnswIndex.mismatch(file, { modelId, dim, generation, count });
+    if (count === 0 && !fs.existsSync(file)) {
+      // A new store or model: nothing to rebuild, nothing to warn about.
+      const index = new HnswIndex(modelId, dim, opts);
+      index.generation = generation;
+      return { index, rebuilt: true, reason: 'new index' };
+    }
+    if (!reason) {
+      try {
+        const before = fs.statSync(file);
+        const native = new HierarchicalNSW('ip', dim);
+        native.readIndexSync(file, true);
+        const after = fs.statSync(file);
+        if (after.ino !== before.ino || after.mtimeMs !== before.mtimeMs) {
+          return HnswIndex.rebuildLogged(store, modelId, dim, file, opts, 'the index file was replaced while it was being read');
+        }
+        const index = new HnswIndex(modelId, dim, opts, native);
+        index.deleted = native.getCurrentCount() - count;
+        if (native.getNumDimensions() !== dim || index.deleted < 0) throw new Error(`file holds ${native.getCurrentCount()} vectors of dimension ${native.getNumDimensions()}`);
+        index.generation = generation;
+        return { index, rebuilt: false };
+      } catch (err) {
+        return HnswIndex.rebuildLogged(store, modelId, dim, file, opts, `the index file is unreadable: ${(err as Error).message}`);
+      }
+    }
+    return HnswIndex.rebuildLogged(store, modelId, dim, file, opts, reason);
+  }
+
+  private static rebuildLogged(store: ImageStore, modelId: string, dim: number, file: string, opts: HnswOptions, reason: string) {
+    logger.warn({ file, modelId, reason }, 'rebuilding the HNSW index from the store');
+    const t0 = Date.now();
+    const index = HnswIndex.rebuild(store, modelId, dim, opts);
+    logger.info({ modelId, vectors: index.size, seconds: (Date.now() - t0) / 1000 }, 'HNSW index rebuilt');
+    return { index, rebuilt: true, reason };
+  }
+
+  /** Why `file` cannot be used for the store's current state, or null when it can. */
+  private static mismatch(file: string, want: Pick<Sidecar, 'modelId' | 'dim' | 'generation' | 'count'>): string | null {
+    const stat = fs.statSync(file, { throwIfNoEntry: false });
+    if (!stat) return 'the index file is missing';
+    let side: Partial<Sidecar>;
+    try {
+      side = JSON.parse(fs.readFileSync(sidecarPath(file), 'utf8'));
+    } catch (err) {
+      return `its sidecar ${sidecarPath(file)} is missing or not JSON (${(err as Error).message.split('\n')[0]})`;
+    }
+    for (const key of ['modelId', 'dim', 'generation', 'count'] as const) {
+      if (side[key] !== want[key]) return `the sidecar says ${key} ${JSON.stringify(side[key])} but the store has ${JSON.stringify(want[key])}`;
+    }
+    if (side.indexFile?.bytes !== stat.size || side.indexFile?.mtimeMs !== stat.mtimeMs) {
+      return 'the index file is not the one its sidecar describes (size or modification time differ)';
+    }
+    return null;
+  }
+
+  /** A fresh index of every embedding the store holds for the model, inserted in id order. */
+  static rebuild(store: ImageStore, modelId: string, dim: number, opts: HnswOptions = {}): HnswIndex {
+    return store.readSnapshot(() => {
+      const count = store.count(modelId);
+      const capacity = Math.max(opts.initialCapacity ?? HNSW_DEFAULTS.initialCapacity, Math.ceil(count * 1.1));
+      const index = new HnswIndex(modelId, dim, { ...opts, initialCapacity: capacity });
+      for (const { id, vector } of store.iterateEmbeddings(modelId)) index.add(id, vector);
+      index.generation = store.generation(modelId);
+      return index;
+    });
+  }
+
+  /** Live vectors (deleted ones excluded). */
+  get size(): number {
+    return this.native.getCurrentCount() - this.deleted;
+  }
+
+  get capacity(): number {
+    return this.native.getMaxElements();
+  }
+
+  getEf(): number {
+    return this.ef;
+  }
+
+  setEf(ef: number): void {
+    if (!Number.isInteger(ef) || ef <= 0) throw new RangeError(`ef must be a positive integer, got ${ef}`);
+    this.ef = ef;
+    this.native.setEf(ef);
+  }
+
+  /** Adds (or replaces) the vector of image `id`. Deleted slots are reused before the index grows. */
+  add(id: number, vector: ArrayLike<number>): void {
+    if (!Number.isSafeInteger(id) || id < 0) throw new RangeError(`image id must be a non-negative integer, got ${id}`);
+    if (vector.length !== this.dim) throw new RangeError(`vector for image ${id} has ${vector.length} dimensions, the index has ${this.dim}`);
+    const v = normalize(vector);
+    const state = this.labelState(id);
+    if (state === 'live') {
+      this.native.addPoint(v, id, false); // updates the point in place
+      return;
+    }
+    if (state === 'deleted') {
+      // Reviving a deleted label in place: replacing another slot would leave two slots with this label.
+      this.native.unmarkDelete(id);
+      this.deleted--;
+      this.native.addPoint(v, id, false);
+      return;
+    }
+    if (this.deleted > 0) {
+      this.native.addPoint(v, id, true); // takes a deleted slot
+      this.deleted--;
+      return;
+    }
+    if (this.native.getCurrentCount() >= this.native.getMaxElements()) this.native.resizeIndex(this.native.getMaxElements() * 2);
+    this.native.addPoint(v, id, false);
+  }
+
+  /** Removes image `id`; returns false when it was not in the index. */
+  remove(id: number): boolean {
+    if (this.labelState(id) !== 'live') return false;
+    this.native.markDelete(id);
+    this.deleted++;
+    return true;
+  }
+
+  has(id: number): boolean {
+    return this.labelState(id) === 'live';
+  }
+
+  /** The k nearest images by cosine similarity, best first. k over the index size returns fewer hits. */
+  search(query: ArrayLike<number>, k: number, opts: { ef?: number; filter?: (id: number) => boolean } = {}): SearchHit[] {
+    if (!Number.isInteger(k) || k <= 0) throw new RangeError(`k must be a positive integer, got ${k}`);
+    if (query.length !== this.dim) throw new RangeError(`query has ${query.length} dimensions, the index has ${this.dim}`);
+    const n = Math.min(k, this.size);
+    if (n === 0) return [];
+    const ef = Math.max(opts.ef ?? this.ef, n); // hnswlib needs ef >= k to return k results reliably
+    if (ef !== this.native.getEf()) this.native.setEf(ef);
+    try {
+      const res = this.native.searchKnn(normalize(query), n, opts.filter);
+      return res.neighbors.map((id, i) => ({ id, score: 1 - res.distances[i] })).sort((a, b) => b.score - a.score);
+    } finally {
+      if (ef !== this.ef) this.native.setEf(this.ef);
+    }
+  }
+
+  /**
+   * Writes the index file, then its sidecar (each atomically: temp file + rename). A crash between the two leaves
+   * an old sidecar whose generation no longer matches the store, so the next open rebuilds rather than trusts it.
+   */
+  save(file: string): void {
+    const tmp = `${file}.${process.pid}.tmp`;
+    this.native.writeIndexSync(tmp);
+    fs.renameSync(tmp, file);
+    const stat = fs.statSync(file);
+    const side: Sidecar = {
+      modelId: this.modelId,
+      count: this.size,
+      generation: this.generation,
+      dim: this.dim,
+      M: this.M,
+      efConstruction: this.efConstruction,
+      indexFile: { bytes: stat.size, mtimeMs: stat.mtimeMs },
+    };
+    fs.writeFileSync(`${sidecarPath(file)}.tmp`, `${JSON.stringify(side, null, 2)}\n`);
+    fs.renameSync(`${sidecarPath(file)}.tmp`, sidecarPath(file));
+  }
+
+  /** 'live', 'deleted' (marked, slot not yet reused) or 'absent'. hnswlib only tells us through its exceptions. */
+  private labelState(id: number): 'live' | 'deleted' | 'absent' {
+    try {
+      this.native.getPoint(id);
+      return 'live';
+    } catch {
+      // getPoint throws for both absent and deleted labels; markDelete tells them apart without changing anything
+      // for an absent label, and throws "already deleted" for a deleted one.
+    }
+    if (this.deleted === 0) return 'absent';
+    try {
+      this.native.markDelete(id);
+    } catch (err) {
+      return /already deleted/.test((err as Error).message) ? 'deleted' : 'absent';
+    }
+    throw new Error(`HNSW index inconsistent: label ${id} was live but unreadable`);
+  }
+}
+
+/**
+ * Exact (brute-force) cosine search over the same normalised vectors, the reference for measuring HNSW recall.
+ * Memory is one Float32Array of size * dim.
+ */
+export class ExactIndex {
+  readonly dim: number;
+  private ids: number[] = [];
+  private data: Float32Array;
+  private pos = new Map<number, number>();
+
+  constructor(dim: number, capacity = 1024) {
+    this.dim = dim;
+    this.data = new Float32Array(dim * Math.max(1, capacity));
+  }
+
+  static fromStore(store: ImageStore, modelId: string, dim: number): ExactIndex {
+    const ex = new ExactIndex(dim, store.count(modelId));
+    for (const { id, vector } of store.iterateEmbeddings(modelId)) ex.add(id, vector);
+    return ex;
+  }
+
+  get size(): number {
+    return this.ids.length;
+  }
+
+  add(id: number, vector: ArrayLike<number>): void {
+    if (vector.length !== this.dim) throw new RangeError(`vector for image ${id} has ${vector.length} dimensions, the index has ${this.dim}`);
+    let i = this.pos.get(id);
+    if (i === undefined) {
+      i = this.ids.length;
+      if ((i + 1) * this.dim > this.data.length) {
+        const grown = new Float32Array(this.data.length * 2);
+        grown.set(this.data);
+        this.data = grown;
+      }
+      this.ids.push(id);
+      this.pos.set(id, i);
+    }
+    this.data.set(normalize(vector), i * this.dim);
+  }
+
+  remove(id: number): boolean {
+    const i = this.pos.get(id);
+    if (i === undefined) return false;
+    const last = this.ids.length - 1; // move the last vector into the hole
+    if (i !== last) {
+      this.data.copyWithin(i * this.dim, last * this.dim, (last + 1) * this.dim);
+      this.ids[i] = this.ids[last];
+      this.pos.set(this.ids[i], i);
+    }
+    this.ids.pop();
+    this.pos.delete(id);
+    return true;
+  }
+
+  search(query: ArrayLike<number>, k: number): SearchHit[] {
+    if (!Number.isInteger(k) || k <= 0) throw new RangeError(`k must be a positive integer, got ${k}`);
+    const q = normalize(query);
+    const d = this.dim;
+    const hits: SearchHit[] = new Array(this.ids.length);
+    for (let i = 0; i < this.ids.length; i++) {
+      let s = 0;
+      for (let j = 0, o = i * d; j < d; j++) s += q[j] * this.data[o + j];
+      hits[i] = { id: this.ids[i], score: s };
+    }
+    return hits.sort((a, b) => b.score - a.score || a.id - b.id).slice(0, k);
+  }
+}
+
+/** Mean fraction of the exact top-k ids that the approximate top-k found (recall@k). */
+export function recallAtK(approx: SearchHit[][], exact: SearchHit[][], k: number): number {
+  if (approx.length !== exact.length) throw new RangeError(`${approx.length} approximate result lists for ${exact.length} exact ones`);
+  if (exact.length === 0) return 1;
+  let sum = 0;
+  for (let q = 0; q < exact.length; q++) {
+    const truth = exact[q].slice(0, k);
+    if (truth.length === 0) {
+      sum += 1;
+      continue;
+    }
+    const found = new Set(approx[q].slice(0, k).map((h) => h.id));
+    sum += truth.filter((h) => found.has(h.id)).length / truth.length;
+  }
+  return sum / exact.length;
+}

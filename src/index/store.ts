@@ -1,0 +1,389 @@
+// The image store: the only code that touches SQL. SQLite is the source of truth (images, embeddings per model,
+// a generation counter per model); the HNSW file is a cache of it that can always be rebuilt from here.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+
+export const SCHEMA_VERSION = 1;
+
+export class StoreError extends Error {
+  override name = 'StoreError';
+}
+export class StoreLockedError extends StoreError {
+  override name = 'StoreLockedError';
+}
+
+export interface NewImage {
+  source: string; // where it came from (file path, archive member, upload name)
+  contentHash: string; // sha256 hex of the file's bytes: identical content is stored once
+  width: number;
+  height: number;
+  format: string;
+  label?: string | null;
+  metadata?: Record<string, unknown>;
+}
+
+export interface ImageRow extends Required<Omit<NewImage, 'label'>> {
+  id: number;
+  label: string | null;
+  addedAt: string; // ISO 8601, UTC
+}
+
+export interface InsertResult {
+  id: number;
+  created: boolean; // false: the same content was already stored (under this id)
+  embeddingAdded: boolean; // false: the image already had an embedding for this model (left unchanged)
+}
+
+export interface StoreStats {
+  dir: string;
+  schemaVersion: number;
+  images: number;
+  labelled: number;
+  models: { modelId: string; embeddings: number; dim: number | null; generation: number }[];
+  dbBytes: number;
+}
+
+/** sha256 hex of a file's bytes, the store's content key. */
+export const contentHash = (bytes: Uint8Array) => crypto.createHash('sha256').update(bytes).digest('hex');
+
+const SCHEMA = `
+  CREATE TABLE images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused: ids are also HNSW labels, and a deleted label must stay dead
+    source TEXT NOT NULL,
+    content_hash TEXT NOT NULL UNIQUE,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    label TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
+    added_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+  );
+  CREATE TABLE embeddings (
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    model_id TEXT NOT NULL,
+    vector BLOB NOT NULL, -- float32, little-endian, as produced by the encoder (not normalised)
+    PRIMARY KEY (image_id, model_id)
+  ) WITHOUT ROWID;
+  CREATE INDEX embeddings_by_model ON embeddings(model_id, image_id);
+  CREATE TABLE index_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+`;
+
+const genKey = (modelId: string) => `generation:${modelId}`;
+const dimKey = (modelId: string) => `dim:${modelId}`;
+const HASH_RE = /^[0-9a-f]{64}$/;
+
+interface RawImageRow {
+  id: number;
+  source: string;
+  content_hash: string;
+  width: number;
+  height: number;
+  format: string;
+  label: string | null;
+  metadata: string;
+  added_at: string;
+}
+
+export class ImageStore {
+  readonly dir: string;
+  readonly writer: boolean;
+  private readonly db: Database.Database;
+  private readonly lock: WriterLock | null;
+  private readonly stmts: ReturnType<ImageStore['prepare']>;
+
+  /**
+   * Opens (creating if needed) the store in `dir`. Writers take the store's exclusive lock; readers (search) take
+   * none and see committed data only (WAL).
+   */
+  static open(dir: string, opts: { writer?: boolean } = {}): ImageStore {
+    return new ImageStore(dir, opts.writer ?? false);
+  }
+
+  private constructor(dir: string, writer: boolean) {
+    this.dir = path.resolve(dir);
+    this.writer = writer;
+    try {
+      fs.mkdirSync(this.dir, { recursive: true });
+    } catch (err) {
+      throw new StoreError(`cannot create store folder "${this.dir}": ${(err as Error).message}`);
+    }
+    this.lock = writer ? WriterLock.acquire(path.join(this.dir, 'store.lock')) : null;
+    try {
+      this.db = new Database(path.join(this.dir, 'store.sqlite'));
+      this.db.pragma('journal_mode = WAL'); // readers never block the writer, and the writer never blocks them
+      this.db.pragma('busy_timeout = 5000');
+      this.db.pragma('foreign_keys = ON');
+      this.db.pragma('synchronous = NORMAL'); // safe with WAL: a power loss can lose the last commits, not corrupt
+      this.migrate();
+    } catch (err) {
+      this.lock?.release();
+      if (err instanceof StoreError) throw err;
+      throw new StoreError(`cannot open the store database in "${this.dir}": ${(err as Error).message}`);
+    }
+    this.stmts = this.prepare();
+  }
+
+  private migrate(): void {
+    // IMMEDIATE: two processes opening a new store at once must not both create the schema.
+    this.db.transaction(() => {
+      const version = this.db.pragma('user_version', { simple: true }) as number;
+      if (version === SCHEMA_VERSION) return;
+      if (version > SCHEMA_VERSION) {
+        throw new StoreError(`store "${this.dir}" has schema version ${version}, newer than this program's ${SCHEMA_VERSION}: upgrade the program`);
+      }
+      if (version === 0) {
+        const tables = this.db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table'").get() as { n: number };
+        if (tables.n > 0) throw new StoreError(`"${this.dir}/store.sqlite" is not an image store (it has tables but no schema version)`);
+        this.db.exec(SCHEMA);
+      }
+      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    }).immediate();
+  }
+
+  private prepare() {
+    const db = this.db;
+    return {
+      findByHash: db.prepare<[string], RawImageRow>('SELECT * FROM images WHERE content_hash = ?'),
+      getImage: db.prepare<[number], RawImageRow>('SELECT * FROM images WHERE id = ?'),
+      insertImage: db.prepare(
+        'INSERT INTO images (source, content_hash, width, height, format, label, metadata) VALUES (@source, @contentHash, @width, @height, @format, @label, @metadata)',
+      ),
+      insertEmbedding: db.prepare('INSERT OR IGNORE INTO embeddings (image_id, model_id, vector) VALUES (?, ?, ?)'),
+      getEmbedding: db.prepare<[number, string], { vector: Buffer }>('SELECT vector FROM embeddings WHERE image_id = ? AND model_id = ?'),
+      modelsOfImage: db.prepare<[number], { model_id: string }>('SELECT model_id FROM embeddings WHERE image_id = ?'),
+      deleteImage: db.prepare('DELETE FROM images WHERE id = ?'),
+      count: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM embeddings WHERE model_id = ?'),
+      iterate: db.prepare<[string], { image_id: number; vector: Buffer }>('SELECT image_id, vector FROM embeddings WHERE model_id = ? ORDER BY image_id'),
+      getState: db.prepare<[string], { value: string }>('SELECT value FROM index_state WHERE key = ?'),
+      setState: db.prepare('INSERT INTO index_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
+      bumpState: db.prepare("INSERT INTO index_state (key, value) VALUES (?, '1') ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"),
+    };
+  }
+
+  // ---- reads (no lock needed) --------------------------------------------------------------------------------
+
+  findByHash(hash: string): ImageRow | undefined {
+    const row = this.stmts.findByHash.get(hash);
+    return row && toImageRow(row);
+  }
+
+  getImage(id: number): ImageRow | undefined {
+    const row = this.stmts.getImage.get(id);
+    return row && toImageRow(row);
+  }
+
+  /** The rows of `ids` that exist, in the order given (search results). */
+  getImages(ids: number[]): ImageRow[] {
+    return ids.map((id) => this.stmts.getImage.get(id)).filter((r) => r !== undefined).map(toImageRow);
+  }
+
+  getEmbedding(id: number, modelId: string): Float32Array | undefined {
+    const row = this.stmts.getEmbedding.get(id, modelId);
+    return row && blobToVector(row.vector);
+  }
+
+  /** Number of embeddings stored for a model. */
+  count(modelId: string): number {
+    return this.stmts.count.get(modelId)!.n;
+  }
+
+  /** Bumped in the same transaction as every change to the model's embeddings; 0 for a model never written. */
+  generation(modelId: string): number {
+    return Number(this.stmts.getState.get(genKey(modelId))?.value ?? 0);
+  }
+
+  /** Vector length recorded for a model at its first embedding, or null. */
+  dim(modelId: string): number | null {
+    const v = this.stmts.getState.get(dimKey(modelId))?.value;
+    return v === undefined ? null : Number(v);
+  }
+
+  /**
+   * Every embedding of a model in id order, streamed (for rebuilding the HNSW index). It is one SQL statement, so
+   * it sees one snapshot; no other statement may run on this store until the iteration ends.
+   */
+  *iterateEmbeddings(modelId: string): Generator<{ id: number; vector: Float32Array }> {
+    for (const row of this.stmts.iterate.iterate(modelId)) yield { id: row.image_id, vector: blobToVector(row.vector) };
+  }
+
+  /** Runs `fn` in one read transaction: generation, count and embeddings read inside it agree with each other. */
+  readSnapshot<T>(fn: () => T): T {
+    return this.db.transaction(fn).deferred();
+  }
+
+  stats(): StoreStats {
+    const images = this.db.prepare('SELECT count(*) AS n, count(label) AS labelled FROM images').get() as { n: number; labelled: number };
+    const models = (this.db.prepare('SELECT model_id, count(*) AS n FROM embeddings GROUP BY model_id ORDER BY model_id').all() as { model_id: string; n: number }[]).map(
+      (m) => ({ modelId: m.model_id, embeddings: m.n, dim: this.dim(m.model_id), generation: this.generation(m.model_id) }),
+    );
+    const pages = this.db.pragma('page_count', { simple: true }) as number;
+    const pageSize = this.db.pragma('page_size', { simple: true }) as number;
+    return { dir: this.dir, schemaVersion: SCHEMA_VERSION, images: images.n, labelled: images.labelled, models, dbBytes: pages * pageSize };
+  }
+
+  /** Where the caller keeps image `id`'s thumbnail: <store>/thumbs/<id / 1000>/<id>.webp (sharded folders). */
+  thumbPath(id: number): string {
+    return path.join(this.dir, 'thumbs', String(Math.floor(id / 1000)), `${id}.webp`);
+  }
+
+  // ---- writes (writer lock required) -------------------------------------------------------------------------
+
+  /** Stores an image and its embedding in one transaction. Identical content is stored once (its id is returned). */
+  insertImageWithEmbedding(image: NewImage, modelId: string, vector: Float32Array): InsertResult {
+    return this.addBatch([{ image, vector }], modelId)[0];
+  }
+
+  /** Stores many images with their embeddings in one transaction (all or nothing). */
+  addBatch(items: { image: NewImage; vector: Float32Array }[], modelId: string): InsertResult[] {
+    this.assertWriter();
+    for (const { image, vector } of items) validateImage(image, vector);
+    return this.db
+      .transaction(() => {
+        let dim = this.dim(modelId);
+        let added = 0;
+        const results = items.map(({ image, vector }): InsertResult => {
+          if (dim === null) {
+            dim = vector.length;
+            this.stmts.setState.run(dimKey(modelId), String(dim));
+          } else if (vector.length !== dim) {
+            throw new StoreError(`embedding for "${image.source}" has ${vector.length} dimensions but model "${modelId}" has ${dim}`);
+          }
+          const existing = this.stmts.findByHash.get(image.contentHash);
+          const id = existing
+            ? existing.id
+            : Number(this.stmts.insertImage.run({ ...image, label: image.label ?? null, metadata: JSON.stringify(image.metadata ?? {}) }).lastInsertRowid);
+          const embeddingAdded = this.stmts.insertEmbedding.run(id, modelId, vectorToBlob(vector)).changes > 0;
+          if (embeddingAdded) added++;
+          return { id, created: !existing, embeddingAdded };
+        });
+        if (added > 0) this.stmts.bumpState.run(genKey(modelId));
+        return results;
+      })
+      .immediate();
+  }
+
+  /** Deletes images (and, by cascade, their embeddings). Returns the ids that existed. Thumbnails are removed too. */
+  deleteImages(ids: number[]): number[] {
+    this.assertWriter();
+    const deleted = this.db
+      .transaction(() => {
+        const models = new Set<string>();
+        const gone: number[] = [];
+        for (const id of ids) {
+          for (const m of this.stmts.modelsOfImage.all(id)) models.add(m.model_id);
+          if (this.stmts.deleteImage.run(id).changes > 0) gone.push(id);
+        }
+        for (const m of models) this.stmts.bumpState.run(genKey(m));
+        return gone;
+      })
+      .immediate();
+    for (const id of deleted) fs.rmSync(this.thumbPath(id), { force: true });
+    return deleted;
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+    this.lock?.release();
+  }
+
+  private assertWriter(): void {
+    if (!this.writer) throw new StoreError(`store "${this.dir}" was opened for reading; open it with { writer: true } to change it`);
+  }
+}
+
+function validateImage(image: NewImage, vector: Float32Array): void {
+  if (!HASH_RE.test(image.contentHash)) throw new StoreError(`content hash of "${image.source}" must be 64 lowercase hex digits (sha256), got "${image.contentHash}"`);
+  if (!(vector instanceof Float32Array) || vector.length === 0) throw new StoreError(`embedding for "${image.source}" must be a non-empty Float32Array`);
+  if (!vector.every(Number.isFinite)) throw new StoreError(`embedding for "${image.source}" contains NaN or infinite values`);
+}
+
+function toImageRow(r: RawImageRow): ImageRow {
+  return {
+    id: r.id,
+    source: r.source,
+    contentHash: r.content_hash,
+    width: r.width,
+    height: r.height,
+    format: r.format,
+    label: r.label,
+    metadata: JSON.parse(r.metadata),
+    addedAt: r.added_at,
+  };
+}
+
+const vectorToBlob = (v: Float32Array) => Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+
+function blobToVector(b: Buffer): Float32Array {
+  // Copy: a Float32Array view needs 4-byte alignment, which SQLite's buffers do not promise.
+  const out = new Float32Array(b.length / 4);
+  new Uint8Array(out.buffer).set(b);
+  return out;
+}
+
+/**
+ * An exclusive lock file holding the writer's pid, so that two indexing jobs cannot both write one store (SQLite
+ * would serialise their transactions, but the HNSW file would be saved by both). A lock left by a dead process is
+ * taken over. Two processes taking over the same stale lock in the same millisecond could both succeed; that needs
+ * a crash followed by two simultaneous starts, and SQLite still keeps the data consistent.
+ */
+class WriterLock {
+  private released = false;
+  private readonly onExit = () => this.release();
+
+  private constructor(readonly file: string) {
+    process.once('exit', this.onExit);
+  }
+
+  static acquire(file: string): WriterLock {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        fs.writeFileSync(file, `${process.pid}\n`, { flag: 'wx' });
+        return new WriterLock(file);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new StoreError(`cannot create lock file "${file}": ${(err as Error).message}`);
+      }
+      const holder = readLockPid(file);
+      if (holder === undefined) continue; // removed meanwhile: try again
+      if (holder !== null && isAlive(holder)) {
+        throw new StoreLockedError(`the store is being written by process ${holder} (lock file "${file}"); wait for it to finish, or stop it`);
+      }
+      if (holder === null && Date.now() - (fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs ?? 0) < 5000) {
+        // Empty and fresh: another writer created it and is writing its pid right now.
+        throw new StoreLockedError(`the store is being opened for writing by another process (lock file "${file}")`);
+      }
+      // Stale: re-check just before removing, to narrow the race with another process doing the same.
+      if (readLockPid(file) === holder) fs.rmSync(file, { force: true });
+    }
+    throw new StoreLockedError(`could not take the lock file "${file}"`);
+  }
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    process.removeListener('exit', this.onExit);
+    if (readLockPid(this.file) === process.pid) fs.rmSync(this.file, { force: true });
+  }
+}
+
+/** The pid in a lock file; null if the file is empty or garbled; undefined if it does not exist. */
+function readLockPid(file: string): number | null | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const pid = Number.parseInt(text.trim(), 10);
+  return Number.isInteger(pid) && pid > 0 ? pid : null;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0); // signal 0: existence check only
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'; // exists, owned by someone else
+  }
+}
