@@ -5,6 +5,8 @@ import { Command, InvalidArgumentError } from 'commander';
 import { ConfigError } from './encoder/config.ts';
 import { CheckpointError } from './encoder/safetensors.ts';
 import { logger } from './log.ts';
+import { registerIndexCommands } from './index/commands.ts';
+import { registerServeCommand } from './server/command.ts';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -65,6 +67,9 @@ program
     const r = extractToFile(opts.model, opts.ffn, opts.out);
     console.log(JSON.stringify(r));
   });
+
+registerIndexCommands(program);
+registerServeCommand(program);
 
 export async function main(argv = process.argv): Promise<void> {
   try {
