@@ -5,12 +5,9 @@ import { Command, InvalidArgumentError } from 'commander';
 import { ConfigError } from './encoder/config.ts';
 import { CheckpointError } from './encoder/safetensors.ts';
 import { logger } from './log.ts';
+import { NotFoundError, UsageError } from './errors.ts';
 import { registerIndexCommands } from './index/commands.ts';
 import { registerServeCommand } from './server/command.ts';
-
-export class UsageError extends Error {
-  override name = 'UsageError';
-}
 
 const int = (v: string) => {
   const n = Number(v);
@@ -75,7 +72,7 @@ export async function main(argv = process.argv): Promise<void> {
   try {
     await program.parseAsync(argv);
   } catch (err) {
-    const known = err instanceof UsageError || err instanceof ConfigError || err instanceof CheckpointError || (err as Error)?.name === 'ImageDecodeError';
+    const known = err instanceof UsageError || err instanceof NotFoundError || err instanceof ConfigError || err instanceof CheckpointError || (err as Error)?.name === 'ImageDecodeError';
     if (known) {
       process.stderr.write(`matvit: ${(err as Error).message}\n`);
       process.exitCode = 2;
