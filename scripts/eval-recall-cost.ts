@@ -1,0 +1,104 @@
+// npm run eval [-- --model models/matvit-cifar10/model.safetensors --db ../shared/datasets/cifar10/train.tar.gz
+//   --queries ../shared/datasets/cifar10/test.tar.gz --task all|recall|copies --mixnmatch-queries 5000
+//   --baselines models/baseline-S,models/baseline-M --limit 300 --seed 0 --threads 2 --out reports/cifar10]
+// Recall-vs-cost evaluation of every query encoder (uniform S/M/L/XL, the monotone Mix'n'Match lists, any
+// independently trained baselines) against a database encoded once with XL, an HNSW ef sweep, and the
+// near-duplicate task (edits in scripts/copies-edits.json). Writes results.json, results.csv, summary.md and
+// recall-vs-cost.svg under reports/<name>/, and the Pareto frontier as <model dir>/calibration.json (full runs).
+// Quick look: npm run eval -- --limit 300 --threads 1   (writes reports/cifar10-limit300, no calibration)
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { DEFAULT_MODEL_PATH } from '../src/encoder/checkpoint.ts';
+import { DEFAULT_MIXNMATCH_QUERIES, type Task, evaluateRecallCost } from '../src/eval/recall-cost.ts';
+
+const usage = `usage: npm run eval -- [--model FILE] [--db SOURCE] [--queries SOURCE] [--task all|recall|copies]
+  [--baselines PATH[,PATH]] [--mixnmatch LIST ...] [--mixnmatch-queries N] [--limit N] [--seed N] [--threads N]
+  [--latency-runs N] [--hnsw-ef 10,16,32,64,128,256] [--hnsw-queries N] [--no-hnsw] [--copies-edits FILE] [--copies-originals N]
+  [--name NAME | --out DIR] [--calibration auto|yes|no] [--batch N] [--quiet]`;
+
+function fail(message: string): never {
+  process.stderr.write(`eval-recall-cost: ${message}\n${usage}\n`);
+  process.exit(2);
+}
+
+let parsed;
+try {
+  parsed = parseArgs({
+    options: {
+      model: { type: 'string', default: DEFAULT_MODEL_PATH },
+      db: { type: 'string' },
+      queries: { type: 'string' },
+      task: { type: 'string', default: 'all' },
+      baselines: { type: 'string', multiple: true },
+      mixnmatch: { type: 'string', multiple: true },
+      'mixnmatch-queries': { type: 'string', default: String(DEFAULT_MIXNMATCH_QUERIES) },
+      limit: { type: 'string' },
+      seed: { type: 'string', default: '0' },
+      threads: { type: 'string', default: String(Math.min(2, os.cpus().length)) },
+      'latency-runs': { type: 'string', default: '30' },
+      'hnsw-ef': { type: 'string', default: '10,16,32,64,128,256' },
+      'hnsw-queries': { type: 'string' },
+      'no-hnsw': { type: 'boolean', default: false },
+      'copies-edits': { type: 'string' },
+      'copies-originals': { type: 'string' },
+      name: { type: 'string' },
+      out: { type: 'string' },
+      calibration: { type: 'string', default: 'auto' },
+      batch: { type: 'string', default: '128' },
+      quiet: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+} catch (err) {
+  fail((err as Error).message);
+}
+const a = parsed.values;
+if (a.help) {
+  process.stdout.write(usage + '\n');
+  process.exit(0);
+}
+
+const int = (name: string, v: string | undefined, min = 0): number | undefined => {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) fail(`--${name} must be an integer >= ${min}, got "${v}"`);
+  return n;
+};
+const tasks: Task[] = a.task === 'all' ? ['recall', 'copies'] : a.task === 'recall' || a.task === 'copies' ? [a.task] : fail(`--task must be all, recall or copies, got "${a.task}"`);
+const limit = int('limit', a.limit, 1);
+const efs = a['hnsw-ef']!.split(',').map((x) => int('hnsw-ef', x.trim(), 1)!);
+if (!['auto', 'yes', 'no'].includes(a.calibration!)) fail(`--calibration must be auto, yes or no, got "${a.calibration}"`);
+const name = a.name ?? (limit !== undefined ? `cifar10-limit${limit}` : 'cifar10');
+const outDir = path.resolve(a.out ?? path.join(import.meta.dirname, '..', 'reports', name));
+const writeCalibration = a.calibration === 'yes' || (a.calibration === 'auto' && limit === undefined && tasks.includes('recall'));
+
+try {
+  const r = await evaluateRecallCost({
+    modelPath: a.model,
+    db: a.db,
+    queries: a.queries,
+    tasks,
+    baselines: a.baselines?.flatMap((b) => b.split(',')).filter(Boolean),
+    mixnmatch: a.mixnmatch,
+    mixnmatchQueries: int('mixnmatch-queries', a['mixnmatch-queries'], 1),
+    limit,
+    seed: int('seed', a.seed),
+    threads: int('threads', a.threads, 1),
+    batch: int('batch', a.batch, 1),
+    latencyRuns: int('latency-runs', a['latency-runs']),
+    hnsw: a['no-hnsw'] ? false : { efs, queries: int('hnsw-queries', a['hnsw-queries'], 1) },
+    copies: { edits: a['copies-edits'], originals: int('copies-originals', a['copies-originals'], 1) },
+    outDir,
+    writeCalibration,
+    progress: !a.quiet,
+  });
+  const lines = [`report: ${path.join(outDir, 'summary.md')} (${r.encoders.length} query encoders, ${r.timings.total.toFixed(0)} s)`];
+  if (r.frontier.length) lines.push(`frontier: ${r.frontier.map((id) => { const e = r.encoders.find((x) => x.id === id)!; return `${id} (${e.flopsRel.toFixed(2)} XL, acc ${e.common!.accuracy.toFixed(4)})`; }).join('  ')}`);
+  lines.push(r.calibrationFile ? `calibration: ${r.calibrationFile}` : 'calibration: not written (a --limit run, or --calibration no)');
+  for (const n of r.notes) lines.push(`note: ${n}`);
+  console.log(lines.join('\n'));
+} catch (err) {
+  process.stderr.write(`eval-recall-cost: ${(err as Error).message}\n`);
+  process.exit(1);
+}

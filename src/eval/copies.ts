@@ -1,0 +1,169 @@
+// The near-duplicate task: seeded edited copies (JPEG re-compression, crops, flips, small rotations, colour
+// changes, blur) of held-out images, made with sharp from the decoded pixels and decoded back through the one
+// image preprocessing (decodeImage), so a copy reaches the encoder exactly as an uploaded file would.
+import fs from 'node:fs';
+import sharp, { type Sharp } from 'sharp';
+import { z } from 'zod';
+import { decodeImage } from '../data/images.ts';
+import { mixSeed, mulberry32 } from '../train/rng.ts';
+import type { TopK } from './exact-search.ts';
+
+/** A fixed value, or a [min, max] range drawn uniformly for each copy. */
+const Param = z.union([z.number(), z.tuple([z.number(), z.number()]).refine(([a, b]) => a <= b, 'range must be [min, max]')]);
+
+const Op = z.discriminatedUnion('op', [
+  z.object({ op: z.literal('jpeg'), quality: Param }), // 1..100
+  z.object({ op: z.literal('crop'), fraction: Param }), // side of the kept square region, as a fraction; random position
+  z.object({ op: z.literal('flip'), axis: z.enum(['horizontal', 'vertical']).default('horizontal') }),
+  z.object({ op: z.literal('rotate'), degrees: Param, background: z.string().default('#000000') }), // then centre crop to the original size
+  z.object({ op: z.literal('modulate'), brightness: Param.optional(), saturation: Param.optional(), hue: Param.optional() }), // multipliers; hue in degrees
+  z.object({ op: z.literal('blur'), sigma: Param }), // Gaussian sigma in pixels, >= 0.3
+  z.object({ op: z.literal('grayscale') }),
+]);
+
+export const EditsFile = z.object({
+  description: z.string().optional(),
+  seed: z.number().int(),
+  originals: z.number().int().positive(), // how many held-out images get copies
+  edits: z
+    .array(z.object({ name: z.string().min(1).refine((n) => n !== 'all', '"all" is reserved for the total'), ops: z.array(Op) }))
+    .min(1)
+    .refine((es) => new Set(es.map((e) => e.name)).size === es.length, 'edit names must be unique'),
+});
+export type EditsFile = z.infer<typeof EditsFile>;
+export type Edit = EditsFile['edits'][number];
+export type EditOp = z.infer<typeof Op>;
+
+export function loadEdits(file: string): EditsFile {
+  const parsed = EditsFile.safeParse(JSON.parse(fs.readFileSync(file, 'utf8')));
+  if (!parsed.success) throw new Error(`${file}: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  return parsed.data;
+}
+
+export function parseEdits(value: unknown): EditsFile {
+  return EditsFile.parse(value);
+}
+
+interface Raw {
+  data: Buffer;
+  width: number;
+  height: number;
+  encoded?: Buffer; // the file bytes when the last op produced a file (JPEG), passed as is to decodeImage
+}
+
+const fromRaw = (r: Raw) => sharp(r.data, { raw: { width: r.width, height: r.height, channels: 3 } });
+async function toRaw(img: Sharp): Promise<Raw> {
+  const { data, info } = await img.raw().toBuffer({ resolveWithObject: true });
+  const n = info.width * info.height;
+  const ch = info.channels;
+  if (ch === 3) return { data, width: info.width, height: info.height };
+  // grey (1), grey + alpha (2) or RGBA (4): keep the colour channels, expanding grey to RGB
+  const rgb = Buffer.alloc(n * 3);
+  for (let i = 0; i < n; i++) for (let c = 0; c < 3; c++) rgb[3 * i + c] = data[i * ch + (ch < 3 ? 0 : c)];
+  return { data: rgb, width: info.width, height: info.height };
+}
+
+async function applyOp(r: Raw, op: EditOp, draw: (p: z.infer<typeof Param>) => number, rand: () => number): Promise<Raw> {
+  switch (op.op) {
+    case 'jpeg': {
+      const quality = Math.max(1, Math.min(100, Math.round(draw(op.quality))));
+      const encoded = await fromRaw(r).jpeg({ quality, chromaSubsampling: '4:2:0' }).toBuffer();
+      return { ...(await toRaw(sharp(encoded))), encoded };
+    }
+    case 'crop': {
+      const f = Math.min(1, Math.max(0.05, draw(op.fraction)));
+      const w = Math.max(1, Math.round(r.width * f));
+      const h = Math.max(1, Math.round(r.height * f));
+      const left = Math.floor(rand() * (r.width - w + 1));
+      const top = Math.floor(rand() * (r.height - h + 1));
+      return toRaw(fromRaw(r).extract({ left, top, width: w, height: h }));
+    }
+    case 'flip':
+      return toRaw(op.axis === 'horizontal' ? fromRaw(r).flop() : fromRaw(r).flip());
+    case 'rotate': {
+      const rotated = await toRaw(fromRaw(r).rotate(draw(op.degrees), { background: op.background }));
+      const left = Math.floor((rotated.width - r.width) / 2);
+      const top = Math.floor((rotated.height - r.height) / 2);
+      return toRaw(fromRaw(rotated).extract({ left, top, width: r.width, height: r.height }));
+    }
+    case 'modulate': {
+      const m: { brightness?: number; saturation?: number; hue?: number } = {};
+      if (op.brightness !== undefined) m.brightness = Math.max(0, draw(op.brightness));
+      if (op.saturation !== undefined) m.saturation = Math.max(0, draw(op.saturation));
+      if (op.hue !== undefined) m.hue = Math.round(draw(op.hue));
+      return toRaw(fromRaw(r).modulate(m));
+    }
+    case 'blur':
+      return toRaw(fromRaw(r).blur(Math.max(0.3, draw(op.sigma))));
+    case 'grayscale':
+      return toRaw(fromRaw(r).grayscale());
+  }
+}
+
+/** One edited copy of a size x size x 3 image, decoded back to size x size x 3 by decodeImage. */
+export async function editImage(pixels: Uint8Array, size: number, edit: Edit, seed: number): Promise<Uint8Array> {
+  const rand = mulberry32(seed);
+  const draw = (p: z.infer<typeof Param>) => (typeof p === 'number' ? p : p[0] + rand() * (p[1] - p[0]));
+  let r: Raw = { data: Buffer.from(pixels.buffer, pixels.byteOffset, pixels.length), width: size, height: size };
+  for (const op of edit.ops) r = await applyOp({ data: r.data, width: r.width, height: r.height }, op, draw, rand);
+  const file = r.encoded ?? (await fromRaw(r).png({ compressionLevel: 1 }).toBuffer());
+  return (await decodeImage(file, size)).pixels;
+}
+
+export interface Copies {
+  count: number;
+  pixels: Uint8Array; // count x size x size x 3; copy i = original (i / edits) with edit (i % edits)
+  original: Int32Array; // position of the copy's original in the originals list
+  edit: Int32Array; // index into edits
+}
+
+/** Every edit of every original (`originals`: image indices into `pixels`); deterministic in `seed`. */
+export async function makeCopies(pixels: Uint8Array, size: number, originals: ArrayLike<number>, edits: Edit[], seed: number, onProgress?: (done: number) => void): Promise<Copies> {
+  const E = edits.length;
+  const count = originals.length * E;
+  const per = size * size * 3;
+  const out: Copies = { count, pixels: new Uint8Array(count * per), original: new Int32Array(count), edit: new Int32Array(count) };
+  let next = 0;
+  let done = 0;
+  const worker = async () => {
+    while (next < count) {
+      const i = next++;
+      const o = Math.floor(i / E);
+      const e = i % E;
+      const img = originals[o];
+      const copy = await editImage(pixels.subarray(img * per, (img + 1) * per), size, edits[e], mixSeed(seed, img, e));
+      out.pixels.set(copy, i * per);
+      out.original[i] = o;
+      out.edit[i] = e;
+      if (++done % 256 === 0 || done === count) onProgress?.(done);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(8, count) }, worker));
+  return out;
+}
+
+export interface CopyRecall {
+  queries: number;
+  recall1: number; // the original is the top result
+  recall10: number; // the original is among the top 10 (top k when k < 10)
+}
+
+/** Recall of the original per edit (and 'all'): `target[i]` is the database row of copy i's original. */
+export function copiesRecall(found: TopK, target: Int32Array, editOf: Int32Array, editNames: string[]): Record<string, CopyRecall> {
+  const k = Math.min(10, found.k);
+  const hits1 = new Float64Array(editNames.length);
+  const hitsK = new Float64Array(editNames.length);
+  const counts = new Float64Array(editNames.length);
+  for (let q = 0; q < found.n; q++) {
+    const e = editOf[q];
+    counts[e]++;
+    const row = found.indices.subarray(q * found.k, q * found.k + k);
+    if (row[0] === target[q]) hits1[e]++;
+    if (row.includes(target[q])) hitsK[e]++;
+  }
+  const out: Record<string, CopyRecall> = {};
+  editNames.forEach((name, e) => (out[name] = { queries: counts[e], recall1: hits1[e] / counts[e], recall10: hitsK[e] / counts[e] }));
+  const total = counts.reduce((a, b) => a + b, 0);
+  out.all = { queries: total, recall1: hits1.reduce((a, b) => a + b, 0) / total, recall10: hitsK.reduce((a, b) => a + b, 0) / total };
+  return out;
+}

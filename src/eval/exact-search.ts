@@ -1,0 +1,140 @@
+// Exact (brute-force) inner-product search for evaluation: the database is a constant of an onnxruntime graph
+// (MatMul, then TopK), queries go through in chunks, and only the top k of each query is kept. With L2-normalised
+// vectors the inner product is the cosine similarity. Databases over SHARD_ROWS rows are split into several
+// graphs (protobuf caps a model at 2 GB) whose per-shard top k are merged.
+import * as ort from 'onnxruntime-node';
+import onnxProto from 'onnx-proto';
+import { GraphBuilder } from '../onnx/graph.ts';
+
+/** The k best database rows of each of n queries, best first: row q's results are [q*k, (q+1)*k). */
+export interface TopK {
+  n: number;
+  k: number;
+  indices: Int32Array;
+  scores: Float32Array;
+}
+
+export interface ExactSearchOptions {
+  k?: number; // results per query (default 10, capped at the database size)
+  threads?: number; // onnxruntime intra-op threads (default 1)
+  chunk?: number; // queries per run (default 256: a 256 x 50,000 score block is 51 MB)
+}
+
+const SHARD_ROWS = 1 << 20;
+
+/** Builds the graph queries [N, dim] -> (scores [N, k], indices [N, k]) over dbT [dim, rows] held as a constant. */
+function searchGraph(db: Float32Array, rows: number, dim: number, k: number): Uint8Array {
+  const g = new GraphBuilder();
+  const dbT = new Float32Array(dim * rows);
+  for (let r = 0; r < rows; r++) for (let d = 0; d < dim; d++) dbT[d * rows + r] = db[r * dim + d];
+  const q = g.input('queries', [-1, dim]);
+  const sims = g.node('MatMul', [q, g.initializer('dbT', dbT, [dim, rows])], [-1, rows]);
+  g.nodeMulti('TopK', [sims, g.constInt64([k])], [[-1, k], [-1, k]], { axis: -1, largest: 1, sorted: 1 }, ['scores', 'indices']);
+  g.output({ name: 'scores', shape: [-1, k] }, 'scores');
+  const { onnx } = onnxProto;
+  g.outputs.push({ name: 'indices', type: { tensorType: { elemType: onnx.TensorProto.DataType.INT64, shape: { dim: [{ dimParam: 'N' }, { dimValue: k }] } } } });
+  return g.toBytes({}, 'exact_search');
+}
+
+export class ExactSearch {
+  private constructor(
+    private shards: { session: ort.InferenceSession; offset: number; rows: number; k: number }[],
+    readonly dim: number,
+    readonly size: number,
+    readonly k: number,
+    private chunk: number,
+  ) {}
+
+  /** db: `rows` vectors of `dim` floats, row-major. */
+  static async create(db: Float32Array, rows: number, dim: number, opts: ExactSearchOptions = {}): Promise<ExactSearch> {
+    if (rows <= 0) throw new RangeError('exact search needs a non-empty database');
+    if (db.length !== rows * dim) throw new RangeError(`database has ${db.length} floats, expected ${rows} x ${dim}`);
+    const k = Math.min(opts.k ?? 10, rows);
+    if (!Number.isInteger(k) || k <= 0) throw new RangeError(`k must be a positive integer, got ${opts.k}`);
+    const shards = [];
+    for (let offset = 0; offset < rows; offset += SHARD_ROWS) {
+      const n = Math.min(SHARD_ROWS, rows - offset);
+      const sk = Math.min(k, n);
+      const model = searchGraph(db.subarray(offset * dim, (offset + n) * dim), n, dim, sk);
+      const session = await ort.InferenceSession.create(model, { intraOpNumThreads: opts.threads ?? 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+      shards.push({ session, offset, rows: n, k: sk });
+    }
+    return new ExactSearch(shards, dim, rows, k, opts.chunk ?? 256);
+  }
+
+  /** The top k of n queries (n x dim floats, row-major). */
+  async search(queries: Float32Array, n: number): Promise<TopK> {
+    if (queries.length !== n * this.dim) throw new RangeError(`queries have ${queries.length} floats, expected ${n} x ${this.dim}`);
+    const k = this.k;
+    const out: TopK = { n, k, indices: new Int32Array(n * k), scores: new Float32Array(n * k) };
+    for (let start = 0; start < n; start += this.chunk) {
+      const m = Math.min(this.chunk, n - start);
+      const feed = { queries: new ort.Tensor('float32', queries.subarray(start * this.dim, (start + m) * this.dim), [m, this.dim]) };
+      const parts: { scores: Float32Array; indices: BigInt64Array; k: number; offset: number }[] = [];
+      for (const s of this.shards) {
+        const r = await s.session.run(feed);
+        parts.push({ scores: r.scores.data as Float32Array, indices: r.indices.data as BigInt64Array, k: s.k, offset: s.offset });
+      }
+      if (parts.length === 1) {
+        const p = parts[0];
+        out.scores.set(p.scores, start * k);
+        for (let i = 0; i < m * k; i++) out.indices[start * k + i] = Number(p.indices[i]);
+      } else {
+        mergeShards(parts, m, k, out, start);
+      }
+    }
+    return out;
+  }
+
+  async release(): Promise<void> {
+    for (const s of this.shards) await s.session.release();
+    this.shards = [];
+  }
+}
+
+/** Merges per-shard top lists into one top k per query (higher score first, then lower index). */
+function mergeShards(parts: { scores: Float32Array; indices: BigInt64Array; k: number; offset: number }[], m: number, k: number, out: TopK, start: number): void {
+  for (let q = 0; q < m; q++) {
+    const cand: { s: number; i: number }[] = [];
+    for (const p of parts) for (let j = 0; j < p.k; j++) cand.push({ s: p.scores[q * p.k + j], i: p.offset + Number(p.indices[q * p.k + j]) });
+    cand.sort((a, b) => b.s - a.s || a.i - b.i);
+    for (let j = 0; j < k; j++) {
+      out.scores[(start + q) * k + j] = cand[j].s;
+      out.indices[(start + q) * k + j] = cand[j].i;
+    }
+  }
+}
+
+/** Rows `rows` of a TopK, in that order (e.g. the ground truth of a query subset). */
+export function selectRows(t: TopK, rows: ArrayLike<number>): TopK {
+  const n = rows.length;
+  const out: TopK = { n, k: t.k, indices: new Int32Array(n * t.k), scores: new Float32Array(n * t.k) };
+  for (let i = 0; i < n; i++) {
+    const r = rows[i];
+    if (r < 0 || r >= t.n) throw new RangeError(`row ${r} is outside 0..${t.n - 1}`);
+    out.indices.set(t.indices.subarray(r * t.k, (r + 1) * t.k), i * t.k);
+    out.scores.set(t.scores.subarray(r * t.k, (r + 1) * t.k), i * t.k);
+  }
+  return out;
+}
+
+/** Brute force in plain JS, for tests of the graph: the same contract as ExactSearch.search. */
+export function bruteForceTopK(db: Float32Array, rows: number, dim: number, queries: Float32Array, n: number, k: number): TopK {
+  k = Math.min(k, rows);
+  const out: TopK = { n, k, indices: new Int32Array(n * k), scores: new Float32Array(n * k) };
+  const sims = new Float64Array(rows);
+  const order = Array.from({ length: rows }, (_, i) => i);
+  for (let q = 0; q < n; q++) {
+    for (let r = 0; r < rows; r++) {
+      let s = 0;
+      for (let d = 0; d < dim; d++) s += queries[q * dim + d] * db[r * dim + d];
+      sims[r] = s;
+    }
+    order.sort((a, b) => sims[b] - sims[a] || a - b);
+    for (let j = 0; j < k; j++) {
+      out.indices[q * k + j] = order[j];
+      out.scores[q * k + j] = sims[order[j]];
+    }
+  }
+  return out;
+}

@@ -1,0 +1,68 @@
+// The HNSW sweep: one hnswlib-node index over the XL database ('ip' space on L2-normalised vectors), searched at
+// several ef with queries from one encoder; recall@k against exact search and the median time per query.
+import hnswlib from 'hnswlib-node';
+import type { TopK } from './exact-search.ts';
+import { median, neighbourRecall } from './metrics.ts';
+
+export interface HnswParams {
+  M: number;
+  efConstruction: number;
+  seed: number;
+}
+
+export const DEFAULT_HNSW: HnswParams = { M: 16, efConstruction: 200, seed: 100 };
+
+export interface HnswRow {
+  encoder: string; // query encoder id
+  ef: number;
+  queries: number;
+  recall10: number; // against exact search with the same query vectors (the index's own error)
+  recall10VsXl: number; // against exact search with the XL query (index error plus query-encoder error)
+  medianMs: number; // per query, searchKnn only
+  meanMs: number;
+}
+
+export function buildHnsw(db: Float32Array, rows: number, dim: number, p: HnswParams = DEFAULT_HNSW, onProgress?: (done: number) => void): { index: hnswlib.HierarchicalNSW; seconds: number } {
+  const t0 = performance.now();
+  const index = new hnswlib.HierarchicalNSW('ip', dim);
+  index.initIndex(rows, p.M, p.efConstruction, p.seed);
+  for (let r = 0; r < rows; r++) {
+    index.addPoint(Array.from(db.subarray(r * dim, (r + 1) * dim)), r);
+    if (onProgress && (r + 1) % 1000 === 0) onProgress(r + 1);
+  }
+  return { index, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** Searches every query at each ef. `exact` and `xlTruth` are TopK lists of the same queries, in order. */
+export function hnswSweep(index: hnswlib.HierarchicalNSW, encoder: string, queries: Float32Array, n: number, dim: number, efs: number[], exact: TopK, xlTruth: TopK, k = 10): HnswRow[] {
+  const size = index.getCurrentCount();
+  k = Math.min(k, size, exact.k, xlTruth.k);
+  const vecs = Array.from({ length: n }, (_, q) => Array.from(queries.subarray(q * dim, (q + 1) * dim)));
+  const rows: HnswRow[] = [];
+  for (const ef of efs) {
+    index.setEf(Math.max(ef, k));
+    const found: TopK = { n, k, indices: new Int32Array(n * k), scores: new Float32Array(n * k) };
+    const ms = new Float64Array(n);
+    for (let q = 0; q < n; q++) {
+      const t0 = performance.now();
+      const r = index.searchKnn(vecs[q], k);
+      ms[q] = performance.now() - t0;
+      // hnswlib returns the nearest first for 'ip' in version 3; sort anyway so the order never depends on it.
+      const order = r.neighbors.map((id, j) => ({ id, d: r.distances[j] })).sort((a, b) => a.d - b.d || a.id - b.id);
+      order.forEach((o, j) => {
+        found.indices[q * k + j] = o.id;
+        found.scores[q * k + j] = 1 - o.d;
+      });
+    }
+    rows.push({
+      encoder,
+      ef,
+      queries: n,
+      recall10: neighbourRecall(found, exact, k),
+      recall10VsXl: neighbourRecall(found, xlTruth, k),
+      medianMs: median(ms),
+      meanMs: ms.reduce((a, b) => a + b, 0) / Math.max(1, n),
+    });
+  }
+  return rows;
+}

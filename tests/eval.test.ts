@@ -1,0 +1,212 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { decodeImage } from '../src/data/images.ts';
+import type { LabelledPixels } from '../src/data/labelled.ts';
+import { iterateImageSource } from '../src/data/sources.ts';
+import { type Calibration, BudgetError, defaultCalibration, loadCalibration, pickEncoder } from '../src/encoder/budget.ts';
+import { saveModel } from '../src/encoder/checkpoint.ts';
+import { TINY_CONFIG } from '../src/encoder/config.ts';
+import { ExactSearch, bruteForceTopK } from '../src/eval/exact-search.ts';
+import { labelCounts, meanAveragePrecision, neighbourRecall, oneNnAccuracy, paretoFrontier } from '../src/eval/metrics.ts';
+import { type RecallCostResult, evaluateRecallCost } from '../src/eval/recall-cost.ts';
+import { mulberry32 } from '../src/train/rng.ts';
+import { randomModel } from './helpers/model.ts';
+
+const CIFAR_TEST = path.resolve(import.meta.dirname, '../../shared/datasets/cifar10/test.tar.gz');
+const skip = !fs.existsSync(CIFAR_TEST) && 'CIFAR-10 not found';
+
+/** 160 images spread over all ten classes (every 62nd of the class-sorted archive), split into 120 + 40. */
+async function cifarSample(): Promise<{ db: LabelledPixels; queries: LabelledPixels }> {
+  const items: { pixels: Uint8Array; label: string; name: string }[] = [];
+  let i = 0;
+  for await (const item of iterateImageSource(CIFAR_TEST)) {
+    if (i++ % 62 !== 0 || items.length >= 160) continue;
+    items.push({ pixels: (await decodeImage(item.bytes, 32)).pixels, label: item.label!, name: item.path });
+  }
+  const classes = [...new Set(items.map((x) => x.label))].sort();
+  const make = (xs: typeof items): LabelledPixels => {
+    const pixels = new Uint8Array(xs.length * 32 * 32 * 3);
+    xs.forEach((x, j) => pixels.set(x.pixels, j * 32 * 32 * 3));
+    return { size: 32, pixels, labels: Int32Array.from(xs, (x) => classes.indexOf(x.label)), classes, names: xs.map((x) => x.name) };
+  };
+  // every 4th image is a query: both halves cover every class
+  return { db: make(items.filter((_, j) => j % 4 !== 3)), queries: make(items.filter((_, j) => j % 4 === 3)) };
+}
+
+let dir: string;
+let modelPath: string;
+let result: RecallCostResult;
+const MNM = ['S,M', 'S,XL', 'M,L'];
+
+before(async () => {
+  if (skip) return;
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-eval-'));
+  modelPath = path.join(dir, 'models/matvit-tiny/model.safetensors');
+  fs.mkdirSync(path.dirname(modelPath), { recursive: true });
+  saveModel(modelPath, TINY_CONFIG, (await randomModel(TINY_CONFIG, 3)).tensors, { trained_granularities: 'S,M,L,XL', 'train.step': '7' });
+  const baseline = path.join(dir, 'models/baseline-S/model.safetensors');
+  fs.mkdirSync(path.dirname(baseline), { recursive: true });
+  saveModel(baseline, TINY_CONFIG, (await randomModel(TINY_CONFIG, 4)).tensors, { trained_granularities: 'S', 'train.step': '5' });
+  const { db, queries } = await cifarSample();
+  result = await evaluateRecallCost({
+    modelPath,
+    db,
+    queries,
+    mixnmatch: MNM,
+    mixnmatchQueries: 25, // fewer than the 40 queries: exercises the subset path
+    latencyRuns: 3,
+    hnsw: { efs: [10, 32] },
+    copies: {
+      edits: { seed: 7, originals: 8, edits: [{ name: 'identical', ops: [] }, { name: 'jpeg', ops: [{ op: 'jpeg', quality: 30 }] }, { name: 'crop-flip', ops: [{ op: 'crop', fraction: [0.7, 0.9] }, { op: 'flip', axis: 'horizontal' }] }] },
+    },
+    outDir: path.join(dir, 'report'),
+    writeCalibration: true,
+    progress: false,
+    seed: 1,
+  });
+});
+
+after(() => dir && fs.rmSync(dir, { recursive: true, force: true }));
+
+test('exact search (onnxruntime MatMul + TopK) equals brute force, across chunks', async () => {
+  const rand = mulberry32(5);
+  const dim = 16;
+  const rows = 300;
+  const db = Float32Array.from({ length: rows * dim }, () => rand() - 0.5);
+  const q = Float32Array.from({ length: 21 * dim }, () => rand() - 0.5);
+  const es = await ExactSearch.create(db, rows, dim, { k: 10, chunk: 8 });
+  const got = await es.search(q, 21);
+  await es.release();
+  const want = bruteForceTopK(db, rows, dim, q, 21, 10);
+  assert.deepEqual(got.indices, want.indices);
+  for (let i = 0; i < want.scores.length; i++) assert.ok(Math.abs(got.scores[i] - want.scores[i]) < 1e-5);
+});
+
+test('metrics on a hand-made case; the Pareto frontier keeps strictly better points', () => {
+  const found = { n: 2, k: 3, indices: Int32Array.from([0, 1, 2, 3, 4, 5]), scores: new Float32Array(6) };
+  const truth = { n: 2, k: 3, indices: Int32Array.from([0, 2, 9, 5, 6, 7]), scores: new Float32Array(6) };
+  assert.equal(neighbourRecall(found, truth, 1), 0.5);
+  assert.equal(neighbourRecall(found, truth, 3), 3 / 6);
+  const dbLabels = [1, 0, 1, 2, 2, 0, 0, 0, 0, 0];
+  assert.equal(oneNnAccuracy(found, dbLabels, [1, 2]), 1);
+  // query 0: relevant at ranks 1 and 3 -> (1 + 2/3) / min(3, 2); query 1: rank 1, 2 -> (1 + 1) / min(3, 2)
+  assert.ok(Math.abs(meanAveragePrecision(found, dbLabels, [1, 2], 3, labelCounts(dbLabels)) - ((1 + 2 / 3) / 2 + 1) / 2) < 1e-12);
+  const pts = [{ c: 1, q: 0.5 }, { c: 2, q: 0.4 }, { c: 2, q: 0.6 }, { c: 3, q: 0.6 }, { c: 4, q: 0.7 }];
+  assert.deepEqual(paretoFrontier(pts, (p) => p.c, (p) => p.q), [pts[0], pts[2], pts[4]]);
+});
+
+test('recall-vs-cost on a tiny model: XL against itself is exact, every metric in [0, 1]', { skip }, () => {
+  const xl = result.encoders.find((e) => e.id === 'XL')!;
+  assert.equal(xl.all!.recall1, 1);
+  assert.equal(xl.all!.recall10, 1);
+  assert.equal(xl.all!.top1LabelAgreement, 1);
+  assert.equal(xl.common!.recall1, 1);
+  assert.equal(xl.common!.recall10, 1);
+  // 4 uniform + 3 Mix'n'Match + the baseline found beside the model
+  assert.deepEqual(result.encoders.map((e) => e.id).sort(), ['L', 'M', 'S', 'XL', 'baseline-S', ...MNM].sort());
+  assert.equal(result.encoders.find((e) => e.id === 'baseline-S')!.family, 'baseline');
+  assert.ok(result.mixnmatchSubset);
+  assert.equal(result.dataset.dbSize, 120);
+  assert.equal(result.dataset.queryCount, 40);
+  for (const e of result.encoders) {
+    assert.ok(e.common, `${e.id} has no metrics`);
+    assert.equal(e.common!.queries, 25);
+    assert.equal(e.all?.queries ?? 40, 40);
+    for (const m of [e.all, e.common]) {
+      if (!m) continue;
+      for (const k of ['recall1', 'recall10', 'accuracy', 'map10', 'top1LabelAgreement'] as const) assert.ok(m[k] >= 0 && m[k] <= 1, `${e.id} ${k} = ${m[k]}`);
+    }
+    assert.ok(e.flopsRel > 0 && e.flopsRel <= 1);
+    assert.ok(e.encodeMs! > 0);
+  }
+  for (const h of result.hnsw!.rows) assert.ok(h.recall10 >= 0 && h.recall10 <= 1 && h.recall10VsXl <= 1);
+  assert.deepEqual(result.hnsw!.rows.map((h) => `${h.encoder}@${h.ef}`), ['XL@10', 'XL@32', 'S@10', 'S@32']);
+});
+
+test('copies task: recall per edit, the unedited copy found by XL', { skip }, () => {
+  assert.equal(result.copies!.copies, 8 * 3);
+  const xl = result.encoders.find((e) => e.id === 'XL')!.copies!;
+  assert.deepEqual(Object.keys(xl).sort(), ['all', 'crop-flip', 'identical', 'jpeg']);
+  assert.ok(xl.identical.recall1 >= 0.875, `XL finds the unedited original (${xl.identical.recall1})`);
+  for (const e of result.encoders.filter((x) => x.copies)) for (const r of Object.values(e.copies!)) assert.ok(r.recall1 >= 0 && r.recall1 <= r.recall10 && r.recall10 <= 1);
+});
+
+test('the frontier is monotone and becomes the calibration that pickEncoder reads', { skip }, () => {
+  const front = result.frontier.map((id) => result.encoders.find((e) => e.id === id)!);
+  assert.ok(front.length >= 1);
+  assert.ok(front.every((e) => e.family !== 'baseline'));
+  for (let i = 1; i < front.length; i++) {
+    assert.ok(front[i].flops > front[i - 1].flops);
+    assert.ok(front[i].common!.accuracy > front[i - 1].common!.accuracy);
+  }
+  // nothing off the frontier beats it at lower or equal cost
+  for (const e of result.encoders.filter((x) => x.family !== 'baseline')) {
+    const cover = front.filter((f) => f.flops <= e.flops);
+    assert.ok(cover.length && Math.max(...cover.map((f) => f.common!.accuracy)) >= e.common!.accuracy, `${e.id} is not dominated`);
+  }
+  const cal = loadCalibration(modelPath, { modelId: result.modelId });
+  assert.equal(cal.source, 'measured');
+  assert.equal(cal.modelId, 'matvit-tiny/model.safetensors@7');
+  assert.equal(cal.stale, false);
+  assert.deepEqual(cal.frontier.map((e) => e.spec), result.frontier);
+  for (const budget of [0.3, 0.6, 0.75, 0.9, 1]) {
+    const choice = pickEncoder(cal, { budget });
+    const fitting = cal.frontier.filter((e) => e.flopsRel <= budget);
+    if (fitting.length) {
+      assert.ok(choice.fits && choice.entry.flopsRel <= budget, `${budget}: ${choice.reason}`);
+      assert.equal(choice.entry.accuracy, Math.max(...fitting.map((e) => e.accuracy!)));
+    } else {
+      assert.equal(choice.fits, false);
+      assert.equal(choice.spec, cal.frontier[0].spec);
+      assert.match(choice.reason, /nothing fits/);
+    }
+  }
+  assert.equal(pickEncoder(cal).spec, front[front.length - 1].spec);
+});
+
+test('report files: results.json, one CSV row per encoder, summary.md, SVG plot', { skip }, () => {
+  const files = result.files!;
+  for (const f of Object.values(files)) assert.ok(fs.statSync(f).size > 0, f);
+  const csv = fs.readFileSync(files.csv, 'utf8').trim().split('\n');
+  assert.equal(csv.length, 1 + result.encoders.length);
+  const ids = csv.slice(1).map((l) => l.match(/^[^,]*,("(?:[^"]|"")*"|[^,]*)/)![1].replace(/^"|"$/g, ''));
+  assert.deepEqual(ids.sort(), result.encoders.map((e) => e.id).sort());
+  assert.match(fs.readFileSync(files.plot, 'utf8'), /^<svg[^>]*>/);
+  const md = fs.readFileSync(files.summary, 'utf8');
+  assert.match(md, /\| `XL` \|/);
+  assert.match(md, /seeded subset of 25 of the 40 queries/);
+  assert.equal(JSON.parse(fs.readFileSync(files.json, 'utf8')).encoders.length, result.encoders.length);
+});
+
+test('deterministic in the seed: a second run gives the same retrieval metrics', { skip }, async () => {
+  const { db, queries } = await cifarSample();
+  const again = await evaluateRecallCost({ modelPath, db, queries, tasks: ['recall'], mixnmatch: MNM, mixnmatchQueries: 25, latencyRuns: 0, hnsw: false, progress: false, seed: 1 });
+  const strip = (r: RecallCostResult) => r.encoders.map((e) => ({ id: e.id, all: e.all, common: e.common }));
+  assert.deepEqual(strip(again), strip(result));
+  assert.deepEqual(again.frontier, result.frontier);
+});
+
+test('pickEncoder: budget, latency, the S fallback, bad arguments, and no calibration file', () => {
+  const entry = (spec: string, flopsRel: number, accuracy: number, encodeMs: number) => ({ spec, family: 'uniform' as const, flops: flopsRel * 100, flopsRel, params: 1, encodeMs, accuracy, recall10: null });
+  const cal: Calibration = { version: 1, source: 'measured', modelId: 'm@1', createdAt: null, metric: 'acc', xlFlops: 100, frontier: [entry('S', 0.45, 0.7, 0.5), entry('S,S,M,M,L,XL', 0.6, 0.75, 0.7), entry('L', 0.7, 0.78, 0.8), entry('XL', 1, 0.8, 1.2)] };
+  assert.equal(pickEncoder(cal, { budget: 0.65 }).spec, 'S,S,M,M,L,XL');
+  assert.equal(pickEncoder(cal, { budget: 0.7 }).spec, 'L'); // exactly at the budget
+  assert.equal(pickEncoder(cal, { maxEncodeMs: 0.75 }).spec, 'S,S,M,M,L,XL');
+  assert.equal(pickEncoder(cal, { budget: 1, maxEncodeMs: 1 }).spec, 'L');
+  const none = pickEncoder(cal, { budget: 0.2 });
+  assert.deepEqual([none.spec, none.fits], ['S', false]);
+  assert.match(none.reason, /nothing fits budget 0\.200.*falling back to S/);
+  assert.equal(pickEncoder(cal, { maxEncodeMs: 0.1 }).spec, 'S');
+  for (const bad of [0, -0.5, 1.5, NaN]) assert.throws(() => pickEncoder(cal, { budget: bad }), BudgetError);
+  assert.throws(() => pickEncoder(cal, { maxEncodeMs: 0 }), BudgetError);
+
+  const missing = loadCalibration(path.join(os.tmpdir(), 'no-such-model-dir', 'model.safetensors'));
+  assert.equal(missing.source, 'default');
+  assert.deepEqual(missing.frontier.map((e) => e.spec), ['S', 'M', 'L', 'XL']);
+  assert.equal(pickEncoder(missing, { budget: 0.6 }).spec, 'M');
+  assert.equal(pickEncoder(missing).spec, 'XL');
+  assert.equal(pickEncoder(defaultCalibration(), { budget: 0.01 }).spec, 'S');
+});
