@@ -36,7 +36,7 @@ async function choose(preferred?: string): Promise<string> {
     if (!wasmOk) await tf.setBackend('cpu');
   }
   await tf.ready();
-  logger.debug({ backend: tf.getBackend() }, 'tfjs backend chosen');
+  logger.info({ backend: tf.getBackend() }, 'tfjs backend chosen');
   return tf.getBackend();
 }
 
