@@ -6,7 +6,7 @@
 // FLOPs becomes the model's calibration file, which src/encoder/budget.ts turns into a query-encoder choice.
 import os from 'node:os';
 import path from 'node:path';
-import { type Calibration, CALIBRATION_VERSION, type CalibrationEntry, saveCalibration } from '../encoder/budget.ts';
+import { saveCalibration } from '../encoder/budget.ts';
 import { DEFAULT_MODEL_PATH, loadModel } from '../encoder/checkpoint.ts';
 import { countFlops, countParams, parseSubmodel } from '../encoder/config.ts';
 import { Encoder } from '../encoder/runtime.ts';
@@ -20,6 +20,7 @@ import { encodeImages, measureLatency, singleImage } from './encoding.ts';
 import { ExactSearch, type TopK, selectRows } from './exact-search.ts';
 import { DEFAULT_HNSW, type HnswParams, type HnswRow, buildHnsw, hnswSweep } from './hnsw.ts';
 import { labelCounts, meanAveragePrecision, neighbourRecall, oneNnAccuracy, paretoFrontier, top1LabelAgreement } from './metrics.ts';
+import { toCalibration } from './calibration.ts';
 import { writeReport } from './report.ts';
 
 const projectRoot = path.resolve(import.meta.dirname, '../..');
@@ -396,31 +397,6 @@ export async function evaluateRecallCost(opts: RecallCostOptions = {}): Promise<
     result.calibrationFile = saveCalibration(modelPath, toCalibration(result));
   }
   return result;
-}
-
-/** The calibration file's content: the frontier entries of a result. */
-export function toCalibration(r: RecallCostResult): Calibration {
-  const frontier = r.frontier.map((id) => r.encoders.find((e) => e.id === id)!).map((e): CalibrationEntry => ({
-    spec: e.spec,
-    family: e.family as 'uniform' | 'mixnmatch',
-    flops: e.flops,
-    flopsRel: e.flopsRel,
-    params: e.params,
-    encodeMs: e.encodeMs,
-    accuracy: e.common!.accuracy,
-    recall10: e.common!.recall10,
-  }));
-  return {
-    version: CALIBRATION_VERSION,
-    source: 'measured',
-    modelId: r.modelId,
-    createdAt: r.createdAt,
-    metric: `1-NN label accuracy of queries against the XL-encoded database (${r.dataset.commonQueries} queries of ${path.basename(r.dataset.queries)} against ${r.dataset.dbSize} of ${path.basename(r.dataset.db)})`,
-    xlFlops: r.xlFlops,
-    dataset: { db: r.dataset.db, queries: r.dataset.queries, dbSize: r.dataset.dbSize, queryCount: r.dataset.commonQueries },
-    notes: r.notes.filter((n) => /trustworthy|subset/.test(n)),
-    frontier,
-  };
 }
 
 function resolveEdits(e: string | EditsFile | undefined): EditsFile {

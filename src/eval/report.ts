@@ -4,6 +4,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { formatSeconds } from '../progress.ts';
 import { writeFileAtomic } from '../encoder/safetensors.ts';
+import { pickEncoder } from '../encoder/budget.ts';
+import { toCalibration } from './calibration.ts';
 import { recallCostSpec, renderSvg } from './plot.ts';
 import type { EncoderResult, Metrics, RecallCostResult } from './recall-cost.ts';
 
@@ -99,6 +101,13 @@ export function toMarkdown(r: RecallCostResult): string {
     out.push('| encoder | × XL FLOPs | encode ms | 1-NN acc | R@10 |', '| --- | ---: | ---: | ---: | ---: |');
     for (const e of front) out.push(`| \`${e.id}\` | ${e.flopsRel.toFixed(3)} | ${f3(e.encodeMs)} | ${f4(e.common!.accuracy)} | ${f4(e.common!.recall10)} |`);
     out.push('', '![recall vs cost](recall-vs-cost.svg)', '');
+    const cal = toCalibration(r);
+    out.push('What `pickEncoder(calibration, { budget })` chooses:', '', '| budget (× XL FLOPs) | encoder | × XL FLOPs | 1-NN acc | fits |', '| ---: | --- | ---: | ---: | --- |');
+    for (const budget of [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1]) {
+      const c = pickEncoder(cal, { budget });
+      out.push(`| ${budget} | \`${c.spec}\` | ${c.entry.flopsRel.toFixed(3)} | ${f4(c.entry.accuracy)} | ${c.fits ? 'yes' : 'no: cheapest'} |`);
+    }
+    out.push('');
   }
 
   if (r.hnsw) {
