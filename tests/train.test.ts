@@ -67,3 +67,14 @@ test('kill -9 mid-run, rerun the same command: it resumes and ends with the unin
   assert.deepEqual(logged, [...logged].sort((x, y) => x - y));
   assert.equal(new Set(logged).size, logged.length, 'no step logged twice after the resume');
 });
+
+test('--baseline S trains one fixed width; its other widths are refused at extraction and serving', async () => {
+  const out = tmp();
+  const r = await train({ ...common, out, epochs: 1, baseline: 'S' } as never);
+  assert.deepEqual(Object.keys(r.val), ['S']);
+  const file = path.join(out, 'model.safetensors');
+  assert.equal(loadModel(file).metadata.trained_granularities, 'S');
+  const { extractToFile } = await import('../src/encoder/extract.ts');
+  assert.ok(extractToFile(file, 'S', path.join(out, 's.onnx')).bytes > 0);
+  assert.throws(() => extractToFile(file, 'XL', path.join(out, 'xl.onnx')), /baseline trained only at S/);
+});
