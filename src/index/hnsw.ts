@@ -38,6 +38,18 @@ export interface SearchHit {
 
 export const sidecarPath = (indexFile: string) => `${indexFile}.json`;
 
+/** The sidecar of an index file, or null when it is missing or unreadable. */
+export function readSidecar(indexFile: string): Partial<Sidecar> | null {
+  try {
+    const side = JSON.parse(fs.readFileSync(sidecarPath(indexFile), 'utf8'));
+    return side && typeof side === 'object' ? side : null;
+  } catch {
+    return null;
+  }
+}
+
+const definedOnly = <T extends object>(o: T): Partial<T> => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+
 /** Unit-length copy of v as a plain array (hnswlib-node takes arrays, not typed arrays). */
 export function normalize(v: ArrayLike<number>): number[] {
   let s = 0;
@@ -101,7 +113,10 @@ export class HnswIndex {
         if (after.ino !== before.ino || after.mtimeMs !== before.mtimeMs) {
           return HnswIndex.rebuildLogged(store, modelId, dim, file, opts, 'the index file was replaced while it was being read');
         }
-        const index = new HnswIndex(modelId, dim, opts, native);
+        // The graph was built with the file's M and efConstruction (e.g. by `matvit reindex --m 8`), whatever the
+        // options say: the sidecar written at the next save must keep saying so.
+        const side = readSidecar(file);
+        const index = new HnswIndex(modelId, dim, { ...opts, M: side?.M ?? opts.M, efConstruction: side?.efConstruction ?? opts.efConstruction }, native);
         index.deleted = native.getCurrentCount() - count;
         if (native.getNumDimensions() !== dim || index.deleted < 0) throw new Error(`file holds ${native.getCurrentCount()} vectors of dimension ${native.getNumDimensions()}`);
         index.generation = generation;
@@ -116,13 +131,15 @@ export class HnswIndex {
   private static rebuildLogged(store: ImageStore, modelId: string, dim: number, file: string, opts: HnswOptions, reason: string) {
     logger.warn({ file, modelId, reason }, 'rebuilding the HNSW index from the store');
     const t0 = Date.now();
-    const index = HnswIndex.rebuild(store, modelId, dim, opts);
+    // Keep the graph parameters of the file being replaced (set by `matvit reindex --m ...`) unless told otherwise.
+    const prev = readSidecar(file);
+    const index = HnswIndex.rebuild(store, modelId, dim, { M: prev?.M, efConstruction: prev?.efConstruction, ...definedOnly(opts) });
     logger.info({ modelId, vectors: index.size, seconds: (Date.now() - t0) / 1000 }, 'HNSW index rebuilt');
     return { index, rebuilt: true, reason };
   }
 
   /** Why `file` cannot be used for the store's current state, or null when it can. */
-  private static mismatch(file: string, want: Pick<Sidecar, 'modelId' | 'dim' | 'generation' | 'count'>): string | null {
+  static mismatch(file: string, want: Pick<Sidecar, 'modelId' | 'dim' | 'generation' | 'count'>): string | null {
     const stat = fs.statSync(file, { throwIfNoEntry: false });
     if (!stat) return 'the index file is missing';
     let side: Partial<Sidecar>;
@@ -193,7 +210,10 @@ export class HnswIndex {
       this.deleted--;
       return;
     }
-    if (this.native.getCurrentCount() >= this.native.getMaxElements()) this.native.resizeIndex(this.native.getMaxElements() * 2);
+    if (this.native.getCurrentCount() >= this.native.getMaxElements()) {
+      // An index saved empty reads back with room for 0: doubling must start from something.
+      this.native.resizeIndex(Math.max(this.native.getMaxElements() * 2, HNSW_DEFAULTS.initialCapacity));
+    }
     this.native.addPoint(v, id, false);
   }
 

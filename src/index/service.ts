@@ -4,6 +4,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { MatViTConfig } from '../encoder/config.ts';
 import { logger } from '../log.ts';
 import { type HnswOptions, HnswIndex, sidecarPath } from './hnsw.ts';
 import { type InsertResult, type NewImage, ImageStore, StoreError } from './store.ts';
@@ -12,6 +13,7 @@ export interface OpenIndexOptions {
   writer?: boolean; // take the store's writer lock (indexing); searching needs none
   hnsw?: HnswOptions;
   saveEvery?: number; // additions between saves of the HNSW file (writers only)
+  config?: MatViTConfig; // the encoder's config (encoder.config): lets searches report FLOPs; writers record it
 }
 
 export interface IndexHandle {
@@ -19,6 +21,8 @@ export interface IndexHandle {
   hnsw: HnswIndex;
   modelId: string;
   dim: number;
+  /** The model's config: from openIndex's options, else as recorded in the store by an earlier writer, else null. */
+  config: MatViTConfig | null;
   file: string; // the HNSW file; its sidecar is file + '.json'
   saveEvery: number;
   unsaved: number; // changes since the last save
@@ -41,6 +45,8 @@ export function openIndex(storeDir: string, modelId: string, dim: number, opts: 
     if (known !== null && known !== dim) {
       throw new StoreError(`model "${modelId}" has ${known}-dimensional embeddings in "${store.dir}", not ${dim}`);
     }
+    if (opts.config && store.writer) store.recordModelConfig(modelId, JSON.stringify(opts.config));
+    const recorded = store.modelConfig(modelId);
     const file = indexFilePath(storeDir, modelId);
     const { index, rebuilt } = HnswIndex.open(store, modelId, dim, file, opts.hnsw);
     const handle: IndexHandle = {
@@ -48,6 +54,7 @@ export function openIndex(storeDir: string, modelId: string, dim: number, opts: 
       hnsw: index,
       modelId,
       dim,
+      config: opts.config ?? (recorded ? (JSON.parse(recorded) as MatViTConfig) : null),
       file,
       saveEvery: opts.saveEvery ?? 10_000,
       unsaved: 0,

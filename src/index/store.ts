@@ -4,6 +4,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
+import { formatInfo } from './formats.ts';
 
 export const SCHEMA_VERSION = 1;
 
@@ -72,6 +73,7 @@ const SCHEMA = `
 
 const genKey = (modelId: string) => `generation:${modelId}`;
 const dimKey = (modelId: string) => `dim:${modelId}`;
+const configKey = (modelId: string) => `config:${modelId}`;
 const HASH_RE = /^[0-9a-f]{64}$/;
 
 interface RawImageRow {
@@ -152,6 +154,7 @@ export class ImageStore {
       ),
       insertEmbedding: db.prepare('INSERT OR IGNORE INTO embeddings (image_id, model_id, vector) VALUES (?, ?, ?)'),
       getEmbedding: db.prepare<[number, string], { vector: Buffer }>('SELECT vector FROM embeddings WHERE image_id = ? AND model_id = ?'),
+      hasEmbedding: db.prepare<[number, string], { one: number }>('SELECT 1 AS one FROM embeddings WHERE image_id = ? AND model_id = ?'),
       modelsOfImage: db.prepare<[number], { model_id: string }>('SELECT model_id FROM embeddings WHERE image_id = ?'),
       deleteImage: db.prepare('DELETE FROM images WHERE id = ?'),
       count: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM embeddings WHERE model_id = ?'),
@@ -184,6 +187,11 @@ export class ImageStore {
     return row && blobToVector(row.vector);
   }
 
+  /** Whether image `id` has an embedding for the model (without reading the vector). */
+  hasEmbedding(id: number, modelId: string): boolean {
+    return this.stmts.hasEmbedding.get(id, modelId) !== undefined;
+  }
+
   /** Number of embeddings stored for a model. */
   count(modelId: string): number {
     return this.stmts.count.get(modelId)!.n;
@@ -213,6 +221,11 @@ export class ImageStore {
     return this.db.transaction(fn).deferred();
   }
 
+  /** The model config recorded for a model's embeddings (JSON text, as given to recordModelConfig), or null. */
+  modelConfig(modelId: string): string | null {
+    return this.stmts.getState.get(configKey(modelId))?.value ?? null;
+  }
+
   stats(): StoreStats {
     const images = this.db.prepare('SELECT count(*) AS n, count(label) AS labelled FROM images').get() as { n: number; labelled: number };
     const models = (this.db.prepare('SELECT model_id, count(*) AS n FROM embeddings GROUP BY model_id ORDER BY model_id').all() as { model_id: string; n: number }[]).map(
@@ -228,7 +241,21 @@ export class ImageStore {
     return path.join(this.dir, 'thumbs', String(Math.floor(id / 1000)), `${id}.webp`);
   }
 
+  /**
+   * Where the caller keeps a copy of image `id`'s original bytes (uploads and archive members, which have no file
+   * of their own): <store>/originals/<id / 1000>/<id>.<ext of format>.
+   */
+  originalPath(id: number, format: string): string {
+    return path.join(this.dir, 'originals', String(Math.floor(id / 1000)), `${id}.${formatInfo(format).ext}`);
+  }
+
   // ---- writes (writer lock required) -------------------------------------------------------------------------
+
+  /** Records the config (JSON text) of the model whose embeddings are stored under `modelId`, e.g. to cost queries. */
+  recordModelConfig(modelId: string, configJson: string): void {
+    this.assertWriter();
+    if (this.modelConfig(modelId) !== configJson) this.stmts.setState.run(configKey(modelId), configJson);
+  }
 
   /** Stores an image and its embedding in one transaction. Identical content is stored once (its id is returned). */
   insertImageWithEmbedding(image: NewImage, modelId: string, vector: Float32Array): InsertResult {
@@ -264,23 +291,31 @@ export class ImageStore {
       .immediate();
   }
 
-  /** Deletes images (and, by cascade, their embeddings). Returns the ids that existed. Thumbnails are removed too. */
+  /**
+   * Deletes images (and, by cascade, their embeddings). Returns the ids that existed. Their thumbnails and stored
+   * originals are removed too.
+   */
   deleteImages(ids: number[]): number[] {
     this.assertWriter();
     const deleted = this.db
       .transaction(() => {
         const models = new Set<string>();
-        const gone: number[] = [];
+        const gone: { id: number; format: string }[] = [];
         for (const id of ids) {
+          const row = this.stmts.getImage.get(id);
+          if (!row) continue;
           for (const m of this.stmts.modelsOfImage.all(id)) models.add(m.model_id);
-          if (this.stmts.deleteImage.run(id).changes > 0) gone.push(id);
+          if (this.stmts.deleteImage.run(id).changes > 0) gone.push({ id, format: row.format });
         }
         for (const m of models) this.stmts.bumpState.run(genKey(m));
         return gone;
       })
       .immediate();
-    for (const id of deleted) fs.rmSync(this.thumbPath(id), { force: true });
-    return deleted;
+    for (const { id, format } of deleted) {
+      fs.rmSync(this.thumbPath(id), { force: true });
+      fs.rmSync(this.originalPath(id, format), { force: true });
+    }
+    return deleted.map((d) => d.id);
   }
 
   close(): void {

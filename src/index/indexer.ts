@@ -1,0 +1,411 @@
+// Indexing: files, folders and archives (indexSources) or uploaded buffers (indexBuffers) -> decoded pixels -> XL
+// embeddings -> the store and its HNSW index, with a thumbnail per image and a copy of the bytes of images that
+// have no file of their own.
+//
+// indexSources is a pipeline. Items are read, hashed and decoded (sharp, on libuv's thread pool) up to WINDOW
+// ahead of the encoder, so decoding overlaps encoding; the encoder takes them in source order in batches, and each
+// batch is committed in one SQLite transaction before its vectors enter the HNSW index. A batch is all or nothing,
+// so a job killed at any point leaves every committed image intact and searchable, and a rerun skips them by
+// content hash (same bytes and same model) and indexes the rest. Thumbnails and copies are written just after the
+// commit; a rerun recreates any that a kill cut off.
+import fs from 'node:fs';
+import path from 'node:path';
+import { type DecodedImage, DEFAULT_MAX_PIXELS, ImageDecodeError, decodeImage } from '../data/images.ts';
+import { isArchiveName, iterateImageSource, listImageSource } from '../data/sources.ts';
+import type { Encoder } from '../encoder/runtime.ts';
+import { logger } from '../log.ts';
+import { recordedFormat } from './formats.ts';
+import { UPLOAD_PREFIX, keepOriginal, writeFileAtomic } from './originals.ts';
+export { getOriginal } from './originals.ts'; // GET /api/images/:id uses it beside indexBuffers
+import { type IndexHandle, addEmbeddings } from './service.ts';
+import { type ImageRow, type NewImage, StoreError, contentHash } from './store.ts';
+import { thumbnailFromBytes, thumbnailFromPixels } from './thumbnails.ts';
+
+export interface IndexProgress {
+  done: number; // items finished: indexed + duplicates + failed
+  total?: number; // items found in the sources, once counted (counting runs alongside indexing)
+  indexed: number;
+  duplicates: number;
+  failed: number;
+}
+
+export interface IndexOptions {
+  batchSize?: number; // images per encoder run (default 64)
+  onProgress?: (p: IndexProgress) => void;
+  /** Stops reading new items; what is already in flight is finished and committed, and the report returned. */
+  signal?: AbortSignal;
+  maxPixels?: number; // larger images fail as too-large (default: decodeImage's limit)
+}
+
+export interface IndexReport {
+  indexed: number; // images given an embedding by this call (new images, or known images new to this model)
+  duplicates: number; // items whose content was already indexed for this model (before, or earlier in this call)
+  failed: { path: string; reason: string }[]; // reason starts with its kind: empty, not-image, corrupt, too-large, unreadable
+  ids: number[]; // ids of the indexed images, in source order (duplicates not included)
+  seconds: number;
+}
+
+export type BufferResult = { id: number; created: boolean } | { name: string; error: ImageDecodeError };
+
+export const DEFAULT_BATCH_SIZE = 64;
+/** Files larger than this are not read (a 40-megapixel image is far smaller in any supported format). */
+export const MAX_FILE_BYTES = 256 * 1024 * 1024;
+const WINDOW_BATCHES = 4; // batches read and decoding ahead of the encoder
+const MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024;
+const MAX_PENDING_WRITES = 256; // thumbnails/copies being written after their commit
+const UPLOAD_CONCURRENCY = 8; // decodes in flight for indexBuffers
+
+/** A decoded item waiting for its embedding. */
+interface Ready {
+  path: string; // what the store records as source
+  label: string | null;
+  metadata: Record<string, unknown>;
+  bytes: Buffer;
+  hash: string;
+  decoded: DecodedImage;
+  thumb: Promise<Buffer | null> | null; // null: the image already has one
+}
+
+type Prepared = { kind: 'ready'; item: Ready } | { kind: 'duplicate' } | { kind: 'failed'; path: string; reason: string; hash?: string; held?: number };
+
+interface Candidate {
+  path: string;
+  label?: string;
+  bytes?: Buffer; // archive members come with their bytes; files are read when their turn comes
+}
+
+/** What indexSources and indexBuffers share: checks, decoding with thumbnails, commits, and the writes after them. */
+class Indexing {
+  readonly size: number;
+  readonly maxPixels: number;
+  private writes = new Set<Promise<void>>();
+
+  constructor(readonly handle: IndexHandle, readonly encoder: Encoder, maxPixels?: number) {
+    if (!handle.store.writer) throw new StoreError(`store "${handle.store.dir}" was opened for reading; open it with { writer: true } to index`);
+    if (handle.modelId !== encoder.modelId || handle.dim !== encoder.dim) {
+      throw new Error(`the index was opened for model "${handle.modelId}" (${handle.dim}-d) but the encoder is "${encoder.modelId}" (${encoder.dim}-d)`);
+    }
+    this.size = encoder.config.imageSize;
+    this.maxPixels = maxPixels ?? DEFAULT_MAX_PIXELS;
+    handle.store.recordModelConfig(handle.modelId, JSON.stringify(encoder.config));
+    handle.config ??= encoder.config;
+  }
+
+  /** The stored image with this content, if it already has an embedding for the model. */
+  indexed(hash: string): ImageRow | undefined {
+    const row = this.handle.store.findByHash(hash);
+    return row && this.handle.store.hasEmbedding(row.id, this.handle.modelId) ? row : undefined;
+  }
+
+  /** Decodes an item and starts its thumbnail. Bad images come back as ImageDecodeError; anything else throws. */
+  async decode(path: string, label: string | null, metadata: Record<string, unknown>, bytes: Buffer, hash: string): Promise<Ready | ImageDecodeError> {
+    let decoded: DecodedImage;
+    try {
+      decoded = await decodeImage(bytes, this.size, { maxPixels: this.maxPixels });
+    } catch (err) {
+      if (err instanceof ImageDecodeError) return err;
+      throw err;
+    }
+    const known = this.handle.store.findByHash(hash); // stored under another model: it has its thumbnail
+    const thumb = known && fs.existsSync(this.handle.store.thumbPath(known.id)) ? null : this.thumbnail(decoded, bytes, path);
+    return { path, label, metadata, bytes, hash, decoded, thumb };
+  }
+
+  private thumbnail(d: DecodedImage, bytes: Buffer, path: string): Promise<Buffer | null> {
+    const whole = d.width === this.size && d.height === this.size; // then the decoded pixels are the whole image
+    const p = whole ? thumbnailFromPixels(d.pixels, this.size) : thumbnailFromBytes(bytes, d.width, d.height, this.maxPixels);
+    return p.catch((err) => {
+      logger.warn({ path, err: (err as Error).message }, 'no thumbnail: the image decoded but its thumbnail failed');
+      return null;
+    });
+  }
+
+  /** Encodes decoded items with the full model. */
+  encode(items: Ready[]): Promise<Float32Array[]> {
+    return this.encoder.encode(items.map((r) => r.decoded.pixels), 'XL');
+  }
+
+  /** Stores a batch (one transaction, then HNSW), then writes thumbnails and copies in the background. */
+  commit(items: Ready[], vectors: Float32Array[]) {
+    const rows = items.map((r, i): { image: NewImage; vector: Float32Array } => ({
+      image: {
+        source: r.path,
+        contentHash: r.hash,
+        width: r.decoded.width,
+        height: r.decoded.height,
+        format: recordedFormat(r.decoded.format, r.bytes),
+        label: r.label,
+        metadata: r.metadata,
+      },
+      vector: vectors[i],
+    }));
+    const results = addEmbeddings(this.handle, rows);
+    results.forEach((res, i) => this.write(this.assets({ id: res.id, source: rows[i].image.source, format: rows[i].image.format }, items[i].bytes, items[i].thumb)));
+    return results;
+  }
+
+  /** Recreates the thumbnail or copy of an already indexed image if a killed job did not write them. */
+  repair(row: ImageRow, bytes: Buffer): void {
+    const thumbMissing = !fs.existsSync(this.handle.store.thumbPath(row.id));
+    const thumb = thumbMissing
+      ? thumbnailFromBytes(bytes, row.width, row.height, this.maxPixels).catch((err) => {
+          logger.warn({ id: row.id, err: (err as Error).message }, 'could not recreate a missing thumbnail');
+          return null;
+        })
+      : null;
+    this.write(this.assets(row, bytes, thumb));
+  }
+
+  private async assets(row: Pick<ImageRow, 'id' | 'source' | 'format'>, bytes: Buffer, thumb: Promise<Buffer | null> | null): Promise<void> {
+    const t = await thumb;
+    if (t) await writeFileAtomic(this.handle.store.thumbPath(row.id), t);
+    await keepOriginal(this.handle.store, row, bytes);
+  }
+
+  private write(p: Promise<void>): void {
+    const tracked = p
+      .catch((err) => logger.error({ err: (err as Error).message }, 'could not write a thumbnail or an original copy'))
+      .finally(() => this.writes.delete(tracked));
+    this.writes.add(tracked);
+  }
+
+  /** Waits while too many writes are pending (each holds its image's bytes). */
+  async throttle(): Promise<void> {
+    while (this.writes.size > MAX_PENDING_WRITES) await Promise.race(this.writes);
+  }
+
+  async flush(): Promise<void> {
+    while (this.writes.size > 0) await Promise.all(this.writes);
+  }
+}
+
+/**
+ * Indexes every image of the sources (folders, recursively; single files; .tar/.tar.gz archives) with the encoder's
+ * XL model. Bad files are reported in `failed` and never stop the job; identical content is stored once. Throws
+ * only for what stops everything (the store, the encoder); what was committed before stays committed.
+ */
+export async function indexSources(handle: IndexHandle, encoder: Encoder, sources: string[], opts: IndexOptions = {}): Promise<IndexReport> {
+  const t0 = performance.now();
+  const ix = new Indexing(handle, encoder, opts.maxPixels);
+  const batchSize = opts.batchSize ?? DEFAULT_BATCH_SIZE;
+  if (!Number.isInteger(batchSize) || batchSize <= 0) throw new RangeError(`batch size must be a positive integer, got ${batchSize}`);
+  const report: IndexReport = { indexed: 0, duplicates: 0, failed: [], ids: [], seconds: 0 };
+  let total: number | undefined;
+  const progress = () => opts.onProgress?.({ done: report.indexed + report.duplicates + report.failed.length, total, indexed: report.indexed, duplicates: report.duplicates, failed: report.failed.length });
+  void countItems(sources).then((n) => {
+    total = n;
+    progress();
+  });
+
+  // Content being decoded or waiting for its batch: a second copy waits for the first instead of decoding again.
+  const pending = new Map<string, Promise<Prepared>>();
+  let bytesInFlight = 0;
+
+  const prepare = async (c: Candidate): Promise<Prepared> => {
+    let bytes: Buffer;
+    try {
+      bytes = c.bytes ?? (await readImageFile(c.path));
+    } catch (err) {
+      return { kind: 'failed', path: c.path, reason: (err as Error).message };
+    }
+    const hash = contentHash(bytes);
+    const first = pending.get(hash);
+    if (first) {
+      const p = await first;
+      return p.kind === 'failed' ? { kind: 'failed', path: c.path, reason: p.reason } : { kind: 'duplicate' };
+    }
+    const row = ix.indexed(hash);
+    if (row) {
+      ix.repair(row, bytes);
+      return { kind: 'duplicate' };
+    }
+    bytesInFlight += bytes.length;
+    const p = ix.decode(c.path, c.label ?? null, {}, bytes, hash).then((r): Prepared => (r instanceof ImageDecodeError ? { kind: 'failed', path: c.path, reason: r.message, hash, held: bytes.length } : { kind: 'ready', item: r }));
+    pending.set(hash, p);
+    return p;
+  };
+
+  let batch: Ready[] = [];
+  let running: { items: Ready[]; out: Promise<Float32Array[]> } | null = null;
+  const finishRunning = async () => {
+    if (!running) return;
+    const { items, out } = running;
+    running = null;
+    const vectors = await out;
+    const results = ix.commit(items, vectors);
+    results.forEach((r, i) => {
+      pending.delete(items[i].hash);
+      bytesInFlight -= items[i].bytes.length;
+      if (r.embeddingAdded) {
+        report.indexed++;
+        report.ids.push(r.id);
+      } else {
+        report.duplicates++; // added meanwhile by another caller on this handle
+      }
+    });
+    progress();
+    await ix.throttle();
+  };
+  const submit = async () => {
+    const items = batch;
+    batch = [];
+    if (items.length === 0) return;
+    await finishRunning();
+    running = { items, out: ix.encode(items) };
+  };
+  const consume = async (p: Prepared) => {
+    if (p.kind === 'ready') {
+      batch.push(p.item);
+      if (batch.length >= batchSize) await submit();
+      return;
+    }
+    if (p.kind === 'failed') {
+      report.failed.push({ path: p.path, reason: p.reason });
+      if (p.hash) pending.delete(p.hash);
+      bytesInFlight -= p.held ?? 0;
+    } else {
+      report.duplicates++;
+    }
+    progress();
+  };
+
+  const window: Promise<Prepared>[] = [];
+  const windowSize = WINDOW_BATCHES * batchSize;
+  try {
+    for await (const c of candidates(sources, report.failed)) {
+      if (opts.signal?.aborted) break;
+      window.push(prepare(c));
+      while (window.length >= windowSize || (window.length > 1 && bytesInFlight > MAX_BYTES_IN_FLIGHT)) await consume(await window.shift()!);
+    }
+    while (window.length > 0) await consume(await window.shift()!);
+    await submit();
+    await finishRunning();
+  } finally {
+    // On an error, let what is in flight settle before the caller closes the store under it.
+    const last = running as { out: Promise<Float32Array[]> } | null; // (assigned in the closures above)
+    await Promise.allSettled([...window, last?.out]);
+    await ix.flush();
+  }
+  report.seconds = (performance.now() - t0) / 1000;
+  return report;
+}
+
+/**
+ * Indexes uploaded images. Each item gets its stored id (created: false when the same content was already stored;
+ * its label and metadata are then left as they were) or its decode error, in the order given; nothing is stored
+ * for an item that fails. Originals are kept under the store folder (see getOriginal).
+ */
+export async function indexBuffers(
+  handle: IndexHandle,
+  encoder: Encoder,
+  items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown> }[],
+): Promise<({ id: number; created: boolean } | { name: string; error: ImageDecodeError })[]> {
+  const ix = new Indexing(handle, encoder);
+  const results: BufferResult[] = new Array(items.length);
+  const ready: { index: number; item: Ready }[] = [];
+  try {
+    await mapBounded(items.length, UPLOAD_CONCURRENCY, async (i) => {
+      const { name, bytes, label, metadata } = items[i];
+      if (!Buffer.isBuffer(bytes) || bytes.length === 0) {
+        results[i] = { name, error: new ImageDecodeError('empty') };
+        return;
+      }
+      const hash = contentHash(bytes);
+      const row = ix.indexed(hash);
+      if (row) {
+        ix.repair(row, bytes);
+        results[i] = { id: row.id, created: false };
+        return;
+      }
+      const r = await ix.decode(`${UPLOAD_PREFIX}${name}`, label ?? null, metadata ?? {}, bytes, hash);
+      if (r instanceof ImageDecodeError) results[i] = { name, error: r };
+      else ready.push({ index: i, item: r });
+    });
+    ready.sort((a, b) => a.index - b.index); // ids in the order given
+    for (let s = 0; s < ready.length; s += DEFAULT_BATCH_SIZE) {
+      const chunk = ready.slice(s, s + DEFAULT_BATCH_SIZE);
+      const vectors = await ix.encode(chunk.map((c) => c.item));
+      ix.commit(chunk.map((c) => c.item), vectors).forEach((res, j) => (results[chunk[j].index] = { id: res.id, created: res.created }));
+    }
+  } finally {
+    await ix.flush(); // the caller serves thumbnails and originals right after this returns
+  }
+  return results;
+}
+
+/** Every candidate item of the sources, in order. Unreadable sources are added to `failed` and skipped. */
+async function* candidates(sources: string[], failed: IndexReport['failed']): AsyncGenerator<Candidate> {
+  for (const source of sources) {
+    const abs = path.resolve(source);
+    let stat: fs.Stats;
+    try {
+      stat = await fs.promises.stat(abs);
+    } catch (err) {
+      failed.push({ path: source, reason: new ImageDecodeError('unreadable', describeFsError(err)).message });
+      continue;
+    }
+    try {
+      if (stat.isDirectory()) {
+        for await (const item of listImageSource(abs)) yield { path: item.path, label: item.label };
+      } else if (isArchiveName(abs)) {
+        for await (const item of iterateImageSource(abs)) yield item;
+      } else {
+        yield { path: abs };
+      }
+    } catch (err) {
+      // A folder or archive that cannot be read (further): what came before it is indexed, the rest is reported.
+      failed.push({ path: abs, reason: new ImageDecodeError('unreadable', (err as Error).message).message });
+    }
+  }
+}
+
+/** How many candidate items the sources hold (undefined if some cannot be listed). */
+async function countItems(sources: string[]): Promise<number | undefined> {
+  try {
+    let n = 0;
+    for (const source of sources) {
+      const abs = path.resolve(source);
+      const stat = await fs.promises.stat(abs);
+      if (!stat.isDirectory() && !isArchiveName(abs)) n++;
+      else for await (const _ of listImageSource(abs)) n++;
+    }
+    return n;
+  } catch {
+    return undefined;
+  }
+}
+
+async function readImageFile(file: string): Promise<Buffer> {
+  let handle: fs.promises.FileHandle;
+  try {
+    handle = await fs.promises.open(file, 'r');
+  } catch (err) {
+    throw new ImageDecodeError('unreadable', describeFsError(err));
+  }
+  try {
+    const { size } = await handle.stat();
+    if (size > MAX_FILE_BYTES) throw new ImageDecodeError('too-large', `the file has ${size} bytes, over the limit of ${MAX_FILE_BYTES}`);
+    return await handle.readFile();
+  } catch (err) {
+    if (err instanceof ImageDecodeError) throw err;
+    throw new ImageDecodeError('unreadable', describeFsError(err));
+  } finally {
+    await handle.close();
+  }
+}
+
+function describeFsError(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  if (e?.code === 'ENOENT') return 'no such file or directory';
+  if (e?.code === 'EACCES' || e?.code === 'EPERM') return 'permission denied';
+  if (e?.code === 'EISDIR') return 'is a directory';
+  return (e?.message ?? String(err)).split('\n')[0];
+}
+
+async function mapBounded(n: number, limit: number, fn: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < n) await fn(next++);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, n) }, worker));
+}

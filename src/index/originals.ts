@@ -1,0 +1,70 @@
+// Original image bytes, for GET /api/images/:id. Files indexed from disk are read back from their source path
+// (checked against the stored content hash, so a file changed since indexing is never served as the original);
+// uploads and archive members have no file of their own, so the indexer keeps a copy under the store folder.
+import fs from 'node:fs';
+import path from 'node:path';
+import { NotFoundError } from '../errors.ts';
+import { formatInfo } from './formats.ts';
+import type { IndexHandle } from './service.ts';
+import { type ImageRow, type ImageStore, contentHash } from './store.ts';
+
+/** Prefix of the `source` recorded for uploaded images (`upload:<name as given>`): they have no path of their own. */
+export const UPLOAD_PREFIX = 'upload:';
+
+/** Where an image came from, as a path a user can open: null for uploads. Archive members read `archive:member`. */
+export const sourcePath = (source: string): string | null => (source.startsWith(UPLOAD_PREFIX) ? null : source);
+
+/** Whether the store must keep a copy of the image's bytes: true unless it is a plain file on disk. */
+export function needsCopy(source: string): boolean {
+  return source.startsWith(UPLOAD_PREFIX) || !isPlainFile(source);
+}
+
+// Archive members are recorded as `/abs/archive.tar.gz:member/path`; plain files as absolute paths.
+const isPlainFile = (source: string) => path.isAbsolute(source) && !/\.(tar\.gz|tgz|tar):/i.test(source);
+
+/** The original bytes of image `id` and their content type. NotFoundError when the image or its bytes are gone. */
+export async function getOriginal(handle: IndexHandle, id: number): Promise<{ bytes: Buffer; contentType: string }> {
+  const row = handle.store.getImage(id);
+  if (!row) throw new NotFoundError(`no image with id ${id}`);
+  const contentType = formatInfo(row.format).contentType;
+  const copy = await readIfExists(handle.store.originalPath(id, row.format));
+  if (copy) return { bytes: copy, contentType };
+  if (!needsCopy(row.source)) {
+    const bytes = await readIfExists(row.source);
+    if (bytes && contentHash(bytes) === row.contentHash) return { bytes, contentType };
+    throw new NotFoundError(`the original of image ${id} is gone: ${bytes ? 'the file has changed since it was indexed' : 'no such file'} (${row.source})`);
+  }
+  throw new NotFoundError(`the original of image ${id} was not kept (${row.source})`);
+}
+
+/** Writes the copy of an image's original bytes, if its source needs one and it is not there yet. */
+export async function keepOriginal(store: ImageStore, row: Pick<ImageRow, 'id' | 'format' | 'source'>, bytes: Buffer): Promise<void> {
+  if (!needsCopy(row.source)) return;
+  const file = store.originalPath(row.id, row.format);
+  if (!fs.existsSync(file)) await writeFileAtomic(file, bytes);
+}
+
+let tmpSeq = 0;
+
+/** Writes via a temporary file and a rename, so a killed job never leaves a half-written file under its final name. */
+export async function writeFileAtomic(file: string, bytes: Uint8Array): Promise<void> {
+  const tmp = `${file}.${process.pid}-${++tmpSeq}.tmp`;
+  try {
+    await fs.promises.writeFile(tmp, bytes);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    await fs.promises.mkdir(path.dirname(file), { recursive: true });
+    await fs.promises.writeFile(tmp, bytes);
+  }
+  await fs.promises.rename(tmp, file);
+}
+
+async function readIfExists(file: string): Promise<Buffer | null> {
+  try {
+    return await fs.promises.readFile(file);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return null;
+    throw err;
+  }
+}

@@ -1,0 +1,88 @@
+// Searching the store: a query image (decoded pixels) is encoded with the requested submodel and looked up in the
+// HNSW index of the XL embeddings; or a stored image's own XL embedding is the query. Results carry the stored
+// rows' label, path and metadata, and the cost of the query.
+import { countFlops, parseSubmodel } from '../encoder/config.ts';
+import { NotFoundError, UsageError } from '../errors.ts';
+import { sourcePath } from './originals.ts';
+import type { SearchHit } from './hnsw.ts';
+import type { IndexHandle } from './service.ts';
+
+export interface SearchOptions {
+  k?: number; // results wanted (default 10, at most MAX_K)
+  ffn?: string; // query encoder: S | M | L | XL | a per-layer list (default XL)
+  ef?: number; // HNSW beam width (default: the index's, HNSW_DEFAULTS.ef; raised to k when smaller)
+}
+
+export interface SearchResult {
+  id: number;
+  score: number; // cosine similarity
+  label: string | null;
+  path: string | null; // file path, or `archive:member`; null for uploads
+  metadata: Record<string, unknown>;
+}
+
+export interface SearchResponse {
+  results: SearchResult[];
+  cost: {
+    ffn: string; // canonical spec of the query encoder
+    flops: number; // of encoding the query (0 for searchById)
+    encodeMs: number;
+    searchMs: number;
+  };
+}
+
+export const DEFAULT_K = 10;
+export const MAX_K = 1000;
+export const MAX_EF = 10_000;
+
+/** Encodes `pixels` (size x size x 3 RGB, as decodeImage returns them) with `ffn` and returns its nearest images. */
+export async function searchByPixels(
+  handle: IndexHandle,
+  encode: (pixels: Uint8Array, spec: string) => Promise<Float32Array>,
+  pixels: Uint8Array,
+  opts: SearchOptions = {},
+): Promise<SearchResponse> {
+  const { k, ef } = checkOptions(opts);
+  const config = handle.config;
+  if (!config) {
+    throw new Error(`the model config of "${handle.modelId}" is unknown: pass { config: encoder.config } to openIndex`);
+  }
+  const sub = parseSubmodel(opts.ffn ?? 'XL', config); // throws ConfigError for a bad spec
+  const t0 = performance.now();
+  const query = await encode(pixels, sub.spec);
+  const t1 = performance.now();
+  const hits = handle.hnsw.search(query, k, { ef });
+  const t2 = performance.now();
+  return { results: rows(handle, hits), cost: { ffn: sub.spec, flops: countFlops(config, sub.widths), encodeMs: t1 - t0, searchMs: t2 - t1 } };
+}
+
+/** The images nearest to stored image `id` (by its XL embedding; the image itself is left out). */
+export async function searchById(handle: IndexHandle, id: number, opts: SearchOptions = {}): Promise<SearchResponse> {
+  const { k, ef } = checkOptions(opts);
+  if (!Number.isSafeInteger(id) || id <= 0) throw new UsageError(`image id must be a positive integer, got ${id}`);
+  if (!handle.store.getImage(id)) throw new NotFoundError(`no image with id ${id}`);
+  const query = handle.store.getEmbedding(id, handle.modelId);
+  if (!query) throw new NotFoundError(`image ${id} has no embedding for model ${handle.modelId}: index it again with this model`);
+  const t0 = performance.now();
+  const hits = handle.hnsw.search(query, k + 1, { ef: ef === undefined ? undefined : Math.max(ef, k + 1) });
+  const searchMs = performance.now() - t0;
+  const others = hits.filter((h) => h.id !== id).slice(0, k);
+  return { results: rows(handle, others), cost: { ffn: 'XL', flops: 0, encodeMs: 0, searchMs } };
+}
+
+function checkOptions(opts: SearchOptions): { k: number; ef: number | undefined } {
+  const k = opts.k ?? DEFAULT_K;
+  if (!Number.isInteger(k) || k < 1 || k > MAX_K) throw new UsageError(`k must be an integer from 1 to ${MAX_K}, got ${opts.k}`);
+  const ef = opts.ef;
+  if (ef !== undefined && (!Number.isInteger(ef) || ef < 1 || ef > MAX_EF)) throw new UsageError(`ef must be an integer from 1 to ${MAX_EF}, got ${ef}`);
+  return { k, ef };
+}
+
+/** Hits joined with their stored rows, best first; ids deleted since the index was loaded are dropped. */
+function rows(handle: IndexHandle, hits: SearchHit[]): SearchResult[] {
+  const byId = new Map(handle.store.getImages(hits.map((h) => h.id)).map((r) => [r.id, r]));
+  return hits.flatMap((h) => {
+    const r = byId.get(h.id);
+    return r ? [{ id: h.id, score: h.score, label: r.label, path: sourcePath(r.source), metadata: r.metadata }] : [];
+  });
+}

@@ -1,0 +1,95 @@
+// `matvit stats` and `matvit reindex`: what a store holds (rows, embeddings per model, the state of each HNSW
+// file, disk use) and rebuilding a model's HNSW index from SQLite with chosen graph parameters.
+import fs from 'node:fs';
+import path from 'node:path';
+import { HNSW_DEFAULTS, HnswIndex, readSidecar } from './hnsw.ts';
+import { indexFilePath } from './service.ts';
+import { ImageStore, type StoreStats } from './store.ts';
+
+export interface HnswFileState {
+  file: string | null; // null: none written yet
+  bytes: number;
+  inSync: boolean; // the file matches the store (else the next open rebuilds it)
+  staleReason: string | null;
+  M: number | null;
+  efConstruction: number | null;
+}
+
+export interface StoreStatsReport extends Omit<StoreStats, 'models'> {
+  models: (StoreStats['models'][number] & { current: boolean; hnsw: HnswFileState })[];
+  thumbnails: number;
+  thumbnailBytes: number;
+  originals: number; // copies kept for uploads and archive members
+  originalBytes: number;
+  defaultEf: number;
+}
+
+/** Statistics of the store in `dir` (opened for reading). `currentModelId` marks the model the CLI would use. */
+export function storeStats(dir: string, currentModelId: string | null): StoreStatsReport {
+  const store = ImageStore.open(dir);
+  try {
+    const base = store.readSnapshot(() => store.stats());
+    const models = base.models.map((m) => ({ ...m, current: m.modelId === currentModelId, hnsw: hnswState(store, m.modelId, m.dim, m.generation, m.embeddings) }));
+    const thumbs = du(path.join(store.dir, 'thumbs'));
+    const originals = du(path.join(store.dir, 'originals'));
+    return { ...base, models, thumbnails: thumbs.files, thumbnailBytes: thumbs.bytes, originals: originals.files, originalBytes: originals.bytes, defaultEf: HNSW_DEFAULTS.ef };
+  } finally {
+    store.close();
+  }
+}
+
+function hnswState(store: ImageStore, modelId: string, dim: number | null, generation: number, count: number): HnswFileState {
+  const file = indexFilePath(store.dir, modelId);
+  const stat = fs.statSync(file, { throwIfNoEntry: false });
+  if (!stat) return { file: null, bytes: 0, inSync: false, staleReason: 'the index file is missing', M: null, efConstruction: null };
+  const side = readSidecar(file);
+  const reason = HnswIndex.mismatch(file, { modelId, dim: dim ?? -1, generation, count });
+  return { file, bytes: stat.size, inSync: reason === null, staleReason: reason, M: side?.M ?? null, efConstruction: side?.efConstruction ?? null };
+}
+
+/** Files and bytes under a folder (recursive); zero when it does not exist. */
+function du(dir: string): { files: number; bytes: number } {
+  let files = 0;
+  let bytes = 0;
+  const walk = (d: string) => {
+    let entries: fs.Dirent[];
+    try {
+      entries = fs.readdirSync(d, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile() && !e.name.endsWith('.tmp')) {
+        files++;
+        bytes += fs.statSync(p, { throwIfNoEntry: false })?.size ?? 0;
+      }
+    }
+  };
+  walk(dir);
+  return { files, bytes };
+}
+
+export interface ReindexResult {
+  modelId: string;
+  file: string;
+  vectors: number;
+  M: number;
+  efConstruction: number;
+  seconds: number;
+}
+
+/** Rebuilds the model's HNSW file from the embeddings in SQLite (takes the writer lock while it runs). */
+export function reindex(dir: string, modelId: string, dim: number, opts: { M?: number; efConstruction?: number } = {}): ReindexResult {
+  const store = ImageStore.open(dir, { writer: true });
+  try {
+    const t0 = performance.now();
+    const index = HnswIndex.rebuild(store, modelId, dim, { M: opts.M, efConstruction: opts.efConstruction });
+    const file = indexFilePath(store.dir, modelId);
+    index.save(file);
+    return { modelId, file, vectors: index.size, M: index.M, efConstruction: index.efConstruction, seconds: (performance.now() - t0) / 1000 };
+  } finally {
+    store.close();
+  }
+}

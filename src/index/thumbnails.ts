@@ -1,0 +1,41 @@
+// Thumbnails for the gallery page, written at index time as small WebP files under store.thumbPath(id). Images
+// smaller than TINY are enlarged by a whole factor with the nearest-neighbour kernel (a 32x32 CIFAR image becomes a
+// crisp 96x96 rather than a blur); larger ones are shrunk to fit in MAX x MAX.
+import sharp from 'sharp';
+import { encodeWebpLosslessUpscaled } from './webp-lossless.ts';
+
+export const THUMB = {
+  tiny: 96, // images whose longer side is under this are enlarged to about this size
+  max: 256, // longer side of the thumbnail of a larger image
+  quality: 80, // WebP quality
+} as const;
+
+const WEBP = { quality: THUMB.quality, effort: 2 } as const; // effort 2: a fraction of the default's time, same size
+
+/** Whole enlargement factor for an image whose longer side is `side` (1 for images that need none). */
+export const upscaleFactor = (side: number) => (side < THUMB.tiny ? Math.max(1, Math.round(THUMB.tiny / side)) : 1);
+
+/**
+ * A thumbnail from the model's decoded pixels (size x size RGB). Only valid when they are the whole image, i.e. the
+ * original was already size x size: then no second decode of the file is needed. Tiny images (the CIFAR case) are
+ * written by a lossless WebP writer in JS, which costs far less than another sharp call.
+ */
+export function thumbnailFromPixels(pixels: Uint8Array, size: number): Promise<Buffer> {
+  const f = upscaleFactor(size);
+  if (f > 1) {
+    const webp = encodeWebpLosslessUpscaled(pixels, size, size, f);
+    return Promise.resolve(Buffer.from(webp.buffer, webp.byteOffset, webp.byteLength));
+  }
+  return sharp(pixels, { raw: { width: size, height: size, channels: 3 } })
+    .resize(THUMB.max, THUMB.max, { fit: 'inside', withoutEnlargement: true })
+    .webp(WEBP)
+    .toBuffer();
+}
+
+/** A thumbnail from the original bytes (EXIF-rotated, first frame). `width`/`height` are after rotation. */
+export function thumbnailFromBytes(bytes: Buffer, width: number, height: number, maxPixels: number): Promise<Buffer> {
+  const img = sharp(bytes, { limitInputPixels: maxPixels, pages: 1 }).rotate();
+  const f = upscaleFactor(Math.max(width, height));
+  const sized = f > 1 ? img.resize(width * f, height * f, { kernel: 'nearest' }) : img.resize(THUMB.max, THUMB.max, { fit: 'inside', withoutEnlargement: true });
+  return sized.webp(WEBP).toBuffer();
+}

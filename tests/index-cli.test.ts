@@ -1,0 +1,230 @@
+// The store commands as a script sees them: a real `matvit index` child process killed with SIGKILL mid-run and
+// rerun (every image indexed exactly once, and searchable), `search --json`, `rm`, `stats`, `reindex`, a deleted
+// HNSW file rebuilt from SQLite with the same results, and exit codes with one-line messages.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import sharp from 'sharp';
+import { saveModel } from '../src/encoder/checkpoint.ts';
+import { TINY_CONFIG } from '../src/encoder/config.ts';
+import { contentHash } from '../src/index/store.ts';
+import { randomModel } from './helpers/model.ts';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const N = 400; // images in the folder that gets killed mid-run
+let tmp: string;
+let model: string;
+let images: string;
+let store: string;
+const hashes = new Map<string, string>(); // content hash -> file
+
+interface Run {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+function matvit(args: string[], opts: { onSpawn?: (pid: number, kill: () => void) => void; store?: string } = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], {
+      cwd: root,
+      env: { ...process.env, NODE_ENV: 'test', MATVIT_STORE: opts.store ?? store },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+    opts.onSpawn?.(child.pid!, () => child.kill('SIGKILL'));
+  });
+}
+
+/** Committed images, read the way another process would (null until the schema exists). */
+function committed(dir: string): number | null {
+  try {
+    const db = new Database(path.join(dir, 'store.sqlite'), { readonly: true, fileMustExist: true });
+    try {
+      return (db.prepare('SELECT count(*) AS n FROM images').get() as { n: number }).n;
+    } finally {
+      db.close();
+    }
+  } catch {
+    return null;
+  }
+}
+
+const searchJson = async (...args: string[]) => {
+  const r = await matvit(['search', ...args, '--model', model, '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout) as { results: { id: number; score: number; label: string | null; path: string | null }[]; cost: Record<string, unknown> };
+};
+
+before(async () => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-cli-'));
+  store = path.join(tmp, 'store');
+  const { tensors } = await randomModel(TINY_CONFIG, 5);
+  model = path.join(tmp, 'tiny.safetensors');
+  saveModel(model, TINY_CONFIG, tensors);
+  images = path.join(tmp, 'images');
+  for (let i = 0; i < N; i++) {
+    const dir = path.join(images, `class${i % 4}`);
+    fs.mkdirSync(dir, { recursive: true });
+    const px = Buffer.alloc(32 * 32 * 3);
+    let s = i + 1;
+    for (let j = 0; j < px.length; j++) {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0; // an LCG seeded by the image number
+      px[j] = s >>> 24;
+    }
+    const bytes = await sharp(px, { raw: { width: 32, height: 32, channels: 3 } }).jpeg().toBuffer();
+    const file = path.join(dir, `${String(i).padStart(4, '0')}.jpg`);
+    fs.writeFileSync(file, bytes);
+    hashes.set(contentHash(bytes), file);
+  }
+  assert.equal(hashes.size, N, 'every generated image is distinct');
+});
+after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+describe('matvit index, killed and rerun', () => {
+  let atKill = 0;
+
+  test('SIGKILL mid-run, then a rerun: every image indexed exactly once', async () => {
+    const killed = await matvit(['index', images, '--model', model, '--batch-size', '4', '--json'], {
+      onSpawn: (_pid, kill) => {
+        const poll = () => {
+          const n = committed(store);
+          if (n !== null && n >= 12) {
+            atKill = n;
+            kill();
+          } else {
+            setTimeout(poll, 5);
+          }
+        };
+        poll();
+      },
+    });
+    assert.equal(killed.signal, 'SIGKILL', `killed mid-run (exit ${killed.code}, stderr ${killed.stderr})`);
+    const after = committed(store)!;
+    assert.ok(after >= atKill && after < N, `killed with ${after} of ${N} committed`);
+
+    const rerun = await matvit(['index', images, '--model', model, '--json']);
+    assert.equal(rerun.code, 0, rerun.stderr);
+    const report = JSON.parse(rerun.stdout);
+    assert.deepEqual([report.indexed, report.duplicates, report.failed, report.interrupted], [N - after, after, [], false]);
+
+    const db = new Database(path.join(store, 'store.sqlite'), { readonly: true });
+    try {
+      const rows = db.prepare('SELECT content_hash AS hash, source FROM images').all() as { hash: string; source: string }[];
+      assert.equal(rows.length, N);
+      assert.deepEqual(new Set(rows.map((r) => r.hash)), new Set(hashes.keys()));
+      for (const r of rows) assert.equal(r.source, hashes.get(r.hash));
+      assert.equal((db.prepare('SELECT count(*) AS n FROM embeddings').get() as { n: number }).n, N);
+    } finally {
+      db.close();
+    }
+    for (const id of [1, N]) assert.ok(fs.existsSync(path.join(store, 'thumbs', String(Math.floor(id / 1000)), `${id}.webp`)), `thumbnail ${id}`);
+  });
+
+  let before: Awaited<ReturnType<typeof searchJson>>;
+  const query = () => hashes.get([...hashes.keys()][0])!; // class0/0000.jpg, committed before the kill
+
+  test('search --json: the shape scripts rely on; images from before and after the kill are found', async () => {
+    before = await searchJson(query(), '--k', '5');
+    assert.deepEqual(Object.keys(before), ['results', 'cost']);
+    assert.equal(before.results.length, 5);
+    for (const r of before.results) assert.deepEqual(Object.keys(r), ['id', 'score', 'label', 'path']);
+    assert.deepEqual(Object.keys(before.cost), ['ffn', 'flops', 'encodeMs', 'searchMs']);
+    assert.equal(before.results[0].path, query());
+    assert.equal(before.results[0].label, 'class0');
+    assert.ok(before.results[0].score > 0.999);
+    assert.equal(before.cost.ffn, 'XL');
+    const last = [...hashes.values()].at(-1)!; // indexed by the rerun
+    assert.equal((await searchJson(last, '--k', '1')).results[0].path, last);
+    const s = await searchJson(last, '--k', '3', '--ffn', 's');
+    assert.equal(s.cost.ffn, 'S');
+    assert.ok((s.cost.flops as number) < (before.cost.flops as number));
+    assert.equal(s.results.length, 3);
+  });
+
+  test('a deleted HNSW file is rebuilt from SQLite, with the same results', async () => {
+    const files = fs.readdirSync(store).filter((f) => /^hnsw-.*\.bin$/.test(f));
+    assert.equal(files.length, 1);
+    fs.rmSync(path.join(store, files[0]));
+    const again = await searchJson(query(), '--k', '5');
+    assert.deepEqual(again.results, before.results);
+    const stats = await matvit(['stats', '--model', model, '--json']);
+    assert.equal(JSON.parse(stats.stdout).models[0].hnsw.inSync, false, 'a reader rebuilds in memory only');
+  });
+
+  test('reindex, stats, rm', async () => {
+    const re = await matvit(['reindex', '--model', model, '--m', '8', '--ef-construction', '100', '--json']);
+    assert.equal(re.code, 0, re.stderr);
+    assert.deepEqual([JSON.parse(re.stdout).vectors, JSON.parse(re.stdout).M], [N, 8]);
+
+    const rm = await matvit(['rm', String(before.results[1].id), String(before.results[2].id), '99999', '--model', model, '--json']);
+    assert.equal(rm.code, 2);
+    assert.deepEqual(JSON.parse(rm.stdout), { removed: [before.results[1].id, before.results[2].id], missing: [99999] });
+    assert.equal(rm.stderr, 'matvit: no image with id 99999\n');
+
+    const stats = JSON.parse((await matvit(['stats', '--model', model, '--json'])).stdout);
+    assert.equal(stats.images, N - 2);
+    assert.equal(stats.thumbnails, N - 2);
+    const m = stats.models[0];
+    assert.deepEqual([m.current, m.embeddings, m.hnsw.inSync, m.hnsw.M, m.hnsw.efConstruction], [true, N - 2, true, 8, 100]);
+
+    const after = await searchJson('--id', String(before.results[0].id), '--k', '5');
+    const gone = new Set([before.results[1].id, before.results[2].id]);
+    assert.ok(!after.results.some((r) => gone.has(r.id)), 'removed images are never returned');
+    assert.deepEqual(after.results.slice(0, 2).map((r) => r.id), before.results.slice(3, 5).map((r) => r.id));
+  });
+});
+
+describe('exit codes', () => {
+  test('bad usage and bad input exit 2 with one line on stderr', async () => {
+    const q = path.join(images, 'class1', '0001.jpg');
+    const text = path.join(tmp, 'not-an-image.jpg');
+    fs.writeFileSync(text, 'hello');
+    const cases: [string[], RegExp][] = [
+      [['search', q, '--bogus'], /unknown option '--bogus'/],
+      [['search', q, '--k', '0'], /--k/],
+      [['search', path.join(tmp, 'missing.jpg')], /cannot read query image .*no such file/],
+      [['search', text, '--model', model], /not-image/],
+      [['search', q, '--ffn', 'Q', '--model', model], /Q/],
+      [['search', '--id', '77777', '--model', model], /no image with id 77777/],
+      [['index', path.join(tmp, 'nowhere')], /no such file or directory/],
+      [['search', q, '--store', path.join(tmp, 'empty-store')], /no image store/],
+    ];
+    const runs = await Promise.all(cases.map(([args]) => matvit(args)));
+    runs.forEach((r, i) => {
+      assert.equal(r.code, 2, `${cases[i][0].join(' ')}: ${r.stderr}`);
+      assert.equal(r.stderr.split('\n').length, 2, `one line: ${JSON.stringify(r.stderr)}`);
+      assert.match(r.stderr, /^matvit: /);
+      assert.match(r.stderr, cases[i][1]);
+      assert.equal(r.stdout, '');
+    });
+  });
+
+  test('index exits 3 when nothing could be indexed, listing every bad file; 0 when some could', async () => {
+    const bad = path.join(tmp, 'bad');
+    fs.mkdirSync(bad);
+    fs.writeFileSync(path.join(bad, 'a.jpg'), '');
+    fs.writeFileSync(path.join(bad, 'b.png'), 'not a png');
+    const other = path.join(tmp, 'other-store');
+    const none = await matvit(['index', bad, '--model', model], { store: other });
+    assert.equal(none.code, 3, none.stderr);
+    assert.match(none.stdout, /indexed 0, skipped as duplicates 0, failed 2/);
+    assert.match(none.stdout, /a\.jpg: empty: /);
+    assert.match(none.stdout, /b\.png: not-image: /);
+    fs.copyFileSync(path.join(images, 'class2', '0002.jpg'), path.join(bad, 'good.jpg'));
+    const some = await matvit(['index', bad, '--model', model], { store: other });
+    assert.equal(some.code, 0, some.stderr);
+    assert.match(some.stdout, /indexed 1, skipped as duplicates 0, failed 2/);
+  });
+});

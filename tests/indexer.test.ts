@@ -1,0 +1,336 @@
+// The indexing and search services on a tiny random-weight model: a folder of good and bad files of every kind,
+// duplicates, archives, uploads, thumbnails, originals, reruns and search results.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import zlib from 'node:zlib';
+import sharp from 'sharp';
+import tar from 'tar-stream';
+import { decodeImage } from '../src/data/images.ts';
+import { saveModel } from '../src/encoder/checkpoint.ts';
+import { TINY_CONFIG } from '../src/encoder/config.ts';
+import { Encoder } from '../src/encoder/runtime.ts';
+import { NotFoundError, UsageError } from '../src/errors.ts';
+import { getOriginal, indexBuffers, indexSources } from '../src/index/indexer.ts';
+import { searchById, searchByPixels } from '../src/index/search.ts';
+import { type IndexHandle, deleteImages, openIndex } from '../src/index/service.ts';
+import { contentHash } from '../src/index/store.ts';
+import { encodeWebpLosslessUpscaled } from '../src/index/webp-lossless.ts';
+import { randomModel } from './helpers/model.ts';
+
+let tmp: string;
+let encoder: Encoder;
+let stores = 0;
+const newStore = () => path.join(tmp, `store-${stores++}`);
+const open = (dir: string) => openIndex(dir, encoder.modelId, encoder.dim, { writer: true, config: encoder.config });
+
+/** Deterministic noise (an LCG), so every generated image has its own content. */
+function noise(n: number, seed: number): Buffer {
+  let s = seed >>> 0;
+  const out = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s >>> 24;
+  }
+  return out;
+}
+const raw = (w: number, h: number, seed: number) => sharp(noise(w * h * 3, seed), { raw: { width: w, height: h, channels: 3 } });
+
+function pngChunk(type: string, data: Buffer): Buffer {
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(data.length);
+  const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32BE(zlib.crc32(body));
+  return Buffer.concat([len, body, crc]);
+}
+/** A small, valid PNG whose header claims 100000 x 100000 pixels (a decompression bomb). */
+function hugePng(): Buffer {
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(100_000, 0);
+  ihdr.writeUInt32BE(100_000, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // RGB
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), pngChunk('IHDR', ihdr), pngChunk('IDAT', zlib.deflateSync(Buffer.alloc(1000))), pngChunk('IEND', Buffer.alloc(0))]);
+}
+
+async function tarGz(file: string, members: Record<string, Buffer>): Promise<void> {
+  const pack = tar.pack();
+  for (const [name, bytes] of Object.entries(members)) pack.entry({ name }, bytes);
+  pack.finalize();
+  const chunks: Buffer[] = [];
+  for await (const c of pack) chunks.push(c as Buffer);
+  fs.writeFileSync(file, zlib.gzipSync(Buffer.concat(chunks)));
+}
+
+interface Fixture {
+  dir: string;
+  good: Map<string, Buffer>; // path -> bytes, every decodable image (duplicates included)
+  bad: Map<string, string>; // path -> expected reason kind
+  duplicates: number;
+}
+
+/** A folder of good images in every format (in class folders, some 32x32, one EXIF-rotated) and bad files. */
+async function makeFolder(dir: string): Promise<Fixture> {
+  const good = new Map<string, Buffer>();
+  const bad = new Map<string, string>();
+  const put = (rel: string, bytes: Buffer) => {
+    const p = path.join(dir, rel);
+    fs.mkdirSync(path.dirname(p), { recursive: true });
+    fs.writeFileSync(p, bytes);
+    return p;
+  };
+  let seed = 1;
+  for (const cls of ['cat', 'dog']) {
+    for (let i = 0; i < 6; i++) good.set(put(`${cls}/${i}.jpg`, await raw(32, 32, seed++).jpeg().toBuffer()), Buffer.alloc(0));
+  }
+  good.set(put('formats/a.png', await raw(48, 40, seed++).png().toBuffer()), Buffer.alloc(0));
+  good.set(put('formats/b.webp', await raw(64, 64, seed++).webp().toBuffer()), Buffer.alloc(0));
+  good.set(put('formats/c.gif', await raw(20, 30, seed++).gif().toBuffer()), Buffer.alloc(0));
+  good.set(put('formats/d.tiff', await raw(33, 31, seed++).tiff().toBuffer()), Buffer.alloc(0));
+  good.set(put('formats/e.avif', await raw(64, 48, seed++).avif().toBuffer()), Buffer.alloc(0));
+  good.set(put('formats/big.jpg', await raw(400, 300, seed++).jpeg().toBuffer()), Buffer.alloc(0));
+  good.set(put('formats/rotated.jpg', await raw(40, 20, seed++).jpeg().withMetadata({ orientation: 6 }).toBuffer()), Buffer.alloc(0));
+  for (const p of good.keys()) good.set(p, fs.readFileSync(p));
+  // The same content twice: stored once.
+  good.set(put('dup/copy-of-cat-0.jpg', good.get(path.join(dir, 'cat/0.jpg'))!), good.get(path.join(dir, 'cat/0.jpg'))!);
+
+  const bigJpeg = await raw(256, 256, seed++).jpeg({ quality: 90 }).toBuffer();
+  bad.set(put('bad/empty.png', Buffer.alloc(0)), 'empty');
+  bad.set(put('bad/text.jpg', Buffer.from('this is not an image\n')), 'not-image');
+  bad.set(put('bad/truncated.jpg', bigJpeg.subarray(0, bigJpeg.length >> 1)), 'corrupt');
+  bad.set(put('bad/corrupt.jpg', Buffer.concat([bigJpeg.subarray(0, 20), noise(2000, 99)])), 'corrupt');
+  bad.set(put('bad/huge.png', hugePng()), 'too-large');
+  const dangling = path.join(dir, 'bad/dangling.jpg');
+  fs.symlinkSync(path.join(dir, 'bad/no-such-target.jpg'), dangling);
+  bad.set(dangling, 'unreadable');
+  put('notes.txt', Buffer.from('not an image extension: ignored in folders'));
+  return { dir, good, bad, duplicates: 1 };
+}
+
+before(async () => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-indexer-'));
+  const { tensors } = await randomModel(TINY_CONFIG, 3);
+  const modelFile = path.join(tmp, 'tiny.safetensors');
+  saveModel(modelFile, TINY_CONFIG, tensors);
+  encoder = Encoder.load(modelFile, { threads: 1 });
+});
+after(async () => {
+  await encoder?.close();
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+describe('indexSources', () => {
+  let fx: Fixture;
+  let handle: IndexHandle;
+  before(async () => {
+    fx = await makeFolder(path.join(tmp, 'photos'));
+    handle = open(newStore());
+  });
+  after(() => handle.close());
+
+  test('indexes every good image, names every bad file with its reason, stores identical content once', async () => {
+    const progress: number[] = [];
+    const r = await indexSources(handle, encoder, [fx.dir], { batchSize: 4, onProgress: (p) => progress.push(p.done) });
+    const unique = new Set([...fx.good.values()].map(contentHash)).size;
+    assert.equal(r.indexed, unique);
+    assert.equal(r.duplicates, fx.duplicates);
+    assert.equal(r.ids.length, unique);
+    assert.deepEqual(new Set(r.ids).size, unique);
+    const failed = new Map(r.failed.map((f) => [f.path, f.reason]));
+    assert.deepEqual([...failed.keys()].sort(), [...fx.bad.keys()].sort());
+    for (const [p, kind] of fx.bad) assert.match(failed.get(p)!, new RegExp(`^${kind}: `), p);
+    assert.equal(progress.at(-1), unique + fx.duplicates + fx.bad.size);
+
+    assert.equal(handle.store.count(encoder.modelId), unique);
+    assert.equal(handle.hnsw.size, unique);
+    for (const [p, bytes] of fx.good) {
+      const row = handle.store.findByHash(contentHash(bytes))!;
+      assert.ok(row, `${p} is stored`);
+      if (!p.includes('/dup/')) assert.equal(row.source, p);
+    }
+    const cat = handle.store.findByHash(contentHash(fx.good.get(path.join(fx.dir, 'cat/1.jpg'))!))!;
+    assert.deepEqual([cat.label, cat.width, cat.height, cat.format], ['cat', 32, 32, 'jpeg']);
+    const rotated = handle.store.findByHash(contentHash(fx.good.get(path.join(fx.dir, 'formats/rotated.jpg'))!))!;
+    assert.deepEqual([rotated.width, rotated.height], [20, 40], 'EXIF orientation applied');
+    const avif = handle.store.findByHash(contentHash(fx.good.get(path.join(fx.dir, 'formats/e.avif'))!))!;
+    assert.equal(avif.format, 'avif');
+  });
+
+  test('thumbnails: tiny images enlarged to 96 px with the nearest kernel, larger ones shrunk to 256 px', async () => {
+    const seen = { tiny: 0, big: 0, rotated: 0 };
+    for (const id of handle.store.getImages([...Array(40).keys()].map((i) => i + 1)).map((r) => r.id)) {
+      const row = handle.store.getImage(id)!;
+      const meta = await sharp(handle.store.thumbPath(id)).metadata();
+      assert.equal(meta.format, 'webp');
+      if (row.width === 32 && row.height === 32) {
+        assert.deepEqual([meta.width, meta.height], [96, 96], row.source);
+        // Lossless and nearest: each source pixel becomes a 3x3 block of the decoded pixel.
+        const { data } = await sharp(handle.store.thumbPath(id)).raw().toBuffer({ resolveWithObject: true });
+        const px = (await decodeImage(fs.readFileSync(row.source), 32)).pixels;
+        assert.deepEqual([data[(3 * 96 + 4) * 3], data[(3 * 96 + 4) * 3 + 1]], [px[(1 * 32 + 1) * 3], px[(1 * 32 + 1) * 3 + 1]]);
+        seen.tiny++;
+      } else if (row.source.endsWith('big.jpg')) {
+        assert.deepEqual([meta.width, meta.height], [256, 192]);
+        seen.big++;
+      } else if (row.source.endsWith('rotated.jpg')) {
+        assert.deepEqual([meta.width, meta.height], [40, 80], 'rotated, enlarged x2');
+        seen.rotated++;
+      }
+    }
+    assert.deepEqual(seen, { tiny: 12, big: 1, rotated: 1 });
+  });
+
+  test('a rerun skips everything already indexed and recreates a missing thumbnail', async () => {
+    const someId = handle.store.findByHash(contentHash(fx.good.get(path.join(fx.dir, 'dog/2.jpg'))!))!.id;
+    fs.rmSync(handle.store.thumbPath(someId));
+    const r = await indexSources(handle, encoder, [fx.dir]);
+    assert.equal(r.indexed, 0);
+    assert.equal(r.duplicates, fx.good.size);
+    assert.equal(r.failed.length, fx.bad.size);
+    assert.ok(fs.existsSync(handle.store.thumbPath(someId)), 'thumbnail recreated');
+  });
+
+  test('single files, archives (originals kept), missing sources; getOriginal', async () => {
+    const one = path.join(fx.dir, 'cat/3.jpg'); // already indexed
+    const fresh = path.join(tmp, 'fresh.png');
+    fs.writeFileSync(fresh, await raw(32, 32, 500).png().toBuffer());
+    const members = { 'set/bird/1.jpg': await raw(32, 32, 501).jpeg().toBuffer(), 'set/bird/2.webp': await raw(32, 32, 502).webp().toBuffer(), 'set/readme.md': Buffer.from('skip') };
+    const archive = path.join(tmp, 'set.tar.gz');
+    await tarGz(archive, members);
+    const r = await indexSources(handle, encoder, [one, fresh, archive, path.join(tmp, 'missing')]);
+    assert.deepEqual([r.indexed, r.duplicates], [3, 1]);
+    assert.deepEqual(r.failed, [{ path: path.join(tmp, 'missing'), reason: 'unreadable: the file could not be read (no such file or directory)' }]);
+
+    const member = handle.store.getImage(r.ids[1])!;
+    assert.equal(member.source, `${archive}:set/bird/1.jpg`);
+    assert.equal(member.label, 'bird');
+    assert.ok(fs.existsSync(handle.store.originalPath(member.id, member.format)), 'archive members keep a copy');
+    assert.deepEqual(await getOriginal(handle, member.id), { bytes: members['set/bird/1.jpg'], contentType: 'image/jpeg' });
+    const webpMember = await getOriginal(handle, r.ids[2]);
+    assert.equal(webpMember.contentType, 'image/webp');
+
+    const file = handle.store.getImage(r.ids[0])!;
+    assert.equal(fs.existsSync(handle.store.originalPath(file.id, file.format)), false, 'files on disk are not copied');
+    assert.deepEqual(await getOriginal(handle, file.id), { bytes: fs.readFileSync(fresh), contentType: 'image/png' });
+    fs.appendFileSync(fresh, Buffer.from('changed'));
+    await assert.rejects(getOriginal(handle, file.id), (err) => err instanceof NotFoundError && /changed since it was indexed/.test(err.message));
+    await assert.rejects(getOriginal(handle, 999_999), NotFoundError);
+
+    deleteImages(handle, [member.id]);
+    assert.equal(fs.existsSync(handle.store.originalPath(member.id, member.format)), false, 'rm removes the copy');
+    assert.equal(fs.existsSync(handle.store.thumbPath(member.id)), false, 'and the thumbnail');
+  });
+
+  test('an abort signal stops reading; what was read is committed and a rerun finishes', async () => {
+    const dir = path.join(tmp, 'many');
+    for (let i = 0; i < 40; i++) {
+      fs.mkdirSync(dir, { recursive: true });
+      fs.writeFileSync(path.join(dir, `${String(i).padStart(3, '0')}.jpg`), await raw(32, 32, 1000 + i).jpeg().toBuffer());
+    }
+    const h = open(newStore());
+    try {
+      const stop = new AbortController();
+      const r1 = await indexSources(h, encoder, [dir], { batchSize: 4, signal: stop.signal, onProgress: (p) => p.done >= 8 && stop.abort() });
+      assert.ok(r1.indexed >= 8 && r1.indexed < 40, `stopped early (${r1.indexed})`);
+      assert.equal(h.store.count(encoder.modelId), r1.indexed);
+      const r2 = await indexSources(h, encoder, [dir], { batchSize: 4 });
+      assert.deepEqual([r2.indexed, r2.duplicates], [40 - r1.indexed, r1.indexed]);
+    } finally {
+      h.close();
+    }
+  });
+});
+
+describe('indexBuffers', () => {
+  test('uploads: ids in order, failures with their error, duplicates not created twice, originals kept', async () => {
+    const h = open(newStore());
+    try {
+      const a = await raw(32, 32, 700).jpeg().toBuffer();
+      const b = await raw(50, 40, 701).png().toBuffer();
+      const res = await indexBuffers(h, encoder, [
+        { name: 'a.jpg', bytes: a, label: 'cat', metadata: { by: 'test' } },
+        { name: 'bad.jpg', bytes: Buffer.from('nope') },
+        { name: 'b.png', bytes: b },
+        { name: 'again-a.jpg', bytes: a },
+        { name: 'empty', bytes: Buffer.alloc(0) },
+      ]);
+      assert.deepEqual(res[0], { id: 1, created: true });
+      assert.equal((res[1] as { name: string; error: Error }).name, 'bad.jpg');
+      assert.equal((res[1] as { error: { reason: string } }).error.reason, 'not-image');
+      assert.deepEqual(res[2], { id: 2, created: true });
+      assert.deepEqual(res[3], { id: 1, created: false });
+      assert.equal((res[4] as { error: { reason: string } }).error.reason, 'empty');
+      assert.equal(h.store.count(encoder.modelId), 2, 'nothing stored for failures');
+      const row = h.store.getImage(1)!;
+      assert.deepEqual([row.source, row.label, row.metadata], ['upload:a.jpg', 'cat', { by: 'test' }]);
+      assert.deepEqual(await getOriginal(h, 1), { bytes: a, contentType: 'image/jpeg' });
+      assert.deepEqual(await getOriginal(h, 2), { bytes: b, contentType: 'image/png' });
+      assert.ok(fs.existsSync(h.store.thumbPath(1)) && fs.existsSync(h.store.thumbPath(2)));
+      const again = await indexBuffers(h, encoder, [{ name: 'b-again.png', bytes: b }]);
+      assert.deepEqual(again, [{ id: 2, created: false }]);
+    } finally {
+      h.close();
+    }
+  });
+});
+
+describe('search', () => {
+  test('searchByPixels and searchById: shape, the image itself first, cost, validation', async () => {
+    const dir = path.join(tmp, 'search');
+    fs.mkdirSync(path.join(dir, 'x'), { recursive: true });
+    for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(dir, 'x', `${i}.png`), await raw(32, 32, 2000 + i).png().toBuffer());
+    const h = open(newStore());
+    try {
+      await indexSources(h, encoder, [dir]);
+      const query = path.join(dir, 'x', '7.png');
+      const pixels = (await decodeImage(fs.readFileSync(query), 32)).pixels;
+      const encode = (p: Uint8Array, s: string) => encoder.encode([p], s).then((e) => e[0]);
+      const res = await searchByPixels(h, encode, pixels, { k: 5 });
+      assert.equal(res.results.length, 5);
+      assert.deepEqual(Object.keys(res.results[0]).sort(), ['id', 'label', 'metadata', 'path', 'score']);
+      assert.equal(res.results[0].path, query);
+      assert.equal(res.results[0].label, 'x');
+      assert.ok(res.results[0].score > 0.999);
+      assert.ok(res.results.every((r, i) => i === 0 || r.score <= res.results[i - 1].score));
+      assert.equal(res.cost.ffn, 'XL');
+      assert.equal(res.cost.flops, (await encoder.info('XL')).flops);
+      assert.ok(res.cost.encodeMs > 0 && res.cost.searchMs >= 0);
+
+      const small = await searchByPixels(h, encode, pixels, { k: 3, ffn: 's', ef: 20 });
+      assert.equal(small.cost.ffn, 'S');
+      assert.ok(small.cost.flops < res.cost.flops);
+      await assert.rejects(searchByPixels(h, encode, pixels, { ffn: 'Q' }), { name: 'ConfigError' });
+      await assert.rejects(searchByPixels(h, encode, pixels, { k: 0 }), UsageError);
+      await assert.rejects(searchByPixels(h, encode, pixels, { ef: 1.5 }), UsageError);
+
+      const byId = await searchById(h, res.results[0].id, { k: 4 });
+      assert.equal(byId.results.length, 4);
+      assert.ok(!byId.results.some((r) => r.id === res.results[0].id), 'the query image is left out');
+      assert.deepEqual(byId.results.map((r) => r.id), res.results.slice(1, 5).map((r) => r.id));
+      assert.deepEqual(byId.cost, { ffn: 'XL', flops: 0, encodeMs: 0, searchMs: byId.cost.searchMs });
+      await assert.rejects(searchById(h, 12345, {}), NotFoundError);
+    } finally {
+      h.close();
+    }
+  });
+});
+
+describe('lossless WebP thumbnails', () => {
+  test('decode to exactly the nearest-neighbour enlargement, for any size and factor', async () => {
+    for (const [w, h, f] of [[32, 32, 3], [5, 3, 1], [7, 2, 2], [1, 1, 4], [1500, 2, 3]]) {
+      const rgb = noise(w * h * 3, w * 31 + h);
+      const { data, info } = await sharp(encodeWebpLosslessUpscaled(rgb, w, h, f)).raw().toBuffer({ resolveWithObject: true });
+      assert.deepEqual([info.width, info.height], [w * f, h * f]);
+      const want = Buffer.alloc(w * f * h * f * info.channels, 255);
+      for (let y = 0; y < h * f; y++) {
+        for (let x = 0; x < w * f; x++) {
+          for (let c = 0; c < 3; c++) want[(y * w * f + x) * info.channels + c] = rgb[(Math.floor(y / f) * w + Math.floor(x / f)) * 3 + c];
+        }
+      }
+      assert.ok(data.equals(want), `${w}x${h} x${f}`);
+    }
+  });
+});
