@@ -1,0 +1,89 @@
+// The /api routes: each handler parses its input with one schema and makes one call into the service. Body parsing
+// (multipart uploads with limits, small JSON bodies) happens in front of the handlers; errors go to errors.ts.
+import express, { type NextFunction, type Request, type RequestHandler, type Response, Router } from 'express';
+import multer from 'multer';
+import type { ZodType } from 'zod';
+import { HttpError, formatBytes } from './errors.ts';
+import { IdPath, SearchParams, UploadParams } from './schemas.ts';
+import type { SearchService, Upload } from './service.ts';
+
+const MULTIPART_OVERHEAD = 64 * 1024; // headers of parts and the text fields next to the files
+export const JSON_LIMIT = '16kb';
+
+export function apiRouter(service: SearchService): Router {
+  const { maxUploadBytes, maxFiles } = service.limits;
+  const fieldLimits = { fields: 10, fieldSize: 8 * 1024, fieldNameSize: 100, headerPairs: 100 };
+  const searchUpload = multer({ storage: multer.memoryStorage(), limits: { ...fieldLimits, fileSize: maxUploadBytes, files: 1, parts: 12 } }).single('image');
+  const imagesUpload = multer({ storage: multer.memoryStorage(), limits: { ...fieldLimits, fileSize: maxUploadBytes, files: maxFiles, parts: maxFiles + 10 } }).array('images', maxFiles);
+  const json = express.json({ limit: JSON_LIMIT, strict: true });
+
+  const r = Router();
+
+  r.get('/encoders', (_req, res) => void res.json(service.encoders()));
+  r.get('/stats', (_req, res) => void res.json(service.stats()));
+
+  r.post('/search', bodyLimit(maxUploadBytes + MULTIPART_OVERHEAD, `the upload limit of ${formatBytes(maxUploadBytes)}`), acceptBody(['multipart/form-data', 'application/json'], true), searchUpload, json, async (req, res) => {
+    const params = parse(SearchParams, { ...req.query, ...req.body });
+    res.json(await service.search(params, uploadOf(req.file)));
+  });
+
+  r.post('/images', bodyLimit(maxUploadBytes * maxFiles + MULTIPART_OVERHEAD, `the upload limit of ${maxFiles} files of ${formatBytes(maxUploadBytes)}`), acceptBody(['multipart/form-data'], false), imagesUpload, async (req, res) => {
+    const params = parse(UploadParams, { ...req.body });
+    const files = (req.files as Express.Multer.File[] | undefined) ?? [];
+    res.status(201).json(await service.addImages(files.map((f) => uploadOf(f)!), params));
+  });
+
+  r.get('/images/:id', async (req, res) => {
+    const { id } = parse(IdPath, req.params);
+    const { bytes, contentType } = await service.original(id);
+    res.type(contentType).set('Cache-Control', 'private, max-age=3600').send(bytes);
+  });
+
+  r.get('/images/:id/thumb', (req, res, next) => {
+    const { id } = parse(IdPath, req.params);
+    res.sendFile(service.thumbnailPath(id), { maxAge: '1h', dotfiles: 'allow', headers: { 'Content-Type': 'image/webp' } }, (err) => {
+      if (err && !res.headersSent) next((err as NodeJS.ErrnoException).code === 'ENOENT' ? new HttpError('not_found', `image ${id} has no thumbnail`) : err);
+    });
+  });
+
+  r.delete('/images/:id', (req, res) => {
+    const { id } = parse(IdPath, req.params);
+    res.json(service.deleteImage(id));
+  });
+
+  return r;
+}
+
+/** Parses with a schema; a ZodError becomes a 400 in the error middleware. */
+function parse<T>(schema: ZodType<T>, input: unknown): T {
+  return schema.parse(input);
+}
+
+function uploadOf(f: Express.Multer.File | undefined): Upload | undefined {
+  return f && { name: f.originalname || f.fieldname, bytes: f.buffer };
+}
+
+/** Rejects a declared body over the limit before reading any of it. */
+function bodyLimit(maxBytes: number, limitText: string): RequestHandler {
+  return (req, _res, next) => {
+    const declared = Number(req.headers['content-length']);
+    if (Number.isFinite(declared) && declared > maxBytes) {
+      return next(new HttpError('payload_too_large', `the request body (${formatBytes(declared)}) is over ${limitText}`, { limitBytes: maxBytes }));
+    }
+    next();
+  };
+}
+
+/** 415 for a body of another media type; `optional`: a request without a body passes (parameters in the query). */
+function acceptBody(types: string[], optional: boolean): RequestHandler {
+  return (req: Request, _res: Response, next: NextFunction) => {
+    if (!req.is(types)) {
+      const hasBody = Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
+      if (hasBody || !optional) {
+        const got = req.headers['content-type'] ?? 'none';
+        return next(new HttpError('unsupported_media_type', `expected a body of type ${types.join(' or ')}, got ${got}`));
+      }
+    }
+    next();
+  };
+}

@@ -1,0 +1,157 @@
+// One zod schema per request input (parsed in the routes) and per response body (documentation only); all of them
+// feed the OpenAPI document in openapi.ts, so the document cannot drift from what the handlers accept.
+import { z } from 'zod';
+
+export const MAX_K = 100;
+export const MAX_EF = 2000;
+
+/** An integer given as a JSON number or as text (multipart fields and query strings are text). */
+const intParam = (min: number, max: number) =>
+  z
+    .union([z.number(), z.string().trim().regex(/^[+-]?\d+$/, 'must be an integer')])
+    .pipe(z.coerce.number<string | number>().int('must be an integer').min(min).max(max));
+
+const numParam = () => z.union([z.number(), z.string().trim().regex(/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i, 'must be a number')]).pipe(z.coerce.number<string | number>());
+
+export const ImageId = intParam(1, Number.MAX_SAFE_INTEGER).describe('image id');
+
+/** POST /api/search: multipart fields (with an `image` file) or a JSON body (with `id`). */
+export const SearchParams = z
+  .strictObject({
+    id: ImageId.optional().describe('search with a stored image instead of an upload (JSON body or form field)'),
+    k: intParam(1, MAX_K).default(10).describe('number of results'),
+    ffn: z
+      .string()
+      .trim()
+      .min(1)
+      .max(200)
+      .optional()
+      .describe("query encoder: S | M | L | XL, or one granularity per layer such as 'S,S,M,M,L,XL' (default XL)"),
+    budget: numParam()
+      .pipe(z.number().gt(0, 'must be above 0').lte(1, 'must be at most 1'))
+      .optional()
+      .describe("fraction of XL's FLOPs the query encoder may spend; picks the best encoder within it (exclusive with ffn)"),
+    ef: intParam(1, MAX_EF).optional().describe('HNSW search beam width (raised to k when smaller)'),
+  })
+  .refine((p) => p.ffn === undefined || p.budget === undefined, { message: 'give either ffn or budget, not both', path: ['budget'] })
+  ;
+export type SearchParams = z.infer<typeof SearchParams>;
+
+/** POST /api/images: multipart fields next to the `images` files. */
+export const UploadParams = z
+  .strictObject({
+    label: z.string().trim().min(1).max(200).optional().describe('label stored with every uploaded image'),
+    metadata: z
+      .string()
+      .max(4096)
+      .optional()
+      .describe('JSON object stored with every uploaded image')
+      .transform((text, ctx) => {
+        if (text === undefined) return undefined;
+        try {
+          const v = JSON.parse(text);
+          if (v && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
+        } catch {
+          // reported below
+        }
+        ctx.addIssue({ code: 'custom', message: 'must be a JSON object' });
+        return z.NEVER;
+      }),
+  })
+  ;
+export type UploadParams = z.infer<typeof UploadParams>;
+
+export const IdPath = z.strictObject({ id: ImageId });
+
+// ---- responses ------------------------------------------------------------------------------------------------
+
+export const SearchResult = z
+  .object({
+    id: z.number().int(),
+    score: z.number().describe('cosine similarity to the query, in [-1, 1]'),
+    label: z.string().nullable(),
+    name: z.string().describe('file name the image was indexed from'),
+    metadata: z.record(z.string(), z.unknown()),
+    imageUrl: z.string(),
+    thumbUrl: z.string(),
+  })
+  ;
+
+export const SearchCost = z
+  .object({
+    ffn: z.string().describe('the submodel that encoded the query (canonical spec)'),
+    flops: z.number().describe('FLOPs of one query encoding with it (0 when searching by a stored id: no encoding)'),
+    flopsRel: z.number().describe("flops as a fraction of XL's"),
+    encodeMs: z.number().describe('wall time from decoded image to embedding, including waiting for a shared batch'),
+    searchMs: z.number().describe('HNSW search time'),
+    decodeMs: z.number().describe('upload decode and resize time'),
+  })
+  ;
+
+export const SearchResponse = z
+  .object({
+    results: z.array(SearchResult),
+    cost: SearchCost,
+    encoder: z.object({ spec: z.string(), chosenBy: z.enum(['default', 'ffn', 'budget']), reason: z.string().optional(), fits: z.boolean().optional() }),
+    query: z.object({ k: z.number().int(), ef: z.number().int().optional(), id: z.number().int().optional() }),
+  })
+  ;
+export type SearchResponse = z.infer<typeof SearchResponse>;
+
+export const AddedImage = z
+  .object({
+    id: z.number().int(),
+    created: z.boolean().describe('false when the same content was already stored (its existing id is returned)'),
+    name: z.string(),
+    imageUrl: z.string(),
+    thumbUrl: z.string(),
+  })
+  ;
+export const AddImagesResponse = z.object({ images: z.array(AddedImage) });
+export type AddImagesResponse = z.infer<typeof AddImagesResponse>;
+
+export const DeleteResponse = z.object({ deleted: z.number().int() });
+
+export const EncoderEntry = z
+  .object({
+    spec: z.string(),
+    family: z.enum(['uniform', 'mixnmatch']),
+    flops: z.number(),
+    flopsRel: z.number(),
+    params: z.number(),
+    accuracy: z.number().nullable().describe('1-NN accuracy from the calibration file, when measured'),
+    encodeMs: z.number().nullable().describe('median batch-1 encode time measured by this server at start (null: not yet)'),
+    servedEncodeMs: z.number().nullable().describe('median encode wait of the last queries served with it'),
+  })
+  ;
+export const EncodersResponse = z
+  .object({
+    modelId: z.string(),
+    xlFlops: z.number(),
+    default: z.string().describe('the encoder used when a search names neither ffn nor budget'),
+    calibration: z.object({ source: z.enum(['measured', 'default']), stale: z.boolean(), metric: z.string() }),
+    encoders: z.array(EncoderEntry),
+  })
+  ;
+export type EncodersResponse = z.infer<typeof EncodersResponse>;
+
+export const StatsResponse = z
+  .object({
+    modelId: z.string(),
+    images: z.number().int(),
+    labelled: z.number().int(),
+    indexed: z.number().int().describe('vectors in the HNSW index'),
+    hnsw: z.object({ M: z.number(), efConstruction: z.number(), ef: z.number(), capacity: z.number() }),
+    dbBytes: z.number(),
+    limits: z.object({ maxUploadBytes: z.number(), maxPixels: z.number(), maxFiles: z.number() }),
+    server: z.object({
+      uptimeSec: z.number(),
+      searches: z.number().int(),
+      batches: z.object({ count: z.number().int(), meanSize: z.number(), maxSize: z.number().int() }),
+      eventLoopUtilization: z.number().describe('fraction of time the JS thread was busy since the last stats call'),
+    }),
+  })
+  ;
+export type StatsResponse = z.infer<typeof StatsResponse>;
+
+export const HealthResponse = z.object({ status: z.literal('ok'), modelId: z.string(), images: z.number().int() });

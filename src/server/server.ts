@@ -1,0 +1,139 @@
+// The composition root of `matvit serve`: loads the model once, opens the store as its writer, indexes the demo
+// gallery when the store holds nothing for this model, measures the query encoders, and returns a service ready
+// for buildApp. Tests call it with a temporary store and a small random model.
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { listImageSource } from '../data/sources.ts';
+import { EncodeBatcher } from '../encoder/batcher.ts';
+import { loadCalibration } from '../encoder/budget.ts';
+import { DEFAULT_MODEL_PATH, loadModel } from '../encoder/checkpoint.ts';
+import { GRANULARITIES } from '../encoder/config.ts';
+import { Encoder } from '../encoder/runtime.ts';
+import * as indexerModule from '../index/indexer.ts';
+import * as searchModule from '../index/search.ts';
+import { type IndexHandle, openIndex } from '../index/service.ts';
+import { logger } from '../log.ts';
+import { Progress } from '../progress.ts';
+import { DEFAULT_ENCODE_WORKERS, PooledEncoder } from './encode-pool.ts';
+import { type IndexerApi, type SearchApi, type ServerLimits, SearchService } from './service.ts';
+
+const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+/** The bundled demo gallery (datasets/README.md). */
+export const DEMO_GALLERY = path.join(projectRoot, 'datasets/cifar10-test.tar.gz');
+
+export interface OpenServerOptions {
+  store: string;
+  model?: string; // checkpoint (default: the shipped model)
+  gallery?: string | null; // indexed when the store has nothing for this model; null: never
+  limits?: Partial<ServerLimits>;
+  defaultFfn?: string;
+  maxBatch?: number; // largest batch the query batcher sends to onnxruntime
+  encodeWorkers?: number; // worker threads that run encodings off the event loop; 0: on the main thread
+  progress?: boolean; // progress bar while indexing the gallery (default true)
+  warmUp?: boolean; // open and time every query encoder before returning (default true)
+  signal?: AbortSignal; // stops gallery indexing (SIGTERM during the first start)
+  // Replaceable for tests; by default src/index/indexer.ts and src/index/search.ts.
+  indexer?: IndexerApi & { indexSources: IndexSources };
+  search?: SearchApi;
+}
+
+type IndexSources = typeof indexerModule.indexSources;
+
+export interface OpenedServer {
+  service: SearchService;
+  encoder: Encoder;
+  handle: IndexHandle;
+  gallery: { indexed: number; duplicates: number; failed: number; seconds: number } | null;
+  close(): Promise<void>;
+}
+
+export async function openServer(opts: OpenServerOptions): Promise<OpenedServer> {
+  const modelPath = path.resolve(opts.model ?? DEFAULT_MODEL_PATH);
+  const indexer = opts.indexer ?? indexerModule;
+  const search = opts.search ?? searchModule;
+
+  // Read the checkpoint once: the training job may rewrite the file at any time, and every encoder below must
+  // be the same model (the same modelId, so the same embedding space).
+  const ckpt = loadModel(modelPath);
+  const encoder = new Encoder(ckpt, modelPath, { threads: 1 }); // queries: one thread per run, batches share it
+  if (opts.defaultFfn !== undefined) encoder.submodel(opts.defaultFfn); // a bad --ffn fails before any indexing
+  const handle = openIndex(opts.store, encoder.modelId, encoder.dim, { writer: true, config: encoder.config });
+  let gallery: OpenedServer['gallery'] = null;
+  let pool: PooledEncoder | null = null;
+  try {
+    if (handle.store.count(encoder.modelId) === 0 && opts.gallery !== null) {
+      gallery = await indexGallery(handle, ckpt, modelPath, opts.gallery ?? DEMO_GALLERY, indexer.indexSources, opts);
+    }
+    const calibration = loadCalibration(modelPath, { modelId: encoder.modelId, config: encoder.config });
+    const workers = opts.encodeWorkers ?? DEFAULT_ENCODE_WORKERS;
+    pool = workers > 0 ? await PooledEncoder.start(encoder, ckpt, workers, [...GRANULARITIES]) : null;
+    const work = pool?.asEncoder() ?? encoder; // runs query and upload encodings
+    const batcher = new EncodeBatcher(work, opts.maxBatch ?? 64);
+    const service = new SearchService({ handle, encoder, work, batcher, calibration, search, indexer, limits: opts.limits, defaultFfn: opts.defaultFfn });
+    if (opts.warmUp !== false) {
+      const t0 = Date.now();
+      const uniform = service.encoderSpecs().filter((s) => !s.includes(','));
+      await service.warmUp(uniform);
+      logger.info({ ms: Date.now() - t0, encoders: service.encoders().encoders.map((e) => `${e.spec} ${e.encodeMs} ms`) }, 'query encoders ready');
+      // Calibrated Mix'n'Match entries: timed in the background, the page shows them as they arrive.
+      const rest = service.encoderSpecs().filter((s) => s.includes(','));
+      if (rest.length) void service.warmUp(rest).catch((err) => logger.warn({ err: (err as Error).message }, 'timing the calibrated encoders failed'));
+    }
+    return {
+      service,
+      encoder,
+      handle,
+      gallery,
+      close: async () => {
+        await service.drain(); // requests still running (their clients may be gone) finish first
+        handle.close(); // saves the HNSW file
+        await pool?.close();
+        await encoder.close();
+      },
+    };
+  } catch (err) {
+    handle.close();
+    await pool?.close();
+    await encoder.close();
+    throw err;
+  }
+}
+
+/** Indexes the demo gallery with XL, with a progress bar (nothing else runs yet). */
+async function indexGallery(
+  handle: IndexHandle,
+  ckpt: ReturnType<typeof loadModel>,
+  modelPath: string,
+  source: string,
+  indexSources: IndexSources,
+  opts: OpenServerOptions,
+): Promise<OpenedServer['gallery']> {
+  const others = handle.store.stats().models.filter((m) => m.modelId !== handle.modelId && m.embeddings > 0);
+  if (others.length) {
+    logger.warn({ store: handle.store.dir, model: handle.modelId, others: others.map((m) => m.modelId) }, 'the store has no embeddings for this model (it changed since the store was built): indexing the demo gallery again; images added by upload need `matvit reindex`');
+  }
+  let total = 0;
+  for await (const _ of listImageSource(source)) total++;
+  logger.info({ source, images: total, store: handle.store.dir }, 'first start: indexing the demo gallery');
+  // onnxruntime's intra-op threads spin while they wait: with another job on the cores (a training run), two threads
+  // indexed 2,000 images at 76 img/s against 135 img/s with one (batch 64, load average 8 on 2 cores). So both
+  // cores are used only when they are idle.
+  const idle = os.loadavg()[0] < 0.5;
+  const indexEncoder = new Encoder(ckpt, modelPath, { threads: idle ? Math.max(1, os.availableParallelism()) : 1 });
+  const bar = opts.progress === false ? null : new Progress(total, 0, 1, 'img', 5_000);
+  try {
+    const r = await indexSources(handle, indexEncoder, [source], {
+      batchSize: 64, // 135 img/s against 99 with 256 (one thread, same load as above)
+      signal: opts.signal,
+      onProgress: (p) => bar?.update(p.done, { indexed: String(p.indexed), failed: String(p.failed) }),
+    });
+    bar?.stop();
+    logger.info({ indexed: r.indexed, duplicates: r.duplicates, failed: r.failed.length, seconds: r.seconds }, 'demo gallery indexed');
+    for (const f of r.failed.slice(0, 5)) logger.warn({ path: f.path, reason: f.reason }, 'gallery image skipped');
+    return { indexed: r.indexed, duplicates: r.duplicates, failed: r.failed.length, seconds: r.seconds };
+  } finally {
+    bar?.stop();
+    await indexEncoder.close();
+  }
+}

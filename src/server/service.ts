@@ -1,0 +1,365 @@
+// The rules of the HTTP API, independent of express: which encoder a query uses, decoding uploads under the
+// configured limits, all-or-nothing uploads, URLs of results, encoder timings and stats. Handlers call one method
+// each. Its collaborators (index handle, encoder, batcher, indexer and search functions) are injected.
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError, decodeImage } from '../data/images.ts';
+import type { EncodeBatcher } from '../encoder/batcher.ts';
+import { type Calibration, type CalibrationEntry, pickEncoder } from '../encoder/budget.ts';
+import { GRANULARITIES, countFlops, countParams } from '../encoder/config.ts';
+import type { Encoder } from '../encoder/runtime.ts';
+import { NotFoundError } from '../errors.ts';
+import type { IndexHandle } from '../index/service.ts';
+import { UPLOAD_PREFIX } from '../index/originals.ts';
+import { deleteImages } from '../index/service.ts';
+import { HttpError, decodeFailure } from './errors.ts';
+import type { AddImagesResponse, EncodersResponse, SearchParams, SearchResponse, StatsResponse, UploadParams } from './schemas.ts';
+
+export interface ServerLimits {
+  maxUploadBytes: number; // per uploaded file (and, times maxFiles, per request body)
+  maxPixels: number; // decoded width x height; larger images are rejected before decoding
+  maxFiles: number; // files per POST /api/images
+}
+
+export const DEFAULT_LIMITS: ServerLimits = { maxUploadBytes: 20 * 1024 * 1024, maxPixels: DEFAULT_MAX_PIXELS, maxFiles: 32 };
+
+export interface Upload {
+  name: string;
+  bytes: Buffer;
+}
+
+// ---- collaborators (src/index/search.ts and src/index/indexer.ts), as the service uses them ---------------------
+
+export interface SearchHitRow {
+  id: number;
+  score: number;
+  label: string | null;
+  path: string | null; // null for uploads
+  metadata: Record<string, unknown>;
+}
+export interface SearchOutcome {
+  results: SearchHitRow[];
+  cost: { ffn: string; flops: number; encodeMs: number; searchMs: number };
+}
+export interface SearchOpts {
+  k?: number;
+  ffn?: string;
+  ef?: number;
+}
+export interface SearchApi {
+  searchByPixels(handle: IndexHandle, encode: (pixels: Uint8Array, spec: string) => Promise<Float32Array>, pixels: Uint8Array, opts: SearchOpts): Promise<SearchOutcome>;
+  searchById(handle: IndexHandle, id: number, opts: SearchOpts): Promise<SearchOutcome>;
+}
+export interface IndexerApi {
+  indexBuffers(
+    handle: IndexHandle,
+    encoder: Encoder,
+    items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown> }[],
+  ): Promise<({ id: number; created: boolean } | { name: string; error: ImageDecodeError })[]>;
+  getOriginal(handle: IndexHandle, id: number): Promise<{ bytes: Buffer; contentType: string }>;
+}
+
+export interface ServiceDeps {
+  handle: IndexHandle;
+  encoder: Encoder; // the model: submodel specs, config, and the encode-time measurements at start
+  work?: Encoder; // what runs encodings of uploads (a worker pool; default: encoder)
+  batcher: EncodeBatcher;
+  calibration: Calibration;
+  search: SearchApi;
+  indexer: IndexerApi;
+  limits?: Partial<ServerLimits>;
+  defaultFfn?: string; // encoder of a search naming neither ffn nor budget
+}
+
+const SERVED_WINDOW = 200; // encode times kept per submodel for servedEncodeMs
+
+export const imageUrl = (id: number) => `/api/images/${id}`;
+export const thumbUrl = (id: number) => `/api/images/${id}/thumb`;
+
+/** A short display name: the member path of an archive entry, the file name otherwise. */
+export function displayName(source: string): string {
+  const m = /\.(?:tar\.gz|tgz|tar):(.+)$/i.exec(source);
+  return m ? m[1] : path.basename(source);
+}
+
+export class SearchService {
+  readonly limits: ServerLimits;
+  readonly defaultFfn: string;
+  private readonly xlFlops: number;
+  private readonly measured = new Map<string, number>(); // spec -> median batch-1 encode ms, measured at start
+  private readonly served = new Map<string, number[]>(); // spec -> recent encode waits
+  private searches = 0;
+  private closing = false;
+  private readonly batches = { count: 0, images: 0, max: 0 }; // query encoder runs so far
+  private readonly inflight = new Set<Promise<void>>();
+  private readonly started = performance.now();
+  private elu = performance.eventLoopUtilization();
+
+  constructor(private readonly deps: ServiceDeps) {
+    this.limits = { ...DEFAULT_LIMITS, ...deps.limits };
+    this.defaultFfn = deps.encoder.submodel(deps.defaultFfn ?? 'XL').spec;
+    const c = deps.encoder.config;
+    this.xlFlops = countFlops(c, deps.encoder.submodel('XL').widths);
+  }
+
+  get handle(): IndexHandle {
+    return this.deps.handle;
+  }
+
+  // ---- search ------------------------------------------------------------------------------------------------
+
+  async search(params: SearchParams, upload?: Upload): Promise<SearchResponse> {
+    return this.track(() => this.searchNow(params, upload));
+  }
+
+  private async searchNow(params: SearchParams, upload?: Upload): Promise<SearchResponse> {
+    if (upload && params.id !== undefined) throw new HttpError('bad_request', 'give either an uploaded image or an id, not both');
+    if (!upload && params.id === undefined) throw new HttpError('bad_request', 'upload an image (multipart field "image") or give the "id" of a stored image');
+    const encoder = this.chooseEncoder(params);
+    const opts: SearchOpts = { k: params.k, ffn: encoder.spec, ef: params.ef };
+    let outcome: SearchOutcome;
+    let decodeMs = 0;
+    if (upload) {
+      const t0 = performance.now();
+      const decoded = await this.decode(upload);
+      decodeMs = performance.now() - t0;
+      outcome = await this.deps.search.searchByPixels(this.deps.handle, (px, spec) => this.deps.batcher.encode(px, spec), decoded.pixels, opts);
+    } else {
+      if (!this.deps.handle.store.getImage(params.id!)) throw new NotFoundError(`no image with id ${params.id}`);
+      outcome = await this.deps.search.searchById(this.deps.handle, params.id!, opts);
+    }
+    this.searches++;
+    if (this.deps.batcher.batchSizes.length >= 1000) this.foldBatches();
+    const { cost } = outcome;
+    if (upload) this.recordServed(cost.ffn, cost.encodeMs);
+    return {
+      results: outcome.results.map((r) => ({
+        id: r.id,
+        score: round(r.score, 6),
+        label: r.label ?? null,
+        name: r.path !== null ? displayName(r.path) : this.uploadName(r.id),
+        metadata: r.metadata ?? {},
+        imageUrl: imageUrl(r.id),
+        thumbUrl: thumbUrl(r.id),
+      })),
+      cost: { ffn: cost.ffn, flops: cost.flops, flopsRel: round(cost.flops / this.xlFlops, 4), encodeMs: round(cost.encodeMs, 3), searchMs: round(cost.searchMs, 3), decodeMs: round(decodeMs, 3) },
+      encoder,
+      query: { k: params.k, ...(params.ef !== undefined ? { ef: params.ef } : {}), ...(params.id !== undefined ? { id: params.id } : {}) },
+    };
+  }
+
+  /** The submodel a search runs with: its ffn, the best within its budget, or the server's default. */
+  chooseEncoder(p: Pick<SearchParams, 'ffn' | 'budget'>): SearchResponse['encoder'] {
+    if (p.ffn !== undefined) return { spec: this.deps.encoder.submodel(p.ffn).spec, chosenBy: 'ffn' };
+    if (p.budget !== undefined) {
+      const choice = pickEncoder(this.deps.calibration, { budget: p.budget });
+      return { spec: this.deps.encoder.submodel(choice.spec).spec, chosenBy: 'budget', reason: choice.reason, fits: choice.fits };
+    }
+    return { spec: this.defaultFfn, chosenBy: 'default' };
+  }
+
+  /** Decodes an upload to the model's input under the pixel limit; failures become 413/415/422 naming the file. */
+  async decode(upload: Upload): Promise<DecodedImage> {
+    try {
+      return await decodeImage(upload.bytes, this.deps.encoder.config.imageSize, { maxPixels: this.limits.maxPixels });
+    } catch (err) {
+      if (err instanceof ImageDecodeError) throw decodeFailure(err, upload.name);
+      throw err;
+    }
+  }
+
+  // ---- images ------------------------------------------------------------------------------------------------
+
+  /** Indexes uploads with XL. All or nothing: every file is decoded first, and one bad file stores none. */
+  async addImages(uploads: Upload[], params: UploadParams): Promise<AddImagesResponse> {
+    return this.track(() => this.addImagesNow(uploads, params));
+  }
+
+  private async addImagesNow(uploads: Upload[], params: UploadParams): Promise<AddImagesResponse> {
+    if (uploads.length === 0) throw new HttpError('bad_request', 'no image uploaded: send one or more files in the multipart field "images"');
+    for (const u of uploads) await this.decode(u); // throws before anything is stored
+    const results = await this.deps.indexer.indexBuffers(
+      this.deps.handle,
+      this.deps.work ?? this.deps.encoder,
+      uploads.map((u) => ({ name: u.name, bytes: u.bytes, ...(params.label ? { label: params.label } : {}), ...(params.metadata ? { metadata: params.metadata } : {}) })),
+    );
+    const failed = results.find((r): r is { name: string; error: ImageDecodeError } => 'error' in r);
+    if (failed) throw decodeFailure(failed.error, failed.name); // not expected: the same bytes decoded above
+    return {
+      images: results.map((r, i) => {
+        const { id, created } = r as { id: number; created: boolean };
+        return { id, created, name: uploads[i].name, imageUrl: imageUrl(id), thumbUrl: thumbUrl(id) };
+      }),
+    };
+  }
+
+  deleteImage(id: number): { deleted: number } {
+    if (this.closing) throw new HttpError('service_unavailable', 'the server is shutting down');
+    const gone = deleteImages(this.deps.handle, [id]);
+    if (gone.length === 0) throw new NotFoundError(`no image with id ${id}`);
+    return { deleted: id };
+  }
+
+  async original(id: number): Promise<{ bytes: Buffer; contentType: string }> {
+    this.assertExists(id);
+    return this.deps.indexer.getOriginal(this.deps.handle, id);
+  }
+
+  /** The thumbnail file of an image (written by the indexer). */
+  thumbnailPath(id: number): string {
+    this.assertExists(id);
+    return this.deps.handle.store.thumbPath(id);
+  }
+
+  /** The name an uploaded image was given (its source is `upload:<name>`). */
+  private uploadName(id: number): string {
+    const source = this.deps.handle.store.getImage(id)?.source ?? '';
+    return source.startsWith(UPLOAD_PREFIX) ? source.slice(UPLOAD_PREFIX.length) : displayName(source);
+  }
+
+  private assertExists(id: number): void {
+    if (!this.deps.handle.store.getImage(id)) throw new NotFoundError(`no image with id ${id}`);
+  }
+
+  // ---- encoders and stats ------------------------------------------------------------------------------------
+
+  /** The query encoders the page offers: uniform S..XL plus calibrated Mix'n'Match frontier entries. */
+  encoderSpecs(): string[] {
+    const frontier = this.deps.calibration.source === 'measured' ? this.deps.calibration.frontier.map((e) => e.spec) : [];
+    const specs: string[] = [...GRANULARITIES];
+    for (const s of frontier) {
+      try {
+        const canon = this.deps.encoder.submodel(s).spec;
+        if (!specs.includes(canon)) specs.push(canon);
+      } catch {
+        // a calibration entry this model cannot run (other depth): leave it out
+      }
+    }
+    return specs;
+  }
+
+  encoders(): EncodersResponse {
+    const cal = this.deps.calibration;
+    const c = this.deps.encoder.config;
+    const bySpec = new Map<string, CalibrationEntry>(cal.frontier.map((e) => [e.spec, e]));
+    const encoders = this.encoderSpecs()
+      .map((spec) => {
+        const sub = this.deps.encoder.submodel(spec);
+        const flops = countFlops(c, sub.widths);
+        const served = this.served.get(spec);
+        return {
+          spec,
+          family: sub.granularities.every((g) => g === sub.granularities[0]) ? ('uniform' as const) : ('mixnmatch' as const),
+          flops,
+          flopsRel: round(flops / this.xlFlops, 4),
+          params: countParams(c, sub.widths),
+          accuracy: cal.source === 'measured' ? (bySpec.get(spec)?.accuracy ?? null) : null,
+          encodeMs: this.measured.has(spec) ? round(this.measured.get(spec)!, 3) : null,
+          servedEncodeMs: served?.length ? round(median(served), 3) : null,
+        };
+      })
+      .sort((a, b) => a.flops - b.flops);
+    return {
+      modelId: this.deps.encoder.modelId,
+      xlFlops: this.xlFlops,
+      default: this.defaultFfn,
+      calibration: { source: cal.source, stale: cal.stale ?? false, metric: cal.metric },
+      encoders,
+    };
+  }
+
+  /**
+   * Opens each encoder's onnxruntime session (so no query pays for it) and measures its median batch-1 encode time,
+   * the figure the page shows next to the cost control.
+   */
+  async warmUp(specs = this.encoderSpecs(), runs = 15): Promise<void> {
+    const size = this.deps.encoder.config.imageSize;
+    const image = new Uint8Array(size * size * 3).map((_, i) => (i * 37) % 256);
+    for (const spec of specs) {
+      await this.deps.encoder.encode([image], spec);
+      const ms: number[] = [];
+      for (let i = 0; i < runs; i++) {
+        const t0 = performance.now();
+        await this.deps.encoder.encode([image], spec);
+        ms.push(performance.now() - t0);
+      }
+      this.measured.set(this.deps.encoder.submodel(spec).spec, median(ms));
+    }
+  }
+
+  stats(): StatsResponse {
+    const { store, hnsw } = this.deps.handle;
+    const s = store.stats();
+    this.foldBatches();
+    const b = this.batches;
+    const elu = performance.eventLoopUtilization(this.elu);
+    this.elu = performance.eventLoopUtilization();
+    return {
+      modelId: this.deps.encoder.modelId,
+      images: s.images,
+      labelled: s.labelled,
+      indexed: hnsw.size,
+      hnsw: { M: hnsw.M, efConstruction: hnsw.efConstruction, ef: hnsw.getEf(), capacity: hnsw.capacity },
+      dbBytes: s.dbBytes,
+      limits: { ...this.limits },
+      server: {
+        uptimeSec: round((performance.now() - this.started) / 1000, 1),
+        searches: this.searches,
+        batches: { count: b.count, meanSize: b.count ? round(b.images / b.count, 2) : 0, maxSize: b.max },
+        eventLoopUtilization: round(elu.utilization, 4),
+      },
+    };
+  }
+
+  health(): { status: 'ok'; modelId: string; images: number } {
+    return { status: 'ok', modelId: this.deps.encoder.modelId, images: this.deps.handle.hnsw.size };
+  }
+
+  /**
+   * Stops taking new searches and uploads (503) and waits for those in flight. A request whose client went away
+   * keeps running until it settles, so waiting for connections to close is not enough before closing the store
+   * and the encoders under it.
+   */
+  async drain(): Promise<void> {
+    this.closing = true;
+    while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
+  }
+
+  private track<T>(op: () => Promise<T>): Promise<T> {
+    if (this.closing) return Promise.reject(new HttpError('service_unavailable', 'the server is shutting down'));
+    const p = op();
+    const settled = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.inflight.add(settled);
+    void settled.then(() => this.inflight.delete(settled));
+    return p;
+  }
+
+  /** Moves the batcher's list of batch sizes (which only grows) into running totals. */
+  private foldBatches(): void {
+    const sizes = this.deps.batcher.batchSizes;
+    for (const n of sizes) {
+      this.batches.count++;
+      this.batches.images += n;
+      this.batches.max = Math.max(this.batches.max, n);
+    }
+    sizes.length = 0;
+  }
+
+  private recordServed(spec: string, ms: number): void {
+    const list = this.served.get(spec) ?? [];
+    list.push(ms);
+    if (list.length > SERVED_WINDOW) list.splice(0, list.length - SERVED_WINDOW);
+    this.served.set(spec, list);
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+const round = (x: number, digits: number) => Math.round(x * 10 ** digits) / 10 ** digits;

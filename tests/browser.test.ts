@@ -1,0 +1,120 @@
+// The page in a real browser: playwright-core drives Debian's chromium against the real app on a temporary store
+// (a small random-weight model and a few dozen CIFAR-10 test images). It uploads an image, changes the query cost,
+// checks the results grid, adds an image to the index, and shows an error; the screenshot goes to test-output/.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { type Browser, chromium } from 'playwright-core';
+import sharp from 'sharp';
+import { iterateImageSource } from '../src/data/sources.ts';
+import { saveModel } from '../src/encoder/checkpoint.ts';
+import { DEFAULT_CONFIG } from '../src/encoder/config.ts';
+import { buildApp } from '../src/server/app.ts';
+import { type OpenedServer, DEMO_GALLERY, openServer } from '../src/server/server.ts';
+import { randomModel } from './helpers/model.ts';
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-sync', '--disable-quic'];
+const OUTPUT = path.resolve(import.meta.dirname, '../test-output');
+const PER_CLASS = 3;
+
+let tmp: string;
+let opened: OpenedServer;
+let server: Server;
+let browser: Browser;
+let base: string;
+const gallery: { label: string; bytes: Buffer }[] = [];
+
+before(async () => {
+  if (!fs.existsSync(CHROMIUM)) {
+    throw new Error(`chromium is missing at ${CHROMIUM}: install it with \`apt-get update && apt-get install -y chromium\` (.ci/run does), or set CHROMIUM_PATH`);
+  }
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-browser-'));
+  const { tensors } = await randomModel(DEFAULT_CONFIG, 4);
+  const modelFile = path.join(tmp, 'model.safetensors');
+  saveModel(modelFile, DEFAULT_CONFIG, tensors);
+  const counts = new Map<string, number>();
+  for await (const item of iterateImageSource(DEMO_GALLERY)) {
+    if ((counts.get(item.label!) ?? 0) >= PER_CLASS) continue;
+    counts.set(item.label!, (counts.get(item.label!) ?? 0) + 1);
+    const file = path.join(tmp, 'gallery', item.label!, path.basename(item.path));
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, item.bytes);
+    gallery.push({ label: item.label!, bytes: item.bytes });
+    if (gallery.length === 10 * PER_CLASS) break;
+  }
+  opened = await openServer({ store: path.join(tmp, 'store'), model: modelFile, gallery: path.join(tmp, 'gallery'), progress: false });
+  server = buildApp(opened.service).listen(0, '127.0.0.1');
+  await new Promise((r) => server.once('listening', r));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_FLAGS });
+});
+
+after(async () => {
+  await browser?.close();
+  await new Promise((r) => (server ? server.close(r) : r(null)));
+  await opened?.close();
+  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test('upload an image, change the query cost, get a grid of results, add an image, see an error', async () => {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  const pageErrors: string[] = [];
+  page.on('pageerror', (err) => pageErrors.push(err.message));
+  await page.goto(base + '/');
+
+  // The cost control lists S..XL with FLOPs and measured encode times; the server's default (XL) is selected.
+  const radios = page.locator('input[name="ffn"]');
+  await radios.first().waitFor();
+  assert.deepEqual(await radios.evaluateAll((els) => els.map((e) => (e as HTMLInputElement).value)), ['S', 'M', 'L', 'XL']);
+  assert.equal(await page.locator('input[name="ffn"]:checked').getAttribute('value'), 'XL');
+  assert.match(await page.locator('#encoders').innerText(), /MFLOPs.*ms/);
+  await page.waitForFunction(() => /images indexed/.test(document.getElementById('stats')!.textContent ?? ''));
+
+  // Upload: the results grid fills, and with XL the query image itself comes first.
+  const query = gallery[7];
+  await page.setInputFiles('#file', { name: 'query.jpg', mimeType: 'image/jpeg', buffer: query.bytes });
+  await page.waitForFunction(() => document.getElementById('status')!.dataset.ffn === 'XL' && document.querySelectorAll('#results li').length === 12);
+  assert.equal(await page.locator('#results li').first().locator('.label').innerText(), query.label);
+  assert.match(await page.locator('#status').innerText(), /12 results · encoder XL: .*MFLOPs \(100% of XL\), encode .* ms, search .* ms/);
+
+  // Change the cost to S with the keyboard: the search runs again with S.
+  await page.locator('input[name="ffn"][value="XL"]').focus();
+  for (let i = 0; i < 3; i++) await page.keyboard.press('ArrowLeft'); // XL -> L -> M -> S, each one searches
+  await page.waitForFunction(() => document.getElementById('status')!.dataset.ffn === 'S');
+  assert.equal(await page.locator('input[name="ffn"]:checked').getAttribute('value'), 'S');
+  assert.match(await page.locator('#status').innerText(), /encoder S: .*\(46% of XL\)/);
+  const cells = page.locator('#results li');
+  assert.equal(await cells.count(), 12);
+  for (const cell of await cells.all()) {
+    assert.match(await cell.locator('.score').innerText(), /^-?[01]\.\d{3}$/);
+    assert.ok((await cell.locator('.label').innerText()).length > 0);
+  }
+  // Every thumbnail actually loaded.
+  await page.waitForFunction(() => [...document.querySelectorAll<HTMLImageElement>('#results img')].every((i) => i.complete && i.naturalWidth > 0));
+  fs.mkdirSync(OUTPUT, { recursive: true });
+  await page.screenshot({ path: path.join(OUTPUT, 'browser-search.png'), fullPage: true });
+
+  // A new image can be added to the index from the page.
+  const before = opened.handle.hnsw.size;
+  const png = await sharp({ create: { width: 48, height: 48, channels: 3, background: { r: 20, g: 160, b: 200 } } }).png().toBuffer();
+  await page.setInputFiles('#file', { name: 'teal.png', mimeType: 'image/png', buffer: png });
+  await page.waitForFunction(() => document.querySelectorAll('#results li').length === 12 && !document.getElementById('results')!.hasAttribute('aria-busy'));
+  await page.click('#add');
+  await page.waitForFunction(() => /Added teal\.png to the index as image \d+/.test(document.getElementById('status')!.textContent ?? ''));
+  assert.equal(opened.handle.hnsw.size, before + 1);
+
+  // A file that is not an image shows the server's message.
+  await page.setInputFiles('#file', { name: 'notes.jpg', mimeType: 'image/jpeg', buffer: Buffer.from('these are notes, not a picture') });
+  await page.locator('#error').waitFor({ state: 'visible' });
+  assert.match(await page.locator('#error').innerText(), /notes\.jpg: not-image.*415 unsupported_media_type/);
+  assert.equal(await cells.count(), 0);
+  await page.screenshot({ path: path.join(OUTPUT, 'browser-error.png') });
+
+  assert.deepEqual(pageErrors, [], 'no script errors on the page');
+  await page.close();
+});

@@ -1,0 +1,396 @@
+// API tests: the real app on a temporary store, with a small random-weight model (DEFAULT_CONFIG shapes) and a few
+// dozen CIFAR-10 test images from the bundled demo gallery, indexed through the server's own first-start path.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import zlib from 'node:zlib';
+import sharp from 'sharp';
+import { iterateImageSource } from '../src/data/sources.ts';
+import { saveModel } from '../src/encoder/checkpoint.ts';
+import { DEFAULT_CONFIG, countFlops, countParams, parseSubmodel } from '../src/encoder/config.ts';
+import { buildApp } from '../src/server/app.ts';
+import { AddImagesResponse, EncodersResponse, SearchResponse, StatsResponse } from '../src/server/schemas.ts';
+import { type OpenedServer, DEMO_GALLERY, openServer } from '../src/server/server.ts';
+import { randomModel } from './helpers/model.ts';
+
+const PER_CLASS = 4; // 40 gallery images
+const MAX_UPLOAD = 256 * 1024; // small upload limit, so that "too large" bodies stay cheap to send
+
+let tmp: string;
+let opened: OpenedServer;
+let server: Server;
+let base: string;
+const gallery: { file: string; label: string; bytes: Buffer }[] = [];
+
+before(async () => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-server-'));
+  const { tensors } = await randomModel(DEFAULT_CONFIG, 3);
+  const modelFile = path.join(tmp, 'model.safetensors');
+  saveModel(modelFile, DEFAULT_CONFIG, tensors, { 'train.step': '7' });
+
+  // A small gallery folder: the first PER_CLASS images of each class of the bundled archive.
+  const counts = new Map<string, number>();
+  for await (const item of iterateImageSource(DEMO_GALLERY)) {
+    const label = item.label!;
+    if ((counts.get(label) ?? 0) >= PER_CLASS) continue;
+    counts.set(label, (counts.get(label) ?? 0) + 1);
+    const file = path.join(tmp, 'gallery', label, path.basename(item.path));
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, item.bytes);
+    gallery.push({ file, label, bytes: item.bytes });
+    if (gallery.length === 10 * PER_CLASS) break;
+  }
+
+  // A calibration next to the model, as `npm run eval` writes it: S, one Mix'n'Match list and XL on the frontier.
+  fs.writeFileSync(
+    path.join(tmp, 'calibration.json'),
+    JSON.stringify({ version: 1, source: 'measured', modelId: 'another-model@1', createdAt: null, metric: '1-NN accuracy', xlFlops: flopsOf('XL'), frontier: [entry('S', 0.5), entry(MIX, 0.6), entry('XL', 0.7)] }),
+  );
+
+  opened = await openServer({ store: path.join(tmp, 'store'), model: modelFile, gallery: path.join(tmp, 'gallery'), progress: false, limits: { maxUploadBytes: MAX_UPLOAD, maxFiles: 4 } });
+  server = buildApp(opened.service).listen(0, '127.0.0.1');
+  await new Promise((r) => server.once('listening', r));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+
+after(async () => {
+  await new Promise((r) => server?.close(r));
+  await opened?.close();
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+// ---- helpers --------------------------------------------------------------------------------------------------
+
+const MIX = 'S,S,M,M,L,XL';
+const flopsOf = (spec: string) => countFlops(DEFAULT_CONFIG, parseSubmodel(spec, DEFAULT_CONFIG).widths);
+const relOf = (spec: string) => flopsOf(spec) / flopsOf('XL');
+function entry(spec: string, accuracy: number) {
+  const widths = parseSubmodel(spec, DEFAULT_CONFIG).widths;
+  return { spec, family: spec.includes(',') ? 'mixnmatch' : 'uniform', flops: flopsOf(spec), flopsRel: relOf(spec), params: countParams(DEFAULT_CONFIG, widths), encodeMs: null, accuracy, recall10: null };
+}
+
+function form(files: Record<string, { bytes: Buffer; name: string } | { bytes: Buffer; name: string }[]>, fields: Record<string, string> = {}): FormData {
+  const f = new FormData();
+  for (const [k, v] of Object.entries(fields)) f.append(k, v);
+  for (const [field, list] of Object.entries(files)) for (const { bytes, name } of [list].flat()) f.append(field, new Blob([new Uint8Array(bytes)]), name);
+  return f;
+}
+
+async function call(method: string, url: string, body?: FormData | object | string, headers: Record<string, string> = {}) {
+  const init: RequestInit = { method, headers };
+  if (body instanceof FormData || typeof body === 'string') init.body = body;
+  else if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers = { 'content-type': 'application/json', ...headers };
+  }
+  const res = await fetch(base + url, init);
+  const type = res.headers.get('content-type') ?? '';
+  const json = type.includes('json') ? await res.json() : null;
+  const bytes = json === null ? Buffer.from(await res.arrayBuffer()) : null;
+  return { status: res.status, type, json, bytes };
+}
+
+async function expectError(p: ReturnType<typeof call>, status: number, code: string, message?: RegExp) {
+  const r = await p;
+  assert.equal(r.status, status, `expected ${status} ${code}, got ${r.status} ${JSON.stringify(r.json)}`);
+  assert.equal(r.json?.error?.code, code);
+  assert.equal(typeof r.json.error.message, 'string');
+  if (message) assert.match(r.json.error.message, message);
+  return r.json;
+}
+
+const search = (files: Parameters<typeof form>[0], fields: Record<string, string> = {}) => call('POST', '/api/search', form(files, fields));
+const imageCount = async () => (await call('GET', '/api/stats')).json.images as number;
+
+/** A stored (uncompressed) zip archive holding one text file: a real zip, as a user's renamed file would be. */
+function zipFile(name: string, content: string): Buffer {
+  const data = Buffer.from(content);
+  const fname = Buffer.from(name);
+  const crc = zlib.crc32(data);
+  const local = Buffer.alloc(30);
+  local.writeUInt32LE(0x04034b50, 0);
+  local.writeUInt16LE(20, 4);
+  local.writeUInt32LE(crc, 14);
+  local.writeUInt32LE(data.length, 18);
+  local.writeUInt32LE(data.length, 22);
+  local.writeUInt16LE(fname.length, 26);
+  const central = Buffer.alloc(46);
+  central.writeUInt32LE(0x02014b50, 0);
+  central.writeUInt16LE(20, 4);
+  central.writeUInt16LE(20, 6);
+  central.writeUInt32LE(crc, 16);
+  central.writeUInt32LE(data.length, 20);
+  central.writeUInt32LE(data.length, 24);
+  central.writeUInt16LE(fname.length, 28);
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(1, 8);
+  end.writeUInt16LE(1, 10);
+  end.writeUInt32LE(central.length + fname.length, 12);
+  end.writeUInt32LE(local.length + fname.length + data.length, 16);
+  return Buffer.concat([local, fname, data, central, fname, end]);
+}
+
+/** A genuine 10000 x 5000 (50-megapixel) grayscale PNG, built directly (it compresses to about 50 KB). */
+function png50Megapixels(): Buffer {
+  const W = 10_000;
+  const H = 5_000;
+  const chunk = (type: string, data: Buffer) => {
+    const td = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const out = Buffer.alloc(td.length + 8);
+    out.writeUInt32BE(data.length, 0);
+    td.copy(out, 4);
+    out.writeUInt32BE(zlib.crc32(td), td.length + 4);
+    return out;
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(W, 0);
+  ihdr.writeUInt32BE(H, 4);
+  ihdr[8] = 8; // bit depth; colour type 0 (gray)
+  const idat = zlib.deflateSync(Buffer.alloc((W + 1) * H), { level: 9 }); // filter byte + row, all zero
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr), chunk('IDAT', idat), chunk('IEND', Buffer.alloc(0))]);
+}
+
+// ---- the happy paths --------------------------------------------------------------------------------------------
+
+describe('serving', () => {
+  test('first start indexed the gallery; health, stats and the OpenAPI document', async () => {
+    assert.equal(opened.gallery?.indexed, gallery.length);
+    const health = await call('GET', '/healthz');
+    assert.equal(health.status, 200);
+    assert.deepEqual(health.json, { status: 'ok', modelId: opened.encoder.modelId, images: gallery.length });
+    const stats = StatsResponse.parse((await call('GET', '/api/stats')).json);
+    assert.equal(stats.images, gallery.length);
+    assert.equal(stats.labelled, gallery.length);
+    assert.equal(stats.limits.maxUploadBytes, MAX_UPLOAD);
+    const doc = (await call('GET', '/api/openapi.json')).json;
+    assert.equal(doc.openapi, '3.1.0');
+    for (const p of ['/api/search', '/api/images', '/api/images/{id}', '/api/images/{id}/thumb', '/api/stats', '/api/encoders', '/healthz']) assert.ok(doc.paths[p], `OpenAPI documents ${p}`);
+    assert.ok(doc.paths['/api/search'].post.requestBody.content['multipart/form-data'].schema.properties.image);
+    assert.equal(doc.components.schemas.SearchParams.properties.k.default, 10);
+    assert.ok(doc.components.schemas.Error.properties.error);
+  });
+
+  test('the page and its assets are served', async () => {
+    const page = await fetch(base + '/');
+    assert.equal(page.status, 200);
+    assert.match(await page.text(), /<title>matvit search<\/title>/);
+    for (const asset of ['/app.js', '/style.css']) assert.equal((await fetch(base + asset)).status, 200);
+  });
+
+  test('GET /api/encoders lists S, M, L, XL and the calibrated frontier by FLOPs, with measured encode times', async () => {
+    const r = EncodersResponse.parse((await call('GET', '/api/encoders')).json);
+    assert.deepEqual(r.encoders.map((e) => e.spec), ['S', 'M', MIX, 'L', 'XL']);
+    assert.deepEqual(r.encoders.map((e) => e.accuracy), [0.5, null, 0.6, null, 0.7]);
+    assert.equal(r.encoders[2].family, 'mixnmatch');
+    assert.equal(r.encoders[4].flopsRel, 1);
+    assert.ok(r.encoders.every((e, i) => i === 0 || e.flops > r.encoders[i - 1].flops));
+    assert.ok(r.encoders.filter((e) => e.family === 'uniform').every((e) => typeof e.encodeMs === 'number' && e.encodeMs > 0));
+    assert.deepEqual(r.calibration, { source: 'measured', stale: true, metric: '1-NN accuracy' });
+    assert.equal(r.default, 'XL');
+  });
+
+  test('search by upload: XL finds the image itself first; S costs fewer FLOPs', async () => {
+    const q = gallery[5];
+    const xl = SearchResponse.parse((await search({ image: { bytes: q.bytes, name: 'q.jpg' } }, { ffn: 'xl', k: '5' })).json);
+    assert.equal(xl.results.length, 5);
+    assert.equal(xl.results[0].label, q.label);
+    assert.ok(xl.results[0].score > 0.999, `self-match score ${xl.results[0].score}`);
+    assert.match(xl.results[0].name, new RegExp(`${path.basename(q.file)}$`));
+    assert.equal(xl.results[0].thumbUrl, `/api/images/${xl.results[0].id}/thumb`);
+    assert.equal(xl.cost.ffn, 'XL');
+    assert.equal(xl.cost.flopsRel, 1);
+    assert.ok(xl.cost.encodeMs > 0 && xl.cost.searchMs >= 0);
+    const s = SearchResponse.parse((await search({ image: { bytes: q.bytes, name: 'q.jpg' } }, { ffn: 'S', k: '3', ef: '50' })).json);
+    assert.equal(s.cost.ffn, 'S');
+    assert.ok(s.cost.flops < xl.cost.flops);
+    assert.equal(s.results.length, 3);
+    assert.deepEqual(s.query, { k: 3, ef: 50 });
+    const mix = (await search({ image: { bytes: q.bytes, name: 'q.jpg' } }, { ffn: 'S,S,M,M,L,XL' })).json;
+    assert.equal(mix.cost.ffn, 'S,S,M,M,L,XL');
+    assert.equal(mix.results.length, 10, 'k defaults to 10');
+  });
+
+  test('a budget picks the most accurate calibrated encoder within it; parameters may come in the query string', async () => {
+    const q = { image: { bytes: gallery[0].bytes, name: 'q.jpg' } };
+    const within = (relOf(MIX) + relOf('L')) / 2; // affords MIX, not XL
+    const r = (await call('POST', `/api/search?budget=${within}&k=2`, form(q))).json;
+    assert.deepEqual([r.encoder.chosenBy, r.encoder.spec, r.encoder.fits, r.cost.ffn], ['budget', MIX, true, MIX]);
+    assert.match(r.encoder.reason, /1-NN accuracy 0\.6000/);
+    assert.equal(r.results.length, 2);
+    const cheap = (await search(q, { budget: String(relOf('S') / 2) })).json;
+    assert.deepEqual([cheap.encoder.spec, cheap.encoder.fits], ['S', false], 'nothing fits: the cheapest encoder, said so');
+    assert.equal((await search(q, { budget: '1' })).json.encoder.spec, 'XL');
+  });
+
+  test('search by a stored id (JSON body)', async () => {
+    const first = (await search({ image: { bytes: gallery[1].bytes, name: 'q.jpg' } }, { k: '1' })).json.results[0];
+    const r = SearchResponse.parse((await call('POST', '/api/search', { id: first.id, k: 4 })).json);
+    assert.equal(r.results.length, 4);
+    assert.ok(!r.results.some((x) => x.id === first.id), 'the query image itself is left out');
+    assert.equal(r.query.id, first.id);
+    assert.deepEqual([r.cost.flops, r.cost.encodeMs], [0, 0], 'no encoding: the stored XL embedding is the query');
+  });
+
+  test('original and thumbnail of a stored image', async () => {
+    const hit = (await search({ image: { bytes: gallery[2].bytes, name: 'q.jpg' } }, { k: '1' })).json.results[0];
+    const original = await call('GET', hit.imageUrl);
+    assert.equal(original.status, 200);
+    assert.equal(original.type, 'image/jpeg');
+    assert.ok(original.bytes!.equals(gallery[2].bytes));
+    const thumb = await call('GET', hit.thumbUrl);
+    assert.equal(thumb.status, 200);
+    assert.equal(thumb.type, 'image/webp');
+    assert.equal((await sharp(thumb.bytes!).metadata()).format, 'webp');
+  });
+
+  test('upload, find, delete an image', async () => {
+    const png = await sharp({ create: { width: 40, height: 30, channels: 3, background: { r: 200, g: 30, b: 90 } } }).png().toBuffer();
+    const before = await imageCount();
+    const added = AddImagesResponse.parse((await call('POST', '/api/images', form({ images: { bytes: png, name: 'pink.png' } }, { label: 'pink', metadata: '{"by":"test"}' }))).json);
+    assert.equal(added.images.length, 1);
+    const { id, created } = added.images[0];
+    assert.equal(created, true);
+    assert.equal(await imageCount(), before + 1);
+    const again = (await call('POST', '/api/images', form({ images: { bytes: png, name: 'same.png' } }))).json;
+    assert.deepEqual([again.images[0].id, again.images[0].created], [id, false], 'identical content is stored once');
+
+    const hit = (await search({ image: { bytes: png, name: 'q.png' } }, { k: '1' })).json.results[0];
+    assert.deepEqual([hit.id, hit.label, hit.metadata.by, hit.name], [id, 'pink', 'test', 'pink.png']);
+    const original = await call('GET', `/api/images/${id}`);
+    assert.equal(original.type, 'image/png');
+    assert.ok(original.bytes!.equals(png));
+    assert.equal((await call('GET', `/api/images/${id}/thumb`)).status, 200);
+
+    assert.deepEqual((await call('DELETE', `/api/images/${id}`)).json, { deleted: id });
+    assert.equal(await imageCount(), before);
+    const after = (await search({ image: { bytes: png, name: 'q.png' } }, { k: '40' })).json.results;
+    assert.ok(!after.some((r: { id: number }) => r.id === id), 'deleted image no longer found');
+  });
+
+  test('concurrent queries for one submodel are batched into shared runs', async () => {
+    const before = StatsResponse.parse((await call('GET', '/api/stats')).json).server;
+    const rs = await Promise.all(gallery.slice(0, 24).map((g) => search({ image: { bytes: g.bytes, name: 'q.jpg' } }, { ffn: 'M', k: '3' })));
+    assert.ok(rs.every((r) => r.status === 200 && r.json.results.length === 3));
+    const after = StatsResponse.parse((await call('GET', '/api/stats')).json).server;
+    const runs = after.batches.count - before.batches.count;
+    assert.ok(runs < 24, `24 concurrent queries ran as ${runs} onnxruntime runs`);
+    assert.ok(after.batches.maxSize > 1);
+  });
+});
+
+// ---- errors -----------------------------------------------------------------------------------------------------
+
+describe('errors', () => {
+  const jpg = () => gallery[0].bytes;
+
+  test('400 bad_request: bad parameters', async () => {
+    const img = { image: { bytes: jpg(), name: 'q.jpg' } };
+    await expectError(search(img, { k: '0' }), 400, 'bad_request', /k/);
+    await expectError(search(img, { k: 'ten' }), 400, 'bad_request', /k: must be an integer/);
+    await expectError(search(img, { k: '101' }), 400, 'bad_request', /k/);
+    await expectError(search(img, { ef: '-3' }), 400, 'bad_request', /ef/);
+    await expectError(search(img, { ffn: 'XXL' }), 400, 'bad_request', /unknown granularity "XXL"/);
+    await expectError(search(img, { ffn: 'S,M' }), 400, 'bad_request', /has 2 entries but the model has 6 layers/);
+    await expectError(search(img, { budget: '0' }), 400, 'bad_request', /budget/);
+    await expectError(search(img, { budget: '0.5', ffn: 'S' }), 400, 'bad_request', /either ffn or budget/);
+    await expectError(search(img, { K: '3' }), 400, 'bad_request', /Unrecognized key/);
+    await expectError(search(img, { id: '1' }), 400, 'bad_request', /either an uploaded image or an id/);
+    await expectError(search({}, { k: '3' }), 400, 'bad_request', /upload an image/);
+    await expectError(call('POST', '/api/search', '{"id": 1,', { 'content-type': 'application/json' }), 400, 'bad_request', /JSON/);
+    await expectError(call('POST', '/api/search', { id: 'one' }), 400, 'bad_request', /id/);
+    await expectError(search({ photo: { bytes: jpg(), name: 'q.jpg' } }), 400, 'bad_request', /unexpected file field "photo"/);
+    await expectError(call('POST', '/api/images', form({})), 400, 'bad_request', /no image uploaded/);
+    await expectError(call('POST', '/api/images', form({ images: { bytes: jpg(), name: 'a.jpg' } }, { metadata: '[1,2]' })), 400, 'bad_request', /metadata: must be a JSON object/);
+    await expectError(call('GET', '/api/images/abc'), 400, 'bad_request');
+    await expectError(call('DELETE', '/api/images/0'), 400, 'bad_request');
+  });
+
+  test('404 not_found: unknown ids and routes', async () => {
+    await expectError(call('GET', '/api/images/999999'), 404, 'not_found', /999999/);
+    await expectError(call('GET', '/api/images/999999/thumb'), 404, 'not_found');
+    await expectError(call('DELETE', '/api/images/999999'), 404, 'not_found');
+    await expectError(call('POST', '/api/search', { id: 999999 }), 404, 'not_found');
+    await expectError(call('GET', '/api/nothing-here'), 404, 'not_found');
+  });
+
+  test('413 payload_too_large: oversized bodies and a 50-megapixel image', async () => {
+    // A file just over the limit: the upload limit stops it.
+    const big = Buffer.alloc(MAX_UPLOAD + 1000, 0xff);
+    await expectError(search({ image: { bytes: big, name: 'big.jpg' } }), 413, 'payload_too_large', /file "image" is larger than the upload limit of 256 KB/);
+    // A declared body length far over the limit: rejected before the body is read.
+    const huge = Buffer.alloc(4 * MAX_UPLOAD, 0xff);
+    await expectError(search({ image: { bytes: huge, name: 'huge.jpg' } }), 413, 'payload_too_large', /the request body \(1 MB\) is over the upload limit of 256 KB/);
+    // Streamed without a length (chunked): the upload limit stops it mid-body.
+    const chunked = new Request(base + '/api/search', { method: 'POST', body: form({ image: { bytes: big, name: 'big.jpg' } }) });
+    const stream = chunked.body!;
+    const res = await fetch(base + '/api/search', { method: 'POST', body: stream, headers: { 'content-type': chunked.headers.get('content-type')! }, duplex: 'half' } as RequestInit);
+    assert.equal(res.status, 413);
+    assert.equal((await res.json()).error.code, 'payload_too_large');
+    // A small file whose header says 10000 x 5000: rejected before decoding any pixels.
+    const png = png50Megapixels();
+    assert.ok(png.length < MAX_UPLOAD);
+    const err = await expectError(search({ image: { bytes: png, name: 'huge.png' } }), 413, 'payload_too_large', /10000x5000 is over the limit/);
+    assert.equal(err.error.details.reason, 'too-large');
+    await expectError(call('POST', '/api/images', form({ images: { bytes: png, name: 'huge.png' } })), 413, 'payload_too_large');
+    await expectError(call('POST', '/api/search', { id: 1, pad: 'x'.repeat(20_000) }), 413, 'payload_too_large');
+  });
+
+  test('415 unsupported_media_type: a zip renamed .jpg, text, a wrong body type', async () => {
+    const zip = zipFile('notes.txt', 'not a picture\n'.repeat(20));
+    assert.equal(zip.subarray(0, 2).toString(), 'PK');
+    const err = await expectError(search({ image: { bytes: zip, name: 'holiday.jpg' } }), 415, 'unsupported_media_type', /holiday\.jpg: not-image/);
+    assert.deepEqual(err.error.details, { file: 'holiday.jpg', reason: 'not-image' });
+    await expectError(search({ image: { bytes: Buffer.from('hello world, this is text'), name: 'a.png' } }), 415, 'unsupported_media_type');
+    await expectError(call('POST', '/api/search', 'id=1', { 'content-type': 'text/plain' }), 415, 'unsupported_media_type', /multipart\/form-data or application\/json/);
+    await expectError(call('POST', '/api/images', { images: [] }), 415, 'unsupported_media_type');
+  });
+
+  test('422 undecodable_image: a truncated JPEG and an empty file', async () => {
+    const cut = jpg().subarray(0, jpg().length >> 1);
+    const err = await expectError(search({ image: { bytes: cut, name: 'cut.jpg' } }), 422, 'undecodable_image', /cut\.jpg: corrupt/);
+    assert.equal(err.error.details.reason, 'corrupt');
+    await expectError(search({ image: { bytes: Buffer.alloc(0), name: 'empty.jpg' } }), 422, 'undecodable_image', /empty/);
+  });
+
+  test('a failed upload stores nothing, even next to good files', async () => {
+    const before = await imageCount();
+    const good = await sharp({ create: { width: 20, height: 20, channels: 3, background: { r: 1, g: 222, b: 3 } } }).png().toBuffer();
+    const cut = jpg().subarray(0, jpg().length >> 1);
+    await expectError(call('POST', '/api/images', form({ images: [{ bytes: good, name: 'good.png' }, { bytes: cut, name: 'cut.jpg' }] })), 422, 'undecodable_image', /cut\.jpg/);
+    await expectError(call('POST', '/api/images', form({ images: [{ bytes: good, name: 'good.png' }, { bytes: zipFile('a', 'b'), name: 'z.jpg' }] })), 415, 'unsupported_media_type');
+    const tooMany = Array.from({ length: 5 }, (_, i) => ({ bytes: good, name: `g${i}.png` }));
+    await expectError(call('POST', '/api/images', form({ images: tooMany })), 400, 'bad_request');
+    assert.equal(await imageCount(), before);
+    const hit = (await search({ image: { bytes: good, name: 'q.png' } }, { k: '1' })).json.results[0];
+    assert.notEqual(hit.label, null, 'the good file of the failed upload was not indexed');
+  });
+
+  test('the server survives a burst of bad requests and still answers', async () => {
+    const cut = jpg().subarray(0, 100);
+    const bad = await Promise.all(Array.from({ length: 30 }, (_, i) => search({ image: { bytes: i % 2 ? cut : Buffer.from('junk'), name: 'x.jpg' } })));
+    assert.ok(bad.every((r) => r.status === 415 || r.status === 422));
+    const ok = await search({ image: { bytes: jpg(), name: 'q.jpg' } }, { ffn: 'S', k: '2' });
+    assert.equal(ok.status, 200);
+    assert.equal((await call('GET', '/healthz')).status, 200);
+  });
+});
+
+// ---- stopping (last: the service refuses work afterwards) ------------------------------------------------------
+
+describe('stopping', () => {
+  test('in-flight searches finish; new ones get 503 while the server drains', async () => {
+    const running = gallery.slice(0, 8).map((g) => opened.service.search({ k: 3, ffn: 'L' }, { name: 'q.jpg', bytes: g.bytes }));
+    let drained = false;
+    const draining = opened.service.drain().then(() => (drained = true));
+    await expectError(search({ image: { bytes: gallery[0].bytes, name: 'q.jpg' } }), 503, 'service_unavailable', /shutting down/);
+    const results = await Promise.all(running);
+    assert.ok(results.every((r) => r.results.length === 3 && r.cost.ffn === 'L'));
+    await draining;
+    assert.ok(drained);
+  });
+});
