@@ -159,7 +159,7 @@ describe('readIdx', () => {
   });
 });
 
-test('loadLabelledPixels: CIFAR-10 test archive, limit 200, cached', { skip: !fs.existsSync(CIFAR_TEST) && 'CIFAR-10 not found' }, async () => {
+test('loadLabelledPixels: CIFAR-10 test archive, limit 200, cached', async () => {
   const cacheDir = path.join(tmp, 'cache');
   let progress = 0;
   const a = await loadLabelledPixels(CIFAR_TEST, 32, { cacheDir, limit: 200, onProgress: (n) => (progress = n) });
