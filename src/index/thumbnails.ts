@@ -32,10 +32,16 @@ export function thumbnailFromPixels(pixels: Uint8Array, size: number): Promise<B
     .toBuffer();
 }
 
-/** A thumbnail from the original bytes (EXIF-rotated, first frame). `width`/`height` are after rotation. */
-export function thumbnailFromBytes(bytes: Buffer, width: number, height: number, maxPixels: number): Promise<Buffer> {
+/**
+ * A thumbnail from the original bytes (EXIF-rotated, first frame). `width`/`height` are after rotation. Tiny
+ * images get the same lossless enlargement as thumbnailFromPixels (alpha flattened onto white).
+ */
+export async function thumbnailFromBytes(bytes: Buffer, width: number, height: number, maxPixels: number): Promise<Buffer> {
   const img = sharp(bytes, { limitInputPixels: maxPixels, pages: 1 }).rotate();
   const f = upscaleFactor(Math.max(width, height));
-  const sized = f > 1 ? img.resize(width * f, height * f, { kernel: 'nearest' }) : img.resize(THUMB.max, THUMB.max, { fit: 'inside', withoutEnlargement: true });
-  return sized.webp(WEBP).toBuffer();
+  if (f === 1) return img.resize(THUMB.max, THUMB.max, { fit: 'inside', withoutEnlargement: true }).webp(WEBP).toBuffer();
+  const { data, info } = await img.flatten({ background: { r: 255, g: 255, b: 255 } }).toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+  if (info.channels !== 3) throw new Error(`expected 3 channels after flattening, got ${info.channels}`);
+  const webp = encodeWebpLosslessUpscaled(data, info.width, info.height, f);
+  return Buffer.from(webp.buffer, webp.byteOffset, webp.byteLength);
 }
