@@ -16,7 +16,10 @@ import { NotFoundError, UsageError } from '../src/errors.ts';
 import { getOriginal, indexBuffers, indexSources } from '../src/index/indexer.ts';
 import { searchById, searchByPixels } from '../src/index/search.ts';
 import { type IndexHandle, deleteImages, openIndex } from '../src/index/service.ts';
-import { contentHash } from '../src/index/store.ts';
+import Database from 'better-sqlite3';
+import { ImageStore, SCHEMA_VERSION, contentHash } from '../src/index/store.ts';
+import { JpegGroupDecoder, plainJpegSize } from '../src/index/jpeg-groups.ts';
+import { OffThreadEncoder } from '../src/index/offthread.ts';
 import { encodeWebpLosslessUpscaled } from '../src/index/webp-lossless.ts';
 import { randomModel } from './helpers/model.ts';
 
@@ -207,20 +210,20 @@ describe('indexSources', () => {
     const member = handle.store.getImage(r.ids[1])!;
     assert.equal(member.source, `${archive}:set/bird/1.jpg`);
     assert.equal(member.label, 'bird');
-    assert.ok(fs.existsSync(handle.store.originalPath(member.id, member.format)), 'archive members keep a copy');
+    assert.deepEqual(handle.store.getOriginal(member.id), members['set/bird/1.jpg'], 'archive members keep a copy');
     assert.deepEqual(await getOriginal(handle, member.id), { bytes: members['set/bird/1.jpg'], contentType: 'image/jpeg' });
     const webpMember = await getOriginal(handle, r.ids[2]);
     assert.equal(webpMember.contentType, 'image/webp');
 
     const file = handle.store.getImage(r.ids[0])!;
-    assert.equal(fs.existsSync(handle.store.originalPath(file.id, file.format)), false, 'files on disk are not copied');
+    assert.equal(handle.store.getOriginal(file.id), undefined, 'files on disk are not copied');
     assert.deepEqual(await getOriginal(handle, file.id), { bytes: fs.readFileSync(fresh), contentType: 'image/png' });
     fs.appendFileSync(fresh, Buffer.from('changed'));
     await assert.rejects(getOriginal(handle, file.id), (err) => err instanceof NotFoundError && /changed since it was indexed/.test(err.message));
     await assert.rejects(getOriginal(handle, 999_999), NotFoundError);
 
     deleteImages(handle, [member.id]);
-    assert.equal(fs.existsSync(handle.store.originalPath(member.id, member.format)), false, 'rm removes the copy');
+    assert.equal(handle.store.getOriginal(member.id), undefined, 'rm removes the copy');
     assert.equal(fs.existsSync(handle.store.thumbPath(member.id)), false, 'and the thumbnail');
   });
 
@@ -331,6 +334,86 @@ describe('lossless WebP thumbnails', () => {
         }
       }
       assert.ok(data.equals(want), `${w}x${h} x${f}`);
+    }
+  });
+});
+
+describe('grouped JPEG decoding', () => {
+  test('only plain size x size JPEGs qualify: no EXIF, no ICC profile, 3 components, baseline or progressive', async () => {
+    const base = () => raw(32, 32, 42);
+    assert.deepEqual(plainJpegSize(await base().jpeg().toBuffer()), { width: 32, height: 32 });
+    assert.deepEqual(plainJpegSize(await base().jpeg({ progressive: true }).toBuffer()), { width: 32, height: 32 });
+    assert.deepEqual(plainJpegSize(await raw(40, 24, 1).jpeg().toBuffer()), { width: 40, height: 24 });
+    assert.equal(plainJpegSize(await base().jpeg().withMetadata({ orientation: 6 }).toBuffer()), null, 'EXIF');
+    assert.equal(plainJpegSize(await base().jpeg().withIccProfile('p3').toBuffer()), null, 'ICC profile');
+    assert.equal(plainJpegSize(await base().toColourspace('b-w').jpeg().toBuffer()), null, 'one component');
+    assert.equal(plainJpegSize(await base().png().toBuffer()), null, 'PNG');
+    assert.equal(plainJpegSize(Buffer.from([0xff, 0xd8, 0xff])), null, 'cut short');
+  });
+
+  test('gives exactly what decodeImage gives; a bad image in a group gets its own error', async () => {
+    const dec = new JpegGroupDecoder(32, 8);
+    const images = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => raw(32, 32, 300 + i).jpeg({ quality: 50 + 2 * i, progressive: i % 3 === 0, chromaSubsampling: i % 2 ? '4:4:4' : '4:2:0' }).toBuffer()),
+    );
+    const truncated = images[5].subarray(0, images[5].length - 100);
+    const inputs = [...images.slice(0, 10), truncated, ...images.slice(10)];
+    const out = await Promise.allSettled(inputs.map((b) => dec.decode(b)));
+    for (let i = 0; i < inputs.length; i++) {
+      if (i === 10) {
+        assert.equal(out[i].status, 'rejected');
+        assert.equal(((out[i] as PromiseRejectedResult).reason as { reason: string }).reason, 'corrupt');
+        continue;
+      }
+      const got = (out[i] as PromiseFulfilledResult<{ pixels: Uint8Array }>).value;
+      assert.deepEqual(got, { ...(await decodeImage(inputs[i], 32)), format: 'jpeg' }, `image ${i}`);
+    }
+  });
+});
+
+describe('store schema', () => {
+  test('a version 1 store (before kept originals) is migrated on open, its rows intact', async () => {
+    const dir = newStore();
+    const h = open(dir);
+    const [id] = (await indexBuffers(h, encoder, [{ name: 'a.png', bytes: await raw(32, 32, 900).png().toBuffer() }])).map((r) => (r as { id: number }).id);
+    h.close();
+    const db = new Database(path.join(dir, 'store.sqlite'));
+    db.exec('DROP TABLE originals');
+    db.pragma('user_version = 1');
+    db.close();
+    const store = ImageStore.open(dir, { writer: true });
+    try {
+      assert.equal(store.stats().schemaVersion, SCHEMA_VERSION);
+      assert.equal(store.getImage(id)?.source, 'upload:a.png');
+      assert.equal(store.getOriginal(id), undefined);
+      assert.equal(store.stats().originals, 0);
+    } finally {
+      store.close();
+    }
+  });
+});
+
+describe('encoding on a worker thread', () => {
+  test('starts, gives exactly the encoder\'s embeddings, and indexSources uses it', async () => {
+    const off = await OffThreadEncoder.start(encoder);
+    assert.ok(off, 'the worker started (else indexing silently runs on the main thread)');
+    try {
+      const imgs = Array.from({ length: 5 }, (_, k) => new Uint8Array(noise(32 * 32 * 3, 60 + k)));
+      assert.deepEqual(await off.encode(imgs), await encoder.encode(imgs, 'XL'));
+      assert.ok(off.busyMs > 0);
+    } finally {
+      await off.close();
+    }
+    const dir = path.join(tmp, 'worker');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'a.png'), await raw(32, 32, 77).png().toBuffer());
+    const h = open(newStore());
+    try {
+      const r = await indexSources(h, encoder, [dir]);
+      assert.equal(r.indexed, 1);
+      assert.ok(r.encodeSeconds !== undefined && r.encodeSeconds > 0, 'encoded on the worker');
+    } finally {
+      h.close();
     }
   });
 });

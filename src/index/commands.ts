@@ -1,7 +1,6 @@
 // The store commands of the `matvit` CLI: index, search, rm, stats, reindex. Each parses its flags, calls the
 // services (indexer.ts, search.ts, service.ts) and prints; heavy modules load only when a command runs.
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { UsageError } from '../errors.ts';
@@ -61,7 +60,7 @@ export function registerIndexCommands(program: Command): void {
     .description('index images: folders (recursive), single files, .tar/.tar.gz archives; JPEG, PNG, WebP, GIF, TIFF, AVIF')
     .argument('<paths...>', 'folders, image files or archives')
     .option('--batch-size <n>', 'images per encoder run', positiveInt('batch size', 4096), 64)
-    .option('--threads <n>', 'onnxruntime threads (default: all cores)', positiveInt('threads', 256))
+    .option('--threads <n>', 'onnxruntime threads (default: all cores when the machine is idle, else 1)', positiveInt('threads', 256))
     .option('--json', 'print the report as JSON')
     .addHelpText(
       'after',
@@ -73,9 +72,9 @@ committed is kept). Some files failing still exits 0: they are listed in the sum
     )
     .action(async (paths: string[], opts: CommonOptions & { batchSize: number; threads?: number }) => {
       for (const p of paths) if (!fs.existsSync(p)) throw new UsageError(`no such file or directory: ${p}`);
-      const encoder = await loadEncoder(opts.model, opts.threads ?? os.availableParallelism());
+      const { defaultEncoderThreads, indexSources } = await import('./indexer.ts');
+      const encoder = await loadEncoder(opts.model, opts.threads ?? defaultEncoderThreads());
       const { openIndex } = await import('./service.ts');
-      const { indexSources } = await import('./indexer.ts');
       const handle = await withStore(() => openIndex(opts.store, encoder.modelId, encoder.dim, { writer: true, config: encoder.config }));
       const stop = new AbortController();
       const onSignal = () => {

@@ -1,12 +1,13 @@
-// Original image bytes, for GET /api/images/:id. Files indexed from disk are read back from their source path
-// (checked against the stored content hash, so a file changed since indexing is never served as the original);
-// uploads and archive members have no file of their own, so the indexer keeps a copy under the store folder.
+// Original image bytes, for GET /api/images/:id. Images indexed from files on disk are read back from their path
+// (and checked against the stored content hash, so a file changed since indexing is never served as the
+// original); uploads and archive members have no file of their own, so the store keeps their bytes (in SQLite,
+// written in the same transaction as the image).
 import fs from 'node:fs';
 import path from 'node:path';
 import { NotFoundError } from '../errors.ts';
 import { formatInfo } from './formats.ts';
 import type { IndexHandle } from './service.ts';
-import { type ImageRow, type ImageStore, contentHash } from './store.ts';
+import { contentHash } from './store.ts';
 
 /** Prefix of the `source` recorded for uploaded images (`upload:<name as given>`): they have no path of their own. */
 export const UPLOAD_PREFIX = 'upload:';
@@ -14,7 +15,7 @@ export const UPLOAD_PREFIX = 'upload:';
 /** Where an image came from, as a path a user can open: null for uploads. Archive members read `archive:member`. */
 export const sourcePath = (source: string): string | null => (source.startsWith(UPLOAD_PREFIX) ? null : source);
 
-/** Whether the store must keep a copy of the image's bytes: true unless it is a plain file on disk. */
+/** Whether the store must keep the image's bytes: true unless it is a plain file on disk. */
 export function needsCopy(source: string): boolean {
   return source.startsWith(UPLOAD_PREFIX) || !isPlainFile(source);
 }
@@ -27,21 +28,14 @@ export async function getOriginal(handle: IndexHandle, id: number): Promise<{ by
   const row = handle.store.getImage(id);
   if (!row) throw new NotFoundError(`no image with id ${id}`);
   const contentType = formatInfo(row.format).contentType;
-  const copy = await readIfExists(handle.store.originalPath(id, row.format));
-  if (copy) return { bytes: copy, contentType };
+  const kept = handle.store.getOriginal(id);
+  if (kept) return { bytes: kept, contentType };
   if (!needsCopy(row.source)) {
     const bytes = await readIfExists(row.source);
     if (bytes && contentHash(bytes) === row.contentHash) return { bytes, contentType };
     throw new NotFoundError(`the original of image ${id} is gone: ${bytes ? 'the file has changed since it was indexed' : 'no such file'} (${row.source})`);
   }
   throw new NotFoundError(`the original of image ${id} was not kept (${row.source})`);
-}
-
-/** Writes the copy of an image's original bytes, if its source needs one and it is not there yet. */
-export async function keepOriginal(store: ImageStore, row: Pick<ImageRow, 'id' | 'format' | 'source'>, bytes: Buffer): Promise<void> {
-  if (!needsCopy(row.source)) return;
-  const file = store.originalPath(row.id, row.format);
-  if (!fs.existsSync(file)) await writeFileAtomic(file, bytes);
 }
 
 let tmpSeq = 0;

@@ -19,8 +19,6 @@ export interface StoreStatsReport extends Omit<StoreStats, 'models'> {
   models: (StoreStats['models'][number] & { current: boolean; hnsw: HnswFileState })[];
   thumbnails: number;
   thumbnailBytes: number;
-  originals: number; // copies kept for uploads and archive members
-  originalBytes: number;
   defaultEf: number;
 }
 
@@ -31,8 +29,7 @@ export function storeStats(dir: string, currentModelId: string | null): StoreSta
     const base = store.readSnapshot(() => store.stats());
     const models = base.models.map((m) => ({ ...m, current: m.modelId === currentModelId, hnsw: hnswState(store, m.modelId, m.dim, m.generation, m.embeddings) }));
     const thumbs = du(path.join(store.dir, 'thumbs'));
-    const originals = du(path.join(store.dir, 'originals'));
-    return { ...base, models, thumbnails: thumbs.files, thumbnailBytes: thumbs.bytes, originals: originals.files, originalBytes: originals.bytes, defaultEf: HNSW_DEFAULTS.ef };
+    return { ...base, models, thumbnails: thumbs.files, thumbnailBytes: thumbs.bytes, defaultEf: HNSW_DEFAULTS.ef };
   } finally {
     store.close();
   }

@@ -4,9 +4,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { formatInfo } from './formats.ts';
 
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 export class StoreError extends Error {
   override name = 'StoreError';
@@ -23,9 +22,10 @@ export interface NewImage {
   format: string;
   label?: string | null;
   metadata?: Record<string, unknown>;
+  original?: Uint8Array; // the bytes to keep, for images with no file of their own (uploads, archive members)
 }
 
-export interface ImageRow extends Required<Omit<NewImage, 'label'>> {
+export interface ImageRow extends Required<Omit<NewImage, 'label' | 'original'>> {
   id: number;
   label: string | null;
   addedAt: string; // ISO 8601, UTC
@@ -44,6 +44,8 @@ export interface StoreStats {
   labelled: number;
   models: { modelId: string; embeddings: number; dim: number | null; generation: number }[];
   dbBytes: number;
+  originals: number; // kept copies (uploads, archive members)
+  originalBytes: number;
 }
 
 /** sha256 hex of a file's bytes, the store's content key. */
@@ -69,7 +71,16 @@ const SCHEMA = `
   ) WITHOUT ROWID;
   CREATE INDEX embeddings_by_model ON embeddings(model_id, image_id);
   CREATE TABLE index_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+  CREATE TABLE originals ( -- since version 2
+    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+    bytes BLOB NOT NULL -- the file as received, for images that have no file of their own
+  );
 `;
+
+/** Statements that bring a store from version N to N + 1. */
+const MIGRATIONS: Record<number, string> = {
+  1: `CREATE TABLE originals (image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE, bytes BLOB NOT NULL);`,
+};
 
 const genKey = (modelId: string) => `generation:${modelId}`;
 const dimKey = (modelId: string) => `dim:${modelId}`;
@@ -139,6 +150,8 @@ export class ImageStore {
         const tables = this.db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table'").get() as { n: number };
         if (tables.n > 0) throw new StoreError(`"${this.dir}/store.sqlite" is not an image store (it has tables but no schema version)`);
         this.db.exec(SCHEMA);
+      } else {
+        for (let v = version; v < SCHEMA_VERSION; v++) this.db.exec(MIGRATIONS[v]);
       }
       this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
     }).immediate();
@@ -155,6 +168,8 @@ export class ImageStore {
       insertEmbedding: db.prepare('INSERT OR IGNORE INTO embeddings (image_id, model_id, vector) VALUES (?, ?, ?)'),
       getEmbedding: db.prepare<[number, string], { vector: Buffer }>('SELECT vector FROM embeddings WHERE image_id = ? AND model_id = ?'),
       hasEmbedding: db.prepare<[number, string], { one: number }>('SELECT 1 AS one FROM embeddings WHERE image_id = ? AND model_id = ?'),
+      insertOriginal: db.prepare('INSERT OR IGNORE INTO originals (image_id, bytes) VALUES (?, ?)'),
+      getOriginal: db.prepare<[number], { bytes: Buffer }>('SELECT bytes FROM originals WHERE image_id = ?'),
       modelsOfImage: db.prepare<[number], { model_id: string }>('SELECT model_id FROM embeddings WHERE image_id = ?'),
       deleteImage: db.prepare('DELETE FROM images WHERE id = ?'),
       count: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM embeddings WHERE model_id = ?'),
@@ -221,6 +236,11 @@ export class ImageStore {
     return this.db.transaction(fn).deferred();
   }
 
+  /** The kept bytes of an image that has no file of its own (see NewImage.original), or undefined. */
+  getOriginal(id: number): Buffer | undefined {
+    return this.stmts.getOriginal.get(id)?.bytes;
+  }
+
   /** The model config recorded for a model's embeddings (JSON text, as given to recordModelConfig), or null. */
   modelConfig(modelId: string): string | null {
     return this.stmts.getState.get(configKey(modelId))?.value ?? null;
@@ -233,20 +253,13 @@ export class ImageStore {
     );
     const pages = this.db.pragma('page_count', { simple: true }) as number;
     const pageSize = this.db.pragma('page_size', { simple: true }) as number;
-    return { dir: this.dir, schemaVersion: SCHEMA_VERSION, images: images.n, labelled: images.labelled, models, dbBytes: pages * pageSize };
+    const originals = this.db.prepare('SELECT count(*) AS n, coalesce(sum(length(bytes)), 0) AS bytes FROM originals').get() as { n: number; bytes: number };
+    return { dir: this.dir, schemaVersion: SCHEMA_VERSION, images: images.n, labelled: images.labelled, models, dbBytes: pages * pageSize, originals: originals.n, originalBytes: originals.bytes };
   }
 
   /** Where the caller keeps image `id`'s thumbnail: <store>/thumbs/<id / 1000>/<id>.webp (sharded folders). */
   thumbPath(id: number): string {
     return path.join(this.dir, 'thumbs', String(Math.floor(id / 1000)), `${id}.webp`);
-  }
-
-  /**
-   * Where the caller keeps a copy of image `id`'s original bytes (uploads and archive members, which have no file
-   * of their own): <store>/originals/<id / 1000>/<id>.<ext of format>.
-   */
-  originalPath(id: number, format: string): string {
-    return path.join(this.dir, 'originals', String(Math.floor(id / 1000)), `${id}.${formatInfo(format).ext}`);
   }
 
   // ---- writes (writer lock required) -------------------------------------------------------------------------
@@ -278,9 +291,11 @@ export class ImageStore {
             throw new StoreError(`embedding for "${image.source}" has ${vector.length} dimensions but model "${modelId}" has ${dim}`);
           }
           const existing = this.stmts.findByHash.get(image.contentHash);
+          const { original, ...row } = image;
           const id = existing
             ? existing.id
-            : Number(this.stmts.insertImage.run({ ...image, label: image.label ?? null, metadata: JSON.stringify(image.metadata ?? {}) }).lastInsertRowid);
+            : Number(this.stmts.insertImage.run({ ...row, label: row.label ?? null, metadata: JSON.stringify(row.metadata ?? {}) }).lastInsertRowid);
+          if (original && !existing) this.stmts.insertOriginal.run(id, original);
           const embeddingAdded = this.stmts.insertEmbedding.run(id, modelId, vectorToBlob(vector)).changes > 0;
           if (embeddingAdded) added++;
           return { id, created: !existing, embeddingAdded };
@@ -291,31 +306,23 @@ export class ImageStore {
       .immediate();
   }
 
-  /**
-   * Deletes images (and, by cascade, their embeddings). Returns the ids that existed. Their thumbnails and stored
-   * originals are removed too.
-   */
+  /** Deletes images (and, by cascade, their embeddings and kept originals). Returns the ids that existed. Thumbnails are removed too. */
   deleteImages(ids: number[]): number[] {
     this.assertWriter();
     const deleted = this.db
       .transaction(() => {
         const models = new Set<string>();
-        const gone: { id: number; format: string }[] = [];
+        const gone: number[] = [];
         for (const id of ids) {
-          const row = this.stmts.getImage.get(id);
-          if (!row) continue;
           for (const m of this.stmts.modelsOfImage.all(id)) models.add(m.model_id);
-          if (this.stmts.deleteImage.run(id).changes > 0) gone.push({ id, format: row.format });
+          if (this.stmts.deleteImage.run(id).changes > 0) gone.push(id);
         }
         for (const m of models) this.stmts.bumpState.run(genKey(m));
         return gone;
       })
       .immediate();
-    for (const { id, format } of deleted) {
-      fs.rmSync(this.thumbPath(id), { force: true });
-      fs.rmSync(this.originalPath(id, format), { force: true });
-    }
-    return deleted.map((d) => d.id);
+    for (const id of deleted) fs.rmSync(this.thumbPath(id), { force: true });
+    return deleted;
   }
 
   close(): void {

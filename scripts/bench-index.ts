@@ -1,0 +1,296 @@
+// npx tsx scripts/bench-index.ts [--quick] [--source datasets/cifar10-test.tar.gz] [--threads N] [--encoder-threads 1,2]
+//                                [--rounds 2] [--skip-index] [--skip-hnsw] [--efs 10,16,24,32,48,64] [--ef-constructions 200]
+// 1. Indexing end to end: the 10,000 CIFAR-10 test images into a fresh store (read, hash, decode, XL encoding,
+//    SQLite, HNSW, thumbnails; archive members also get their originals kept) with `--threads` onnxruntime threads
+//    (default: what `matvit index` picks), against the encoder alone on the same images already decoded, at each of
+//    `--encoder-threads`, measured in the same run and alternated (encoder, index, encoder, index, encoder) so that
+//    both see the same background load. Ratios are given against the encoder alone at the same thread count and
+//    against its fastest thread count. They are what to compare across runs: the machine has two cores and is often
+//    shared (a training job), and the kernel gives each process group a fair share, whatever its thread count.
+// 2. HNSW: 60,000 real XL embeddings (CIFAR-10 train + test) stored through the service, queried by 1,000
+//    horizontally flipped test images (not in the index) encoded with XL and with S; recall@10 against exact search
+//    and median single-query latency for each ef, marking HNSW_DEFAULTS.ef. Embeddings are cached per model id in
+//    .cache/bench-index/.
+// --quick: 1,000 images to index, 5,000 embeddings, 200 queries. Results are also written as JSON to runs/bench-index/.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { loadLabelledPixels } from '../src/data/labelled.ts';
+import { DEFAULT_MODEL_PATH } from '../src/encoder/checkpoint.ts';
+import { Encoder } from '../src/encoder/runtime.ts';
+import { ExactIndex, HNSW_DEFAULTS, type SearchHit, recallAtK } from '../src/index/hnsw.ts';
+import { DEFAULT_BATCH_SIZE, defaultEncoderThreads, indexSources } from '../src/index/indexer.ts';
+import { addEmbeddings, openIndex } from '../src/index/service.ts';
+import { contentHash } from '../src/index/store.ts';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    model: { type: 'string', default: DEFAULT_MODEL_PATH },
+    source: { type: 'string', default: path.join(root, 'datasets/cifar10-test.tar.gz') },
+    train: { type: 'string', default: path.join(root, '../shared/datasets/cifar10/train.tar.gz') },
+    threads: { type: 'string' },
+    'encoder-threads': { type: 'string', default: '1,2' },
+    'batch-size': { type: 'string', default: String(DEFAULT_BATCH_SIZE) },
+    rounds: { type: 'string', default: '2' },
+    'skip-index': { type: 'boolean', default: false },
+    'skip-hnsw': { type: 'boolean', default: false },
+    efs: { type: 'string', default: '10,16,24,32,40,48,64,96,128' },
+    'ef-constructions': { type: 'string', default: String(HNSW_DEFAULTS.efConstruction) },
+    queries: { type: 'string' },
+    out: { type: 'string', default: path.join(root, 'runs/bench-index') },
+  },
+});
+const quick = args.quick;
+const threads = args.threads === undefined ? defaultEncoderThreads() : Number(args.threads);
+const batchSize = Number(args['batch-size']);
+const K = 10;
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const cpuMs = () => {
+  const c = process.cpuUsage();
+  return (c.user + c.system) / 1000;
+};
+
+/** What else the machine is doing: load average and other busy processes (a training job, say). */
+function conditions(): { loadavg: number[]; busy: string[] } {
+  const busy: string[] = [];
+  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p) && Number(p) !== process.pid)) {
+    try {
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim();
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+      if (stat[0] === 'R' && cmd && !cmd.includes('bench-index')) busy.push(`${pid} ${cmd.slice(0, 100)}`);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return { loadavg: os.loadavg().map((x) => Number(x.toFixed(2))), busy };
+}
+
+function images(pixels: Uint8Array, size: number, n: number): Uint8Array[] {
+  const per = size * size * 3;
+  return Array.from({ length: n }, (_, i) => pixels.subarray(i * per, (i + 1) * per));
+}
+
+async function encodeAll(encoder: Encoder, imgs: Uint8Array[], spec = 'XL', batch = batchSize): Promise<Float32Array[]> {
+  const out: Float32Array[] = [];
+  for (let i = 0; i < imgs.length; i += batch) out.push(...(await encoder.encode(imgs.slice(i, i + batch), spec)));
+  return out;
+}
+
+// ---- 1. indexing end to end vs the encoder alone ------------------------------------------------------------------
+
+interface IndexRound {
+  encoderOnly: Record<number, number>; // threads -> images/s, mean of the encoder-only passes before and after
+  endToEnd: number; // images/s
+  ratio: number; // against the encoder alone at the same thread count
+  ratioBest: number; // against the encoder alone at its fastest thread count
+  indexed: number;
+  seconds: number;
+  cpuMsPerImage: { endToEnd: number; encoderOnly: number };
+  encoderBusy: number | null; // fraction of the end-to-end time the encoder worker was running the model
+  encodeMsPerImage: number | null; // its model time per image, to set against 1000 / encoderOnly
+}
+
+async function benchIndexing(encoder: Encoder) {
+  const limit = quick ? 1000 : undefined;
+  const size = encoder.config.imageSize;
+  const data = await loadLabelledPixels(args.source, size, { limit });
+  const imgs = images(data.pixels, size, data.labels.length);
+  let source = args.source;
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-index-'));
+  if (quick) {
+    // The first 1,000 images as a folder of files (the archive cannot be cut short).
+    source = path.join(tmp, 'images');
+    const { iterateImageSource } = await import('../src/data/sources.ts');
+    let n = 0;
+    for await (const item of iterateImageSource(args.source)) {
+      if (n++ >= imgs.length) break;
+      const file = path.join(source, item.label ?? '', path.basename(item.path));
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      fs.writeFileSync(file, item.bytes);
+    }
+  }
+  const threadCounts = [...new Set([threads, ...args['encoder-threads'].split(',').map(Number)])];
+  const encoders = new Map(threadCounts.map((t) => [t, t === threads ? encoder : Encoder.load(args.model, { threads: t })]));
+  for (const e of encoders.values()) {
+    if (e.modelId !== encoder.modelId) throw new Error(`the model changed during the run (${encoder.modelId} -> ${e.modelId}): run again`);
+    await e.encode(imgs.slice(0, batchSize)); // session creation and warm-up
+  }
+
+  /** The encoder alone at each thread count: images/s and CPU ms per image. */
+  const encoderOnly = async () => {
+    const out: Record<number, { rate: number; cpu: number }> = {};
+    for (const [t, e] of encoders) {
+      const t0 = performance.now();
+      const c0 = cpuMs();
+      await encodeAll(e, imgs);
+      out[t] = { rate: imgs.length / ((performance.now() - t0) / 1000), cpu: (cpuMs() - c0) / imgs.length };
+    }
+    return out;
+  };
+  const rounds: IndexRound[] = [];
+  let before = await encoderOnly();
+  for (let r = 0; r < Number(args.rounds); r++) {
+    const store = path.join(tmp, `store-${r}`);
+    const handle = openIndex(store, encoder.modelId, encoder.dim, { writer: true, config: encoder.config });
+    const c0 = cpuMs();
+    const report = await indexSources(handle, encoder, [source], { batchSize });
+    const cpu = (cpuMs() - c0) / Math.max(1, report.indexed);
+    handle.close();
+    fs.rmSync(store, { recursive: true, force: true });
+    if (report.indexed !== imgs.length) throw new Error(`indexed ${report.indexed} of ${imgs.length} (failed: ${JSON.stringify(report.failed.slice(0, 3))})`);
+    const afterEnc = await encoderOnly();
+    const enc = Object.fromEntries(threadCounts.map((t) => [t, (before[t].rate + afterEnc[t].rate) / 2]));
+    const best = Math.max(...Object.values(enc));
+    const e2e = report.indexed / report.seconds;
+    const busy = report.encodeSeconds === undefined ? null : report.encodeSeconds / report.seconds;
+    const encMs = report.encodeSeconds === undefined ? null : (report.encodeSeconds * 1000) / report.indexed;
+    const encCpu = (before[threads].cpu + afterEnc[threads].cpu) / 2;
+    rounds.push({ encoderOnly: enc, endToEnd: e2e, ratio: e2e / enc[threads], ratioBest: e2e / best, indexed: report.indexed, seconds: report.seconds, cpuMsPerImage: { endToEnd: cpu, encoderOnly: encCpu }, encoderBusy: busy, encodeMsPerImage: encMs });
+    const encText = threadCounts.map((t) => `${enc[t].toFixed(0)} at ${t} thread${t > 1 ? 's' : ''} (${before[t].rate.toFixed(0)} before, ${afterEnc[t].rate.toFixed(0)} after)`).join(', ');
+    console.log(`round ${r + 1}: end to end ${e2e.toFixed(0)} images/s (${report.seconds.toFixed(1)} s, ${threads} thread${threads > 1 ? 's' : ''}); encoder only ${encText} images/s`);
+    console.log(`  ratio ${(e2e / enc[threads]).toFixed(3)} against the same thread count, ${(e2e / best).toFixed(3)} against the fastest`);
+    console.log(
+      `  CPU ${cpu.toFixed(2)} ms/image end to end vs ${encCpu.toFixed(2)} encoder only; encoder worker busy ${busy === null ? '?' : `${(100 * busy).toFixed(0)}%`} of the time, ${encMs === null ? '?' : encMs.toFixed(2)} ms/image of model time (encoder only: ${(1000 / enc[threads]).toFixed(2)})`,
+    );
+    before = afterEnc;
+  }
+  fs.rmSync(tmp, { recursive: true, force: true });
+  for (const e of encoders.values()) if (e !== encoder) await e.close();
+  return {
+    source: args.source,
+    images: imgs.length,
+    threads,
+    batchSize,
+    rounds,
+    medianRatio: median(rounds.map((r) => r.ratio)),
+    medianRatioBest: median(rounds.map((r) => r.ratioBest)),
+    medianEndToEnd: median(rounds.map((r) => r.endToEnd)),
+  };
+}
+
+// ---- 2. HNSW recall@10 and latency on 60,000 real embeddings -------------------------------------------------------
+
+/** XL embeddings of CIFAR-10 train + test (cached per model id), and flipped test images as queries. */
+async function embeddings(encoder: Encoder) {
+  const size = encoder.config.imageSize;
+  const nDb = quick ? 5000 : 60_000;
+  const test = await loadLabelledPixels(args.source, size);
+  const train = quick ? null : await loadLabelledPixels(args.train, size);
+  const dbImgs = [...(train ? images(train.pixels, size, train.labels.length) : []), ...images(test.pixels, size, test.labels.length)].slice(0, nDb);
+  const key = crypto.createHash('sha256').update(`${encoder.modelId}|${args.source}|${args.train}|${dbImgs.length}`).digest('hex').slice(0, 16);
+  const cache = path.join(root, '.cache/bench-index', `db-${key}.f32`);
+  const dim = encoder.dim;
+  let db: Float32Array[];
+  if (fs.existsSync(cache)) {
+    const flat = new Float32Array(new Uint8Array(fs.readFileSync(cache)).buffer);
+    db = Array.from({ length: flat.length / dim }, (_, i) => flat.subarray(i * dim, (i + 1) * dim));
+    console.log(`${db.length} XL embeddings from ${path.relative(root, cache)}`);
+  } else {
+    const t0 = performance.now();
+    db = await encodeAll(encoder, dbImgs, 'XL', 128);
+    console.log(`encoded ${db.length} images with XL in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+    fs.mkdirSync(path.dirname(cache), { recursive: true });
+    const flat = new Float32Array(db.length * dim);
+    db.forEach((v, i) => flat.set(v, i * dim));
+    fs.writeFileSync(cache, new Uint8Array(flat.buffer));
+  }
+  // Queries: mirrored test images, so none is a stored vector.
+  const nq = Number(args.queries ?? (quick ? 200 : 1000));
+  const step = Math.floor(test.labels.length / nq);
+  const flipped = Array.from({ length: nq }, (_, q) => {
+    const src = images(test.pixels, size, test.labels.length)[q * step];
+    const out = new Uint8Array(src.length);
+    for (let y = 0; y < size; y++) for (let x = 0; x < size; x++) for (let c = 0; c < 3; c++) out[(y * size + x) * 3 + c] = src[(y * size + (size - 1 - x)) * 3 + c];
+    return out;
+  });
+  const queries = { XL: await encodeAll(encoder, flipped, 'XL'), S: await encodeAll(encoder, flipped, 'S') };
+  return { db, queries };
+}
+
+async function benchHnsw(encoder: Encoder) {
+  const { db, queries } = await embeddings(encoder);
+  const efs = args.efs.split(',').map(Number);
+  const exact = new ExactIndex(encoder.dim, db.length);
+  db.forEach((v, i) => exact.add(i + 1, v));
+  const t0 = performance.now();
+  const truth = Object.fromEntries(Object.entries(queries).map(([spec, qs]) => [spec, qs.map((q) => exact.search(q, K))])) as Record<string, SearchHit[][]>;
+  console.log(`exact top-${K} of ${Object.values(queries).flat().length} queries over ${db.length} vectors: ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+
+  const builds = [];
+  for (const efConstruction of args['ef-constructions'].split(',').map(Number)) {
+    const store = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-hnsw-'));
+    const modelId = `bench:${encoder.modelId}`;
+    let handle = openIndex(store, modelId, encoder.dim, { writer: true, hnsw: { efConstruction } });
+    const b0 = performance.now();
+    for (let i = 0; i < db.length; i += 1000) {
+      addEmbeddings(
+        handle,
+        db.slice(i, i + 1000).map((vector, j) => ({ image: { source: `cifar10/${i + j}`, contentHash: contentHash(Buffer.from(`bench ${i + j}`)), width: 32, height: 32, format: 'jpeg' }, vector })),
+      );
+    }
+    const buildSeconds = (performance.now() - b0) / 1000;
+    handle.close(); // saves the file: the search below runs on the index as every later open loads it
+    handle = openIndex(store, modelId, encoder.dim);
+    const rows = [];
+    for (const ef of efs) {
+      const row: Record<string, number | boolean> = { ef, default: ef === HNSW_DEFAULTS.ef };
+      for (const [spec, qs] of Object.entries(queries)) {
+        qs.slice(0, 50).forEach((q) => handle.hnsw.search(q, K, { ef })); // warm-up
+        const ms: number[] = [];
+        const found = qs.map((q) => {
+          const s = performance.now();
+          const hits = handle.hnsw.search(q, K, { ef });
+          ms.push(performance.now() - s);
+          return hits;
+        });
+        row[`recall${spec}`] = recallAtK(found, truth[spec], K);
+        row[`medianMs${spec}`] = median(ms);
+      }
+      rows.push(row);
+    }
+    handle.close();
+    fs.rmSync(store, { recursive: true, force: true });
+    console.log(`\nHNSW M ${HNSW_DEFAULTS.M}, ef-construction ${efConstruction}: ${db.length} vectors stored and inserted in ${buildSeconds.toFixed(1)} s (${((buildSeconds * 1000) / db.length).toFixed(3)} ms each)`);
+    console.log('   ef  recall@10 XL q  recall@10 S q  median ms XL  median ms S');
+    for (const r of rows) {
+      const f = (x: unknown, d: number) => (x as number).toFixed(d);
+      console.log(`${String(r.ef).padStart(5)}  ${f(r.recallXL, 4).padStart(14)}  ${f(r.recallS, 4).padStart(13)}  ${f(r.medianMsXL, 3).padStart(12)}  ${f(r.medianMsS, 3).padStart(11)}${r.default ? '  <- HNSW_DEFAULTS.ef' : ''}`);
+    }
+    const ok = rows.find((r) => (r.recallXL as number) >= 0.98 && (r.recallS as number) >= 0.98);
+    console.log(ok ? `smallest ef with recall@10 >= 0.98 for both query encoders: ${ok.ef}` : 'no ef reached recall@10 0.98');
+    builds.push({ M: HNSW_DEFAULTS.M, efConstruction, vectors: db.length, buildSeconds, rows });
+  }
+  return { queries: queries.XL.length, k: K, defaultEf: HNSW_DEFAULTS.ef, builds };
+}
+
+// ---- main -----------------------------------------------------------------------------------------------------------
+
+const encoder = Encoder.load(args.model, { threads });
+const start = conditions();
+console.log(`model ${encoder.modelId}, onnxruntime threads ${threads}, batch ${batchSize}${quick ? ', quick' : ''}`);
+console.log(`load average ${start.loadavg.join(' ')}; other running processes: ${start.busy.length ? start.busy.join('; ') : 'none'}`);
+const result: Record<string, unknown> = { date: new Date().toISOString(), model: encoder.modelId, quick, conditionsAtStart: start };
+if (!args['skip-index']) result.indexing = await benchIndexing(encoder);
+if (!args['skip-hnsw']) result.hnsw = await benchHnsw(encoder);
+result.conditionsAtEnd = conditions();
+await encoder.close();
+const ix = result.indexing as Awaited<ReturnType<typeof benchIndexing>> | undefined;
+if (ix) {
+  console.log(
+    `\nindexing: median end-to-end ${ix.medianEndToEnd.toFixed(0)} images/s; median ratio to the encoder alone ${ix.medianRatio.toFixed(3)} (same threads), ${ix.medianRatioBest.toFixed(3)} (its fastest thread count)`,
+  );
+}
+console.log(`load average at the end ${(result.conditionsAtEnd as { loadavg: number[] }).loadavg.join(' ')}`);
+fs.mkdirSync(args.out, { recursive: true });
+const file = path.join(args.out, `${new Date().toISOString().replace(/[:.]/g, '-')}${quick ? '-quick' : ''}.json`);
+fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+console.log(`results: ${path.relative(root, file)}`);
