@@ -151,6 +151,12 @@ describe('matvit index, killed and rerun', () => {
     assert.equal(s.cost.ffn, 'S');
     assert.ok((s.cost.flops as number) < (before.cost.flops as number));
     assert.equal(s.results.length, 3);
+    // A budget just above S's share of XL's FLOPs (the tiny model's S needs most of them) picks S.
+    const fraction = ((s.cost.flops as number) / (before.cost.flops as number)) * 1.001;
+    const budget = await matvit(['search', last, '--budget', String(fraction), '--model', model, '--json']);
+    assert.equal(budget.code, 0, budget.stderr);
+    assert.equal(JSON.parse(budget.stdout).cost.ffn, 'S');
+    assert.match(budget.stderr, /^matvit: query encoder S/);
   });
 
   test('a deleted HNSW file is rebuilt from SQLite, with the same results', async () => {
@@ -200,6 +206,8 @@ describe('exit codes', () => {
       [['search', '--id', '77777', '--model', model], /no image with id 77777/],
       [['index', path.join(tmp, 'nowhere')], /no such file or directory/],
       [['search', q, '--store', path.join(tmp, 'empty-store')], /no image store/],
+      [['search', q, '--ffn', 'S', '--budget', '0.5'], /--ffn or --budget/],
+      [['search', q, '--budget', '2', '--model', model], /budget must be a fraction/],
     ];
     const runs = await Promise.all(cases.map(([args]) => matvit(args)));
     runs.forEach((r, i) => {

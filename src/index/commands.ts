@@ -22,7 +22,7 @@ const EXIT_HELP = `
 Exit codes: 0 ok; 1 unexpected error; 2 bad usage or input (one line on stderr); 4 the store is being written by
 another process.`;
 
-const STORE_HELP = 'store folder: database, HNSW file, thumbnails (env MATVIT_STORE)';
+const STORE_HELP = 'store folder: database, HNSW file, thumbnails';
 
 const positiveInt = (name: string, max = Number.MAX_SAFE_INTEGER) => (v: string) => {
   const n = Number(v);
@@ -108,7 +108,7 @@ committed is kept). Some files failing still exits 0: they are listed in the sum
     .option('--ffn <spec>', "query encoder: S | M | L | XL | a per-layer list such as 'S,S,M,M,L,XL' (default XL)")
     .option('--budget <fraction>', "pick the query encoder by cost: at most this fraction of XL's FLOPs", positiveNumber)
     .option('--max-encode-ms <ms>', 'pick the query encoder by measured encode time', positiveNumber)
-    .option('--ef <n>', 'HNSW search beam width (default: the index default)', positiveInt('ef', 10_000))
+    .option('--ef <n>', 'HNSW search beam width (default: the index default, shown by matvit stats)', positiveInt('ef', 10_000))
     .option('--json', 'print {"results": [{id, score, label, path}], "cost": {ffn, flops, encodeMs, searchMs}}')
     .addHelpText('after', EXIT_HELP)
     .action(async (image: string | undefined, opts: CommonOptions & { id?: number; k: number; ffn?: string; budget?: number; maxEncodeMs?: number; ef?: number }) => {
@@ -245,23 +245,14 @@ function readQuery(file: string): Buffer {
   }
 }
 
-/** The query encoder chosen by the calibrated cost budget (src/encoder/budget.ts). */
+/** The query encoder chosen by the calibrated cost budget (src/encoder/budget.ts); its reason goes to stderr. */
 async function budgetChoice(encoder: Encoder, model: string | undefined, budget?: number, maxEncodeMs?: number): Promise<string> {
-  interface BudgetModule {
-    loadCalibration(modelPath: string, opts: { modelId?: string; config?: unknown }): unknown;
-    pickEncoder(cal: unknown, req: { budget?: number; maxEncodeMs?: number }): { spec: string; fits: boolean; reason: string };
-  }
-  let mod: BudgetModule;
+  const { loadCalibration, pickEncoder } = await import('../encoder/budget.ts');
+  let choice: ReturnType<typeof pickEncoder>;
   try {
-    mod = (await import(new URL('../encoder/budget.ts', import.meta.url).href)) as BudgetModule;
-  } catch {
-    throw new UsageError('--budget and --max-encode-ms need the query-cost calibration module (src/encoder/budget.ts), which this build lacks');
-  }
-  let choice: ReturnType<BudgetModule['pickEncoder']>;
-  try {
-    choice = mod.pickEncoder(mod.loadCalibration(model ?? encoder.modelPath, { modelId: encoder.modelId, config: encoder.config }), { budget, maxEncodeMs });
+    choice = pickEncoder(loadCalibration(model ?? encoder.modelPath, { modelId: encoder.modelId, config: encoder.config }), { budget, maxEncodeMs });
   } catch (err) {
-    throw new UsageError((err as Error).message);
+    throw new UsageError((err as Error).message); // an invalid budget, or an unreadable calibration file
   }
   process.stderr.write(`matvit: query encoder ${choice.reason}\n`);
   return choice.spec;

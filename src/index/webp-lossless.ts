@@ -96,6 +96,15 @@ function prefixOf(value: number): { symbol: number; extraBits: number; extra: nu
   return { symbol: 2 * high + second, extraBits, extra: v & ((1 << extraBits) - 1) };
 }
 
+/** The bits of a backward reference as one LSB-first value (n may exceed 24 for long lengths: then use backref). */
+function backrefBits(length: number, distCode: number): { value: number; n: number } {
+  const l = prefixOf(length);
+  const sym = NUM_LITERALS + l.symbol;
+  const gn = sym < GREEN_SHORT ? 8 : 9;
+  const value = GREEN_REV[sym] | (l.extra << gn) | ((distCode - 1) << (gn + l.extraBits));
+  return { value, n: gn + l.extraBits + 1 };
+}
+
 function backref(w: BitWriter, length: number, distCode: number): void {
   const l = prefixOf(length);
   greenCode(w, NUM_LITERALS + l.symbol);
@@ -129,13 +138,22 @@ export function encodeWebpLosslessUpscaled(rgb: Uint8Array, width: number, heigh
   w.bits(1, 1), w.bits(0, 1), w.bits(1, 1), w.bits(255, 8); // alpha: simple code, one 8-bit symbol (255), zero bits per pixel
   w.bits(1, 1), w.bits(1, 1), w.bits(0, 1), w.bits(0, 1), w.bits(1, 8); // distance: simple code, symbols 0 and 1
 
+  // The "copy the pixel to the left factor - 1 times" reference is the same after every pixel: precompute its bits
+  // (length symbol, extra bits, distance symbol) to write it with the blue byte in one call when it fits.
+  const left = factor > 1 ? backrefBits(factor - 1, DIST_LEFT) : { value: 0, n: 0 };
+  const fused = left.n <= 16;
   for (let y = 0; y < height; y++) {
     for (let x = 0; x < width; x++) {
       const o = 3 * (y * width + x);
-      greenCode(w, rgb[o + 1]);
-      w.bits(BYTE_REV[rgb[o]], 8);
-      w.bits(BYTE_REV[rgb[o + 2]], 8);
-      if (factor > 1) backref(w, factor - 1, DIST_LEFT);
+      const g = rgb[o + 1];
+      const gn = g < GREEN_SHORT ? 8 : 9;
+      w.bits(GREEN_REV[g] | (BYTE_REV[rgb[o]] << gn), gn + 8); // green, then red
+      if (fused) {
+        w.bits(BYTE_REV[rgb[o + 2]] | (left.value << 8), 8 + left.n); // blue, then the reference
+      } else {
+        w.bits(BYTE_REV[rgb[o + 2]], 8);
+        backref(w, factor - 1, DIST_LEFT);
+      }
     }
     for (let left = (factor - 1) * W; left > 0; left -= MAX_COPY) backref(w, Math.min(left, MAX_COPY), DIST_ABOVE);
   }
