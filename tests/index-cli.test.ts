@@ -61,6 +61,16 @@ function committed(dir: string): number | null {
   }
 }
 
+/** Committed images that have no thumbnail, read the way another process would. */
+function withoutThumbnail(dir: string): number {
+  const db = new Database(path.join(dir, 'store.sqlite'), { readonly: true, fileMustExist: true });
+  try {
+    return (db.prepare('SELECT count(*) AS n FROM images LEFT JOIN thumbnails ON thumbnails.image_id = images.id WHERE thumbnails.image_id IS NULL').get() as { n: number }).n;
+  } finally {
+    db.close();
+  }
+}
+
 const searchJson = async (...args: string[]) => {
   const r = await matvit(['search', ...args, '--model', model, '--json']);
   assert.equal(r.code, 0, r.stderr);
@@ -113,6 +123,7 @@ describe('matvit index, killed and rerun', () => {
     assert.equal(killed.signal, 'SIGKILL', `killed mid-run (exit ${killed.code}, stderr ${killed.stderr})`);
     const after = committed(store)!;
     assert.ok(after >= atKill && after < N, `killed with ${after} of ${N} committed`);
+    assert.equal(withoutThumbnail(store), 0, 'every committed image has its thumbnail (same transaction)');
 
     const rerun = await matvit(['index', images, '--model', model, '--json']);
     assert.equal(rerun.code, 0, rerun.stderr);
@@ -126,10 +137,16 @@ describe('matvit index, killed and rerun', () => {
       assert.deepEqual(new Set(rows.map((r) => r.hash)), new Set(hashes.keys()));
       for (const r of rows) assert.equal(r.source, hashes.get(r.hash));
       assert.equal((db.prepare('SELECT count(*) AS n FROM embeddings').get() as { n: number }).n, N);
+      const thumb = db.prepare<[number], { webp: Buffer }>('SELECT webp FROM thumbnails WHERE image_id = ?');
+      for (const id of [1, N]) {
+        const meta = await sharp(thumb.get(id)!.webp).metadata();
+        assert.deepEqual([meta.format, meta.width, meta.height], ['webp', 96, 96], `thumbnail ${id}`);
+      }
     } finally {
       db.close();
     }
-    for (const id of [1, N]) assert.ok(fs.existsSync(path.join(store, 'thumbs', String(Math.floor(id / 1000)), `${id}.webp`)), `thumbnail ${id}`);
+    assert.equal(withoutThumbnail(store), 0);
+    assert.ok(!fs.existsSync(path.join(store, 'thumbs')), 'no thumbnail files');
   });
 
   let before: Awaited<ReturnType<typeof searchJson>>;
@@ -182,6 +199,7 @@ describe('matvit index, killed and rerun', () => {
     const stats = JSON.parse((await matvit(['stats', '--model', model, '--json'])).stdout);
     assert.equal(stats.images, N - 2);
     assert.equal(stats.thumbnails, N - 2);
+    assert.ok(stats.thumbnailBytes > 0);
     const m = stats.models[0];
     assert.deepEqual([m.current, m.embeddings, m.hnsw.inSync, m.hnsw.M, m.hnsw.efConstruction], [true, N - 2, true, 8, 100]);
 

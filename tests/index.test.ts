@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import Database from 'better-sqlite3';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ExactIndex, HnswIndex, recallAtK, sidecarPath } from '../src/index/hnsw.ts';
 import { type IndexHandle, addEmbeddings, closeIndex, deleteImages, openIndex } from '../src/index/service.ts';
-import { type NewImage, ImageStore, StoreLockedError, contentHash } from '../src/index/store.ts';
+import { type NewImage, ImageStore, SCHEMA_VERSION, StoreLockedError, contentHash } from '../src/index/store.ts';
 
 const MODEL = 'matvit-test:XL';
 let tmp: string;
@@ -39,6 +40,9 @@ const image = (i: number, tag = ''): NewImage => ({
   label: i % 2 ? 'cat' : 'dog',
   metadata: { i },
 });
+
+/** Bytes that look like a WebP file (RIFF header), distinct per n. */
+const fakeWebp = (n: number) => Buffer.concat([Buffer.from('RIFF\0\0\0\0WEBPVP8L', 'latin1'), Buffer.from(`thumbnail ${n}`)]);
 
 function fill(ix: IndexHandle, vectors: Float32Array[], tag = ''): number[] {
   return addEmbeddings(ix, vectors.map((vector, i) => ({ image: image(i, tag), vector }))).map((r) => r.id);
@@ -80,9 +84,97 @@ describe('store', () => {
       const stats = store.stats();
       assert.equal(stats.images, 3);
       assert.deepEqual(stats.models.find((m) => m.modelId === MODEL), { modelId: MODEL, embeddings: 3, dim: 8, generation: 5 });
-      assert.match(store.thumbPath(1234), /thumbs\/1\/1234\.webp$/);
     } finally {
       store.close();
+    }
+  });
+
+  test('thumbnails: stored in the image\'s transaction, added to a stored image that has none, deleted with it', () => {
+    const dir = newDir();
+    const store = ImageStore.open(dir, { writer: true });
+    try {
+      const [v] = randomVectors(1, 8, 3);
+      const t1 = fakeWebp(1);
+      const [a, b] = store.addBatch([{ image: { ...image(1), thumbnail: t1 }, vector: v }, { image: image(2), vector: v }], MODEL);
+      assert.deepEqual(store.getThumbnail(a.id), t1);
+      assert.equal(store.getThumbnail(b.id), undefined, 'an image may be stored without one');
+      assert.deepEqual([store.hasThumbnail(a.id), store.hasThumbnail(b.id)], [true, false]);
+      // The same content again (here for another model): the thumbnail fills the gap, an existing one is kept.
+      store.addBatch([{ image: { ...image(1), thumbnail: fakeWebp(9) }, vector: v }, { image: { ...image(2), thumbnail: fakeWebp(2) }, vector: v }], 'other');
+      assert.deepEqual(store.getThumbnail(a.id), t1);
+      assert.deepEqual(store.getThumbnail(b.id), fakeWebp(2));
+      // A failed batch stores no thumbnail either.
+      assert.throws(() => store.addBatch([{ image: { ...image(3), thumbnail: fakeWebp(3) }, vector: v }, { image: image(4), vector: new Float32Array(3) }], MODEL));
+      assert.equal(store.findByHash(image(3).contentHash), undefined);
+      assert.equal(store.stats().thumbnails, 2);
+
+      const [c] = store.addBatch([{ image: image(5), vector: v }], MODEL);
+      assert.equal(store.addThumbnail(c.id, fakeWebp(5)), true);
+      assert.equal(store.addThumbnail(c.id, fakeWebp(6)), false, 'an existing thumbnail is kept');
+      assert.deepEqual(store.getThumbnail(c.id), fakeWebp(5));
+      assert.equal(store.addThumbnail(999, fakeWebp(7)), false, 'no such image');
+      const stats = store.stats();
+      assert.deepEqual([stats.thumbnails, stats.thumbnailBytes], [3, t1.length + fakeWebp(2).length + fakeWebp(5).length]);
+
+      assert.deepEqual(store.deleteImages([a.id]), [a.id]);
+      assert.equal(store.getThumbnail(a.id), undefined, 'deleted with its image');
+      assert.equal(store.stats().thumbnails, 2);
+      assert.ok(!fs.existsSync(path.join(dir, 'thumbs')), 'no thumbnail files');
+      const reader = ImageStore.open(dir);
+      assert.throws(() => reader.addThumbnail(c.id, t1), /opened for reading/);
+      reader.close();
+    } finally {
+      store.close();
+    }
+  });
+
+  test('a version 2 store (thumbnails in files) is migrated: the files move into the database, the folder goes', () => {
+    const dir = newDir();
+    const store = ImageStore.open(dir, { writer: true });
+    const [v] = randomVectors(1, 8, 4);
+    const ids = store.addBatch([1, 2, 3].map((i) => ({ image: image(i), vector: v })), MODEL).map((r) => r.id);
+    store.deleteImages([ids[2]]);
+    store.addBatch([{ image: image(1004), vector: v }], MODEL); // id 4
+    store.close();
+    // What version 2 looked like: no thumbnails table, <store>/thumbs/<id / 1000>/<id>.webp.
+    const db = new Database(path.join(dir, 'store.sqlite'));
+    db.exec('DROP TABLE thumbnails');
+    db.pragma('user_version = 2');
+    db.close();
+    const put = (rel: string, bytes: Buffer) => {
+      fs.mkdirSync(path.dirname(path.join(dir, 'thumbs', rel)), { recursive: true });
+      fs.writeFileSync(path.join(dir, 'thumbs', rel), bytes);
+    };
+    put('0/1.webp', fakeWebp(1));
+    put('0/4.webp', fakeWebp(4));
+    put('0/3.webp', fakeWebp(3)); // a deleted image's (left by a kill between its commit and the file's removal)
+    put('0/2.webp.123-1.tmp', fakeWebp(2)); // an interrupted write: image 2 has no thumbnail
+    put('0/5.webp', Buffer.from('not a webp file'));
+    put('1/1000.webp', fakeWebp(1000)); // no such image
+
+    const reader = ImageStore.open(dir); // any open migrates
+    try {
+      assert.equal(reader.stats().schemaVersion, SCHEMA_VERSION);
+      assert.deepEqual(reader.getThumbnail(1), fakeWebp(1));
+      assert.deepEqual(reader.getThumbnail(4), fakeWebp(4));
+      assert.deepEqual([2, 3, 5, 1000].map((id) => reader.getThumbnail(id)), [undefined, undefined, undefined, undefined]);
+      assert.equal(reader.stats().thumbnails, 2);
+      assert.ok(!fs.existsSync(path.join(dir, 'thumbs')), 'the folder is removed');
+      assert.deepEqual(reader.getImages([1, 2, 4]).map((r) => r.source), ['img/1.jpg', 'img/2.jpg', 'img/1004.jpg']);
+    } finally {
+      reader.close();
+    }
+
+    // A folder found at version 3 (the migrating process stopped before removing it, or an older program wrote
+    // to it meanwhile): imported, keeping the thumbnails already stored, then removed.
+    put('0/1.webp', fakeWebp(11));
+    put('0/2.webp', fakeWebp(2));
+    const again = ImageStore.open(dir, { writer: true });
+    try {
+      assert.deepEqual([1, 2, 4].map((id) => again.getThumbnail(id)), [fakeWebp(1), fakeWebp(2), fakeWebp(4)]);
+      assert.ok(!fs.existsSync(path.join(dir, 'thumbs')));
+    } finally {
+      again.close();
     }
   });
 

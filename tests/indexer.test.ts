@@ -25,6 +25,25 @@ import { randomModel } from './helpers/model.ts';
 
 let tmp: string;
 let encoder: Encoder;
+
+/** Removes a thumbnail behind the store's back (another connection), as if it had never been made. */
+function deleteThumbnail(storeDir: string, id: number): void {
+  const db = new Database(path.join(storeDir, 'store.sqlite'));
+  try {
+    assert.equal(db.prepare('DELETE FROM thumbnails WHERE image_id = ?').run(id).changes, 1);
+  } finally {
+    db.close();
+  }
+}
+
+/** Width and height of a stored thumbnail, checking that it is WebP. */
+async function thumbSize(h: IndexHandle, id: number): Promise<[number, number]> {
+  const thumb = h.store.getThumbnail(id);
+  assert.ok(thumb, `image ${id} has a thumbnail`);
+  const meta = await sharp(thumb).metadata();
+  assert.equal(meta.format, 'webp');
+  return [meta.width!, meta.height!];
+}
 let stores = 0;
 const newStore = () => path.join(tmp, `store-${stores++}`);
 const open = (dir: string) => openIndex(dir, encoder.modelId, encoder.dim, { writer: true, config: encoder.config });
@@ -164,14 +183,19 @@ describe('indexSources', () => {
 
   test('thumbnails: tiny images enlarged to 96 px with the nearest kernel, larger ones shrunk to 256 px', async () => {
     const seen = { tiny: 0, big: 0, rotated: 0 };
-    for (const id of handle.store.getImages([...Array(40).keys()].map((i) => i + 1)).map((r) => r.id)) {
+    const ids = handle.store.getImages([...Array(40).keys()].map((i) => i + 1)).map((r) => r.id);
+    assert.equal(handle.store.stats().thumbnails, ids.length, 'every image has one, in the database');
+    assert.ok(!fs.existsSync(path.join(handle.store.dir, 'thumbs')), 'and no files');
+    for (const id of ids) {
       const row = handle.store.getImage(id)!;
-      const meta = await sharp(handle.store.thumbPath(id)).metadata();
+      const thumb = handle.store.getThumbnail(id)!;
+      assert.ok(thumb, row.source);
+      const meta = await sharp(thumb).metadata();
       assert.equal(meta.format, 'webp');
       if (row.width === 32 && row.height === 32) {
         assert.deepEqual([meta.width, meta.height], [96, 96], row.source);
         // Lossless and nearest: each source pixel becomes a 3x3 block of the decoded pixel.
-        const { data } = await sharp(handle.store.thumbPath(id)).raw().toBuffer({ resolveWithObject: true });
+        const { data } = await sharp(thumb).raw().toBuffer({ resolveWithObject: true });
         const px = (await decodeImage(fs.readFileSync(row.source), 32)).pixels;
         assert.deepEqual([data[(3 * 96 + 4) * 3], data[(3 * 96 + 4) * 3 + 1]], [px[(1 * 32 + 1) * 3], px[(1 * 32 + 1) * 3 + 1]]);
         seen.tiny++;
@@ -186,14 +210,18 @@ describe('indexSources', () => {
     assert.deepEqual(seen, { tiny: 12, big: 1, rotated: 1 });
   });
 
-  test('a rerun skips everything already indexed and recreates a missing thumbnail', async () => {
+  test('a rerun skips everything already indexed and gives a thumbnail to an image that has none', async () => {
     const someId = handle.store.findByHash(contentHash(fx.good.get(path.join(fx.dir, 'dog/2.jpg'))!))!.id;
-    fs.rmSync(handle.store.thumbPath(someId));
+    const before = handle.store.getThumbnail(someId)!;
+    deleteThumbnail(handle.store.dir, someId); // e.g. its thumbnail failed, or a migrated store had no file for it
+    assert.equal(handle.store.getThumbnail(someId), undefined);
     const r = await indexSources(handle, encoder, [fx.dir]);
     assert.equal(r.indexed, 0);
     assert.equal(r.duplicates, fx.good.size);
     assert.equal(r.failed.length, fx.bad.size);
-    assert.ok(fs.existsSync(handle.store.thumbPath(someId)), 'thumbnail recreated');
+    const after = handle.store.getThumbnail(someId);
+    assert.ok(after, 'thumbnail added');
+    assert.deepEqual(await sharp(after).raw().toBuffer(), await sharp(before).raw().toBuffer(), 'the same pixels as the one made at indexing');
   });
 
   test('single files, archives (originals kept), missing sources; getOriginal', async () => {
@@ -222,9 +250,10 @@ describe('indexSources', () => {
     await assert.rejects(getOriginal(handle, file.id), (err) => err instanceof NotFoundError && /changed since it was indexed/.test(err.message));
     await assert.rejects(getOriginal(handle, 999_999), NotFoundError);
 
+    assert.ok(handle.store.getThumbnail(member.id));
     deleteImages(handle, [member.id]);
     assert.equal(handle.store.getOriginal(member.id), undefined, 'rm removes the copy');
-    assert.equal(fs.existsSync(handle.store.thumbPath(member.id)), false, 'and the thumbnail');
+    assert.equal(handle.store.getThumbnail(member.id), undefined, 'and the thumbnail');
   });
 
   test('an abort signal stops reading; what was read is committed and a rerun finishes', async () => {
@@ -271,7 +300,9 @@ describe('indexBuffers', () => {
       assert.deepEqual([row.source, row.label, row.metadata], ['upload:a.jpg', 'cat', { by: 'test' }]);
       assert.deepEqual(await getOriginal(h, 1), { bytes: a, contentType: 'image/jpeg' });
       assert.deepEqual(await getOriginal(h, 2), { bytes: b, contentType: 'image/png' });
-      assert.ok(fs.existsSync(h.store.thumbPath(1)) && fs.existsSync(h.store.thumbPath(2)));
+      // Thumbnails are stored with the images: there to serve as soon as indexBuffers returns.
+      assert.deepEqual(await thumbSize(h, 1), [96, 96]);
+      assert.deepEqual(await thumbSize(h, 2), [100, 80], '50x40 enlarged x2');
       const again = await indexBuffers(h, encoder, [{ name: 'b-again.png', bytes: b }]);
       assert.deepEqual(again, [{ id: 2, created: false }]);
     } finally {
@@ -378,7 +409,7 @@ describe('store schema', () => {
     const [id] = (await indexBuffers(h, encoder, [{ name: 'a.png', bytes: await raw(32, 32, 900).png().toBuffer() }])).map((r) => (r as { id: number }).id);
     h.close();
     const db = new Database(path.join(dir, 'store.sqlite'));
-    db.exec('DROP TABLE originals');
+    db.exec('DROP TABLE originals; DROP TABLE thumbnails');
     db.pragma('user_version = 1');
     db.close();
     const store = ImageStore.open(dir, { writer: true });
@@ -387,8 +418,74 @@ describe('store schema', () => {
       assert.equal(store.getImage(id)?.source, 'upload:a.png');
       assert.equal(store.getOriginal(id), undefined);
       assert.equal(store.stats().originals, 0);
+      assert.equal(store.stats().thumbnails, 0, 'a version 1 store without thumbnail files');
     } finally {
       store.close();
+    }
+  });
+
+  test('a version 2 store (thumbnails in files) is migrated on open; an image whose file was missing gets one when met again', async () => {
+    const dir = newStore();
+    const h = open(dir);
+    const a = await raw(32, 32, 910).jpeg().toBuffer();
+    const b = await raw(50, 40, 911).png().toBuffer();
+    const c = await raw(300, 200, 912).png().toBuffer();
+    const ids = (await indexBuffers(h, encoder, [{ name: 'a.jpg', bytes: a }, { name: 'b.png', bytes: b }, { name: 'c.png', bytes: c }])).map((r) => (r as { id: number }).id);
+    const made = ids.map((id) => h.store.getThumbnail(id)!);
+    h.close();
+    // Back to version 2: thumbnails as <store>/thumbs/<id / 1000>/<id>.webp, written after their commit (here the
+    // third image's was never written, as when a job was killed in between).
+    const db = new Database(path.join(dir, 'store.sqlite'));
+    db.exec('DROP TABLE thumbnails');
+    db.pragma('user_version = 2');
+    db.close();
+    for (const i of [0, 1]) {
+      const file = path.join(dir, 'thumbs', String(Math.floor(ids[i] / 1000)), `${ids[i]}.webp`);
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      fs.writeFileSync(file, made[i]);
+    }
+
+    const h2 = open(dir);
+    try {
+      assert.equal(h2.store.stats().schemaVersion, SCHEMA_VERSION);
+      assert.ok(!fs.existsSync(path.join(dir, 'thumbs')), 'the folder is gone');
+      assert.deepEqual(h2.store.getThumbnail(ids[0]), made[0]);
+      assert.deepEqual(h2.store.getThumbnail(ids[1]), made[1]);
+      assert.deepEqual(await thumbSize(h2, ids[0]), [96, 96]);
+      assert.deepEqual(await thumbSize(h2, ids[1]), [100, 80]);
+      assert.equal(h2.store.getThumbnail(ids[2]), undefined);
+      assert.equal(h2.hnsw.size, 3, 'the index is intact');
+      const again = await indexBuffers(h2, encoder, [{ name: 'c-again.png', bytes: c }]);
+      assert.deepEqual(again, [{ id: ids[2], created: false }]);
+      assert.deepEqual(await thumbSize(h2, ids[2]), [256, 171]);
+    } finally {
+      h2.close();
+    }
+  });
+
+  test('an image stored for another model without a thumbnail gets one in the commit that adds this model', async () => {
+    const dir = newStore();
+    const h = open(dir);
+    const bytes = await raw(32, 32, 920).png().toBuffer();
+    const [res] = await indexBuffers(h, encoder, [{ name: 'a.png', bytes }]);
+    const id = (res as { id: number }).id;
+    h.close();
+    deleteThumbnail(dir, id);
+    const { tensors } = await randomModel(TINY_CONFIG, 4);
+    const otherFile = path.join(tmp, 'other.safetensors');
+    saveModel(otherFile, TINY_CONFIG, tensors);
+    const other = Encoder.load(otherFile, { threads: 1 });
+    const file = path.join(tmp, 'known.png');
+    fs.writeFileSync(file, bytes);
+    const h2 = openIndex(dir, other.modelId, other.dim, { writer: true, config: other.config });
+    try {
+      assert.notEqual(other.modelId, encoder.modelId);
+      const r = await indexSources(h2, other, [file]);
+      assert.deepEqual([r.indexed, r.ids], [1, [id]]);
+      assert.deepEqual(await thumbSize(h2, id), [96, 96]);
+    } finally {
+      h2.close();
+      await other.close();
     }
   });
 });

@@ -8,10 +8,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import zlib from 'node:zlib';
+import Database from 'better-sqlite3';
 import sharp from 'sharp';
 import { iterateImageSource } from '../src/data/sources.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { DEFAULT_CONFIG, countFlops, countParams, parseSubmodel } from '../src/encoder/config.ts';
+import { ImageStore, contentHash } from '../src/index/store.ts';
 import { buildApp } from '../src/server/app.ts';
 import { AddImagesResponse, EncodersResponse, SearchResponse, StatsResponse } from '../src/server/schemas.ts';
 import { type OpenedServer, DEMO_GALLERY, openServer } from '../src/server/server.ts';
@@ -21,6 +23,7 @@ const PER_CLASS = 4; // 40 gallery images
 const MAX_UPLOAD = 256 * 1024; // small upload limit, so that "too large" bodies stay cheap to send
 
 let tmp: string;
+let modelFile: string;
 let opened: OpenedServer;
 let server: Server;
 let base: string;
@@ -29,7 +32,7 @@ const gallery: { file: string; label: string; bytes: Buffer }[] = [];
 before(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-server-'));
   const { tensors } = await randomModel(DEFAULT_CONFIG, 3);
-  const modelFile = path.join(tmp, 'model.safetensors');
+  modelFile = path.join(tmp, 'model.safetensors');
   saveModel(modelFile, DEFAULT_CONFIG, tensors, { 'train.step': '7' });
 
   // A small gallery folder: the first PER_CLASS images of each class of the bundled archive.
@@ -245,7 +248,16 @@ describe('serving', () => {
     const thumb = await call('GET', hit.thumbUrl);
     assert.equal(thumb.status, 200);
     assert.equal(thumb.type, 'image/webp');
-    assert.equal((await sharp(thumb.bytes!).metadata()).format, 'webp');
+    const meta = await sharp(thumb.bytes!).metadata();
+    assert.deepEqual([meta.format, meta.width, meta.height], ['webp', 96, 96], 'a 32x32 CIFAR image enlarged x3');
+    assert.ok(thumb.bytes!.equals(opened.handle.store.getThumbnail(hit.id)!), 'the bytes stored with the image');
+    // Cached by the browser for an hour; revalidated by its ETag.
+    const res = await fetch(base + hit.thumbUrl);
+    assert.equal(res.headers.get('cache-control'), 'public, max-age=3600');
+    const etag = res.headers.get('etag');
+    assert.ok(etag);
+    // (fetch would add "cache-control: no-cache" to a conditional request, which forbids the 304; a browser sends max-age=0)
+    assert.equal((await fetch(base + hit.thumbUrl, { headers: { 'if-none-match': etag, 'cache-control': 'max-age=0' } })).status, 304);
   });
 
   test('upload, find, delete an image', async () => {
@@ -268,6 +280,8 @@ describe('serving', () => {
 
     assert.deepEqual((await call('DELETE', `/api/images/${id}`)).json, { deleted: id });
     assert.equal(await imageCount(), before);
+    await expectError(call('GET', `/api/images/${id}/thumb`), 404, 'not_found');
+    assert.equal(opened.handle.store.getThumbnail(id), undefined, 'the thumbnail went with the image');
     const after = (await search({ image: { bytes: png, name: 'q.png' } }, { k: '40' })).json.results;
     assert.ok(!after.some((r: { id: number }) => r.id === id), 'deleted image no longer found');
   });
@@ -280,6 +294,42 @@ describe('serving', () => {
     const runs = after.batches.count - before.batches.count;
     assert.ok(runs < 24, `24 concurrent queries ran as ${runs} onnxruntime runs`);
     assert.ok(after.batches.maxSize > 1);
+  });
+});
+
+describe('a store from schema version 2', () => {
+  test('its thumbnail files are moved into the database on open and served from there', async () => {
+    // What version 2 left: images and embeddings in SQLite, thumbnails as <store>/thumbs/<id / 1000>/<id>.webp.
+    const dir = path.join(tmp, 'store-v2');
+    const old = ImageStore.open(dir, { writer: true });
+    const ids = gallery.slice(0, 2).map((g) => old.insertImageWithEmbedding({ source: g.file, contentHash: contentHash(g.bytes), width: 32, height: 32, format: 'jpeg', label: g.label }, 'old-model@1', new Float32Array(8).fill(1)).id);
+    old.close();
+    const db = new Database(path.join(dir, 'store.sqlite'));
+    db.exec('DROP TABLE thumbnails');
+    db.pragma('user_version = 2');
+    db.close();
+    const webp = await sharp(gallery[0].bytes).resize(96, 96, { kernel: 'nearest' }).webp().toBuffer();
+    fs.mkdirSync(path.join(dir, 'thumbs', '0'), { recursive: true });
+    fs.writeFileSync(path.join(dir, 'thumbs', '0', `${ids[0]}.webp`), webp); // the second image's was never written
+
+    const v2 = await openServer({ store: dir, model: modelFile, gallery: null, encodeWorkers: 0, warmUp: false, progress: false });
+    const srv = buildApp(v2.service).listen(0, '127.0.0.1');
+    try {
+      await new Promise((r) => srv.once('listening', r));
+      const at = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
+      assert.ok(!fs.existsSync(path.join(dir, 'thumbs')), 'the folder is gone');
+      const res = await fetch(`${at}/api/images/${ids[0]}/thumb`);
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get('content-type'), 'image/webp');
+      assert.ok(Buffer.from(await res.arrayBuffer()).equals(webp));
+      const missing = await fetch(`${at}/api/images/${ids[1]}/thumb`);
+      assert.equal(missing.status, 404);
+      assert.match(missing.headers.get('content-type') ?? '', /^application\/json/);
+      assert.equal(((await missing.json()) as { error: { code: string } }).error.code, 'not_found');
+    } finally {
+      await new Promise((r) => srv.close(r));
+      await v2.close();
+    }
   });
 });
 

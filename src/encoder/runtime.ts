@@ -43,12 +43,23 @@ export class Encoder {
     return sub;
   }
 
+  /**
+   * What a session for `spec` runs: the sliced standalone ONNX export and the session options. Public so that an
+   * encoder on another thread (src/index/offthread.ts) runs exactly what this one runs.
+   */
+  sessionRecipe(spec: string): { submodel: SubmodelInfo; onnx: Uint8Array; sessionOptions: ort.InferenceSession.SessionOptions } {
+    const sub = this.submodel(spec);
+    const ex = exportSubmodel(this.config, this.ckpt.params, sub);
+    const sessionOptions: ort.InferenceSession.SessionOptions = { intraOpNumThreads: this.opts.threads ?? 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' };
+    return { submodel: { ...sub, flops: ex.flops, params: ex.params }, onnx: ex.onnx, sessionOptions };
+  }
+
   private load(spec: string) {
     const sub = this.submodel(spec);
     let entry = this.sessions.get(sub.spec);
     if (!entry) {
-      const ex = exportSubmodel(this.config, this.ckpt.params, sub);
-      entry = ort.InferenceSession.create(ex.onnx, { intraOpNumThreads: this.opts.threads ?? 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' }).then((session) => ({ session, info: { ...sub, flops: ex.flops, params: ex.params } }));
+      const { submodel, onnx, sessionOptions } = this.sessionRecipe(sub.spec);
+      entry = ort.InferenceSession.create(onnx, sessionOptions).then((session) => ({ session, info: submodel }));
       this.sessions.set(sub.spec, entry);
     }
     return entry;

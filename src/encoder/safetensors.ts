@@ -76,7 +76,7 @@ export function writeFileAtomic(file: string, data: Buffer | string): void {
   const tmp = `${file}.${process.pid}.tmp`;
   const fd = fs.openSync(tmp, 'w');
   try {
-    fs.writeSync(fd, data);
+    fs.writeFileSync(fd, data); // loops until every byte is written
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);

@@ -22,7 +22,7 @@ const EXIT_HELP = `
 Exit codes: 0 ok; 1 unexpected error; 2 bad usage or input (one line on stderr); 4 the store is being written by
 another process.`;
 
-const STORE_HELP = 'store folder: database, HNSW file, thumbnails';
+const STORE_HELP = 'store folder: database (images, embeddings, thumbnails), HNSW file';
 
 const positiveInt = (name: string, max = Number.MAX_SAFE_INTEGER) => (v: string) => {
   const n = Number(v);

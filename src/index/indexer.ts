@@ -4,11 +4,12 @@
 //
 // indexSources is a pipeline. Items are read, hashed and decoded (sharp, on libuv's thread pool; small JPEGs in
 // groups, jpeg-groups.ts) up to WINDOW_BATCHES batches ahead of the encoder, which runs on its own thread
-// (offthread.ts), so decoding, encoding and storing overlap. Batches are encoded and committed in source order,
-// each in one SQLite transaction before its vectors enter the HNSW index. A batch is all or nothing, so a job
-// killed at any point leaves every committed image intact and searchable, and a rerun skips them by content hash
-// (same bytes, same model) and indexes the rest. Thumbnails are written just after their commit; a rerun recreates
-// any that a kill cut off.
+// (offthread.ts), so decoding, encoding and storing overlap. Each item's thumbnail is made beside its decode.
+// Batches are encoded and committed in source order, each in one SQLite transaction (images, embeddings,
+// thumbnails, kept bytes) before its vectors enter the HNSW index. A batch is all or nothing, so a job killed at any
+// point leaves every committed image intact, with its thumbnail, and searchable, and a rerun skips them by content
+// hash (same bytes, same model) and indexes the rest. An image stored without a thumbnail (its thumbnail failed,
+// or it came from a store before schema version 3 that lacked one) gets one when it is met again.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,7 +20,7 @@ import { logger } from '../log.ts';
 import { recordedFormat } from './formats.ts';
 import { JpegGroupDecoder } from './jpeg-groups.ts';
 import { OffThreadEncoder } from './offthread.ts';
-import { UPLOAD_PREFIX, needsCopy, writeFileAtomic } from './originals.ts';
+import { UPLOAD_PREFIX, needsCopy } from './originals.ts';
 export { getOriginal } from './originals.ts'; // GET /api/images/:id uses it beside indexBuffers
 import { type IndexHandle, addEmbeddings } from './service.ts';
 import { type ImageRow, type NewImage, StoreError, contentHash } from './store.ts';
@@ -57,7 +58,6 @@ export const DEFAULT_BATCH_SIZE = 64;
 export const MAX_FILE_BYTES = 256 * 1024 * 1024;
 const WINDOW_BATCHES = 4; // batches read and decoding ahead of the encoder
 const MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024;
-const MAX_PENDING_WRITES = 256; // thumbnails being written after their commit
 const UPLOAD_CONCURRENCY = 8; // decodes in flight for indexBuffers
 
 /** A decoded item waiting for its embedding. */
@@ -68,7 +68,7 @@ interface Ready {
   bytes: Buffer;
   hash: string;
   decoded: DecodedImage;
-  thumb: Promise<Buffer | null> | null; // null: the image already has one
+  thumb: Promise<Buffer | null> | null; // null: the image (same content, stored for another model) already has one
 }
 
 type Prepared = { kind: 'ready'; item: Ready } | { kind: 'duplicate' } | { kind: 'failed'; path: string; reason: string; hash?: string; held?: number };
@@ -89,12 +89,10 @@ export function defaultEncoderThreads(): number {
   return os.loadavg()[0] < 0.5 ? Math.max(1, os.availableParallelism()) : 1;
 }
 
-/** What indexSources and indexBuffers share: checks, decoding with thumbnails, commits, and the writes after them. */
+/** What indexSources and indexBuffers share: checks, decoding with thumbnails, encoding and commits. */
 class Indexing {
   readonly size: number;
   readonly maxPixels: number;
-  private writes = new Set<Promise<void>>();
-  private writing = new Set<number>(); // ids whose thumbnail or copy is being written
   private jpegs: JpegGroupDecoder;
   private offThread: Promise<OffThreadEncoder | null> | null = null; // batches go to its worker thread when it starts
 
@@ -128,17 +126,13 @@ class Indexing {
       if (err instanceof ImageDecodeError) return err;
       throw err;
     }
-    const thumb = known && fs.existsSync(this.handle.store.thumbPath(known.id)) ? null : this.thumbnail(decoded, bytes, path);
+    const thumb = known && this.handle.store.hasThumbnail(known.id) ? null : this.thumbnail(decoded, bytes, path);
     return { path, label, metadata, bytes, hash, decoded, thumb };
   }
 
   private thumbnail(d: DecodedImage, bytes: Buffer, path: string): Promise<Buffer | null> {
     const whole = d.width === this.size && d.height === this.size; // then the decoded pixels are the whole image
-    const p = whole ? thumbnailFromPixels(d.pixels, this.size) : thumbnailFromBytes(bytes, d.width, d.height, this.maxPixels);
-    return p.catch((err) => {
-      logger.warn({ path, err: (err as Error).message }, 'no thumbnail: the image decoded but its thumbnail failed');
-      return null;
-    });
+    return orNull(whole ? thumbnailFromPixels(d.pixels, this.size) : thumbnailFromBytes(bytes, d.width, d.height, this.maxPixels), path);
   }
 
   /** Starts the encoder worker (in the background: reading and decoding go on meanwhile). */
@@ -164,10 +158,11 @@ class Indexing {
   }
 
   /**
-   * Stores a batch (one transaction, then HNSW; the bytes of images with no file of their own go in the same
-   * transaction), then writes the thumbnails in the background.
+   * Stores a batch once its thumbnails are ready: one transaction (images, embeddings, thumbnails, and the bytes of
+   * images with no file of their own), then HNSW.
    */
-  commit(items: Ready[], vectors: Float32Array[]) {
+  async commit(items: Ready[], vectors: Float32Array[]) {
+    const thumbs = await Promise.all(items.map((r) => r.thumb)); // started at decode: usually done by now
     const rows = items.map((r, i): { image: NewImage; vector: Float32Array } => ({
       image: {
         source: r.path,
@@ -178,43 +173,30 @@ class Indexing {
         label: r.label,
         metadata: r.metadata,
         original: needsCopy(r.path) ? r.bytes : undefined,
+        thumbnail: thumbs[i] ?? undefined,
       },
       vector: vectors[i],
     }));
-    const results = addEmbeddings(this.handle, rows);
-    results.forEach((res, i) => items[i].thumb && this.write(res.id, items[i].thumb));
-    return results;
+    return addEmbeddings(this.handle, rows);
   }
 
-  /** Recreates the thumbnail of an already indexed image if a killed job did not get to write it. */
-  repair(row: ImageRow, bytes: Buffer): void {
-    if (this.writing.has(row.id) || fs.existsSync(this.handle.store.thumbPath(row.id))) return;
-    this.write(row.id, thumbnailFromBytes(bytes, row.width, row.height, this.maxPixels));
+  /**
+   * Gives an image already indexed for this model a thumbnail if it has none (its thumbnail failed before, or the
+   * store was migrated from thumbnail files and one was missing). Resolves once it is stored.
+   */
+  async addMissingThumbnail(row: ImageRow, bytes: Buffer): Promise<void> {
+    if (this.handle.store.hasThumbnail(row.id)) return;
+    const thumb = await orNull(thumbnailFromBytes(bytes, row.width, row.height, this.maxPixels), row.source);
+    if (thumb) this.handle.store.addThumbnail(row.id, thumb);
   }
+}
 
-  /** Writes a thumbnail when it is ready, in the background. */
-  private write(id: number, thumb: Promise<Buffer | null>): void {
-    this.writing.add(id);
-    const tracked = thumb
-      .then(async (t) => {
-        if (t) await writeFileAtomic(this.handle.store.thumbPath(id), t);
-      })
-      .catch((err) => logger.error({ id, err: (err as Error).message }, 'could not write a thumbnail'))
-      .finally(() => {
-        this.writes.delete(tracked);
-        this.writing.delete(id);
-      });
-    this.writes.add(tracked);
-  }
-
-  /** Waits while too many writes are pending (each holds its image's bytes). */
-  async throttle(): Promise<void> {
-    while (this.writes.size > MAX_PENDING_WRITES) await Promise.race(this.writes);
-  }
-
-  async flush(): Promise<void> {
-    while (this.writes.size > 0) await Promise.all(this.writes);
-  }
+/** A thumbnail, or null (logged) if it failed: the image is indexed without one. */
+function orNull(thumb: Promise<Buffer>, path: string): Promise<Buffer | null> {
+  return thumb.catch((err) => {
+    logger.warn({ path, err: (err as Error).message }, 'no thumbnail: the image decoded but its thumbnail failed');
+    return null;
+  });
 }
 
 /**
@@ -254,7 +236,7 @@ export async function indexSources(handle: IndexHandle, encoder: Encoder, source
     }
     const { row, indexed } = ix.lookup(hash);
     if (indexed) {
-      ix.repair(row!, bytes);
+      await ix.addMissingThumbnail(row!, bytes);
       return { kind: 'duplicate' };
     }
     bytesInFlight += bytes.length;
@@ -268,7 +250,7 @@ export async function indexSources(handle: IndexHandle, encoder: Encoder, source
   let running: { items: Ready[]; out: Promise<Float32Array[]> } | null = null;
   const commit = async ({ items, out }: { items: Ready[]; out: Promise<Float32Array[]> }) => {
     const vectors = await out;
-    const results = ix.commit(items, vectors);
+    const results = await ix.commit(items, vectors);
     results.forEach((r, i) => {
       pending.delete(items[i].hash);
       bytesInFlight -= items[i].bytes.length;
@@ -280,7 +262,6 @@ export async function indexSources(handle: IndexHandle, encoder: Encoder, source
       }
     });
     progress();
-    await ix.throttle();
   };
   const submit = async () => {
     const items = batch;
@@ -327,7 +308,6 @@ export async function indexSources(handle: IndexHandle, encoder: Encoder, source
     // On an error, let what is in flight settle before the caller closes the store under it.
     const last = running as { out: Promise<Float32Array[]> } | null; // (assigned in the closures above)
     await Promise.allSettled([...window, last?.out]);
-    await ix.flush();
     await ix.stopWorker();
   }
   report.seconds = (performance.now() - t0) / 1000;
@@ -338,7 +318,7 @@ export async function indexSources(handle: IndexHandle, encoder: Encoder, source
 /**
  * Indexes uploaded images. Each item gets its stored id (created: false when the same content was already stored;
  * its label and metadata are then left as they were) or its decode error, in the order given; nothing is stored
- * for an item that fails. Originals are kept under the store folder (see getOriginal).
+ * for an item that fails. Originals and thumbnails are stored with the images (see getOriginal).
  */
 export async function indexBuffers(
   handle: IndexHandle,
@@ -348,32 +328,28 @@ export async function indexBuffers(
   const ix = new Indexing(handle, encoder);
   const results: BufferResult[] = new Array(items.length);
   const ready: { index: number; item: Ready }[] = [];
-  try {
-    await mapBounded(items.length, UPLOAD_CONCURRENCY, async (i) => {
-      const { name, bytes, label, metadata } = items[i];
-      if (!Buffer.isBuffer(bytes) || bytes.length === 0) {
-        results[i] = { name, error: new ImageDecodeError('empty') };
-        return;
-      }
-      const hash = contentHash(bytes);
-      const { row, indexed } = ix.lookup(hash);
-      if (indexed) {
-        ix.repair(row!, bytes);
-        results[i] = { id: row!.id, created: false };
-        return;
-      }
-      const r = await ix.decode(`${UPLOAD_PREFIX}${name}`, label ?? null, metadata ?? {}, bytes, hash, row);
-      if (r instanceof ImageDecodeError) results[i] = { name, error: r };
-      else ready.push({ index: i, item: r });
-    });
-    ready.sort((a, b) => a.index - b.index); // ids in the order given
-    for (let s = 0; s < ready.length; s += DEFAULT_BATCH_SIZE) {
-      const chunk = ready.slice(s, s + DEFAULT_BATCH_SIZE);
-      const vectors = await ix.encode(chunk.map((c) => c.item));
-      ix.commit(chunk.map((c) => c.item), vectors).forEach((res, j) => (results[chunk[j].index] = { id: res.id, created: res.created }));
+  await mapBounded(items.length, UPLOAD_CONCURRENCY, async (i) => {
+    const { name, bytes, label, metadata } = items[i];
+    if (!Buffer.isBuffer(bytes) || bytes.length === 0) {
+      results[i] = { name, error: new ImageDecodeError('empty') };
+      return;
     }
-  } finally {
-    await ix.flush(); // the caller serves thumbnails and originals right after this returns
+    const hash = contentHash(bytes);
+    const { row, indexed } = ix.lookup(hash);
+    if (indexed) {
+      await ix.addMissingThumbnail(row!, bytes);
+      results[i] = { id: row!.id, created: false };
+      return;
+    }
+    const r = await ix.decode(`${UPLOAD_PREFIX}${name}`, label ?? null, metadata ?? {}, bytes, hash, row);
+    if (r instanceof ImageDecodeError) results[i] = { name, error: r };
+    else ready.push({ index: i, item: r });
+  });
+  ready.sort((a, b) => a.index - b.index); // ids in the order given
+  for (let s = 0; s < ready.length; s += DEFAULT_BATCH_SIZE) {
+    const chunk = ready.slice(s, s + DEFAULT_BATCH_SIZE);
+    const vectors = await ix.encode(chunk.map((c) => c.item));
+    (await ix.commit(chunk.map((c) => c.item), vectors)).forEach((res, j) => (results[chunk[j].index] = { id: res.id, created: res.created }));
   }
   return results;
 }

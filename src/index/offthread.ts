@@ -1,6 +1,6 @@
 // Encoding on a worker thread for long indexing jobs. onnxruntime-node runs sessions synchronously on the calling
 // thread, so with the Encoder every batch (100 ms or more) stops the indexing thread, and the SQLite commits, HNSW
-// inserts and thumbnail writes are serialised with encoding instead of overlapping it. A/B in one run on the
+// inserts and thumbnail encoding are serialised with encoding instead of overlapping it. A/B in one run on the
 // 2-core machine (3,000 CIFAR-10 JPEGs, 2 threads, training job running): end-to-end indexing went from 0.62 to
 // 0.91 of the encoder-only throughput.
 //
@@ -8,7 +8,6 @@
 // checks that both give the same embeddings before it is used; if anything differs or fails, indexing falls back
 // to the Encoder on this thread.
 import { Worker } from 'node:worker_threads';
-import { exportSubmodel } from '../encoder/export.ts';
 import { type Encoder, toNchw } from '../encoder/runtime.ts';
 import { logger } from '../log.ts';
 
@@ -47,10 +46,7 @@ export class OffThreadEncoder {
   static async start(encoder: Encoder, spec = 'XL'): Promise<OffThreadEncoder | null> {
     let worker: Worker | undefined;
     try {
-      // Encoder keeps its checkpoint and options private; this is the one place that reads them.
-      const internals = encoder as unknown as { ckpt: { params: Parameters<typeof exportSubmodel>[1] }; opts: { threads?: number } };
-      const { onnx } = exportSubmodel(encoder.config, internals.ckpt.params, encoder.submodel(spec));
-      const sessionOptions = { intraOpNumThreads: internals.opts.threads ?? 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' };
+      const { submodel, onnx, sessionOptions } = encoder.sessionRecipe(spec);
       worker = new Worker(new URL('./encode-worker.mjs', import.meta.url), {
         workerData: { onnx, sessionOptions, imageSize: encoder.config.imageSize, channels: encoder.config.channels },
         execArgv: [], // plain JavaScript: no loader needed
@@ -61,7 +57,7 @@ export class OffThreadEncoder {
         worker!.once('exit', (code) => reject(new Error(`exited with code ${code}`)));
       });
       const off = new OffThreadEncoder(worker, encoder);
-      off.spec = encoder.submodel(spec).spec;
+      off.spec = submodel.spec;
       await off.checkParity();
       return off;
     } catch (err) {

@@ -38,21 +38,6 @@ export async function getOriginal(handle: IndexHandle, id: number): Promise<{ by
   throw new NotFoundError(`the original of image ${id} was not kept (${row.source})`);
 }
 
-let tmpSeq = 0;
-
-/** Writes via a temporary file and a rename, so a killed job never leaves a half-written file under its final name. */
-export async function writeFileAtomic(file: string, bytes: Uint8Array): Promise<void> {
-  const tmp = `${file}.${process.pid}-${++tmpSeq}.tmp`;
-  try {
-    await fs.promises.writeFile(tmp, bytes);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    await fs.promises.mkdir(path.dirname(file), { recursive: true });
-    await fs.promises.writeFile(tmp, bytes);
-  }
-  await fs.promises.rename(tmp, file);
-}
-
 async function readIfExists(file: string): Promise<Buffer | null> {
   try {
     return await fs.promises.readFile(file);

@@ -1,7 +1,6 @@
 // `matvit stats` and `matvit reindex`: what a store holds (rows, embeddings per model, the state of each HNSW
 // file, disk use) and rebuilding a model's HNSW index from SQLite with chosen graph parameters.
 import fs from 'node:fs';
-import path from 'node:path';
 import { HNSW_DEFAULTS, HnswIndex, readSidecar } from './hnsw.ts';
 import { indexFilePath } from './service.ts';
 import { ImageStore, type StoreStats } from './store.ts';
@@ -17,8 +16,6 @@ export interface HnswFileState {
 
 export interface StoreStatsReport extends Omit<StoreStats, 'models'> {
   models: (StoreStats['models'][number] & { current: boolean; hnsw: HnswFileState })[];
-  thumbnails: number;
-  thumbnailBytes: number;
   defaultEf: number;
 }
 
@@ -28,8 +25,7 @@ export function storeStats(dir: string, currentModelId: string | null): StoreSta
   try {
     const base = store.readSnapshot(() => store.stats());
     const models = base.models.map((m) => ({ ...m, current: m.modelId === currentModelId, hnsw: hnswState(store, m.modelId, m.dim, m.generation, m.embeddings) }));
-    const thumbs = du(path.join(store.dir, 'thumbs'));
-    return { ...base, models, thumbnails: thumbs.files, thumbnailBytes: thumbs.bytes, defaultEf: HNSW_DEFAULTS.ef };
+    return { ...base, models, defaultEf: HNSW_DEFAULTS.ef };
   } finally {
     store.close();
   }
@@ -42,30 +38,6 @@ function hnswState(store: ImageStore, modelId: string, dim: number | null, gener
   const side = readSidecar(file);
   const reason = HnswIndex.mismatch(file, { modelId, dim: dim ?? -1, generation, count });
   return { file, bytes: stat.size, inSync: reason === null, staleReason: reason, M: side?.M ?? null, efConstruction: side?.efConstruction ?? null };
-}
-
-/** Files and bytes under a folder (recursive); zero when it does not exist. */
-function du(dir: string): { files: number; bytes: number } {
-  let files = 0;
-  let bytes = 0;
-  const walk = (d: string) => {
-    let entries: fs.Dirent[];
-    try {
-      entries = fs.readdirSync(d, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of entries) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile() && !e.name.endsWith('.tmp')) {
-        files++;
-        bytes += fs.statSync(p, { throwIfNoEntry: false })?.size ?? 0;
-      }
-    }
-  };
-  walk(dir);
-  return { files, bytes };
 }
 
 export interface ReindexResult {

@@ -1,11 +1,13 @@
 // The image store: the only code that touches SQL. SQLite is the source of truth (images, embeddings per model,
-// a generation counter per model); the HNSW file is a cache of it that can always be rebuilt from here.
+// a generation counter per model, thumbnails, kept originals); the HNSW file is a cache of it that can always be
+// rebuilt from here.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
+import { logger } from '../log.ts';
 
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 export class StoreError extends Error {
   override name = 'StoreError';
@@ -23,9 +25,10 @@ export interface NewImage {
   label?: string | null;
   metadata?: Record<string, unknown>;
   original?: Uint8Array; // the bytes to keep, for images with no file of their own (uploads, archive members)
+  thumbnail?: Uint8Array; // WebP bytes; also added to an existing image (same content) that has none
 }
 
-export interface ImageRow extends Required<Omit<NewImage, 'label' | 'original'>> {
+export interface ImageRow extends Required<Omit<NewImage, 'label' | 'original' | 'thumbnail'>> {
   id: number;
   label: string | null;
   addedAt: string; // ISO 8601, UTC
@@ -46,6 +49,8 @@ export interface StoreStats {
   dbBytes: number;
   originals: number; // kept copies (uploads, archive members)
   originalBytes: number;
+  thumbnails: number;
+  thumbnailBytes: number;
 }
 
 /** sha256 hex of a file's bytes, the store's content key. */
@@ -75,11 +80,22 @@ const SCHEMA = `
     image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
     bytes BLOB NOT NULL -- the file as received, for images that have no file of their own
   );
+  CREATE TABLE thumbnails ( -- since version 3 (before, files under <store>/thumbs)
+    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+    webp BLOB NOT NULL
+  );
 `;
 
-/** Statements that bring a store from version N to N + 1. */
-const MIGRATIONS: Record<number, string> = {
-  1: `CREATE TABLE originals (image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE, bytes BLOB NOT NULL);`,
+/** Where stores before version 3 kept thumbnails: <store>/thumbs/<id / 1000>/<id>.webp. */
+const OLD_THUMBS_DIR = 'thumbs';
+
+/** What brings a store from version N to N + 1 (inside the migration's transaction). */
+const MIGRATIONS: Record<number, (db: Database.Database, dir: string) => void> = {
+  1: (db) => db.exec('CREATE TABLE originals (image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE, bytes BLOB NOT NULL);'),
+  2: (db, dir) => {
+    db.exec('CREATE TABLE thumbnails (image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE, webp BLOB NOT NULL);');
+    importThumbnailFiles(db, path.join(dir, OLD_THUMBS_DIR));
+  },
 };
 
 const genKey = (modelId: string) => `generation:${modelId}`;
@@ -129,7 +145,8 @@ export class ImageStore {
       this.db.pragma('busy_timeout = 5000');
       this.db.pragma('foreign_keys = ON');
       this.db.pragma('synchronous = NORMAL'); // safe with WAL: a power loss can lose the last commits, not corrupt
-      this.migrate();
+      const from = this.migrate();
+      this.retireThumbnailFiles(from > 0 && from < 3);
     } catch (err) {
       this.lock?.release();
       if (err instanceof StoreError) throw err;
@@ -138,11 +155,12 @@ export class ImageStore {
     this.stmts = this.prepare();
   }
 
-  private migrate(): void {
+  /** Brings the schema to SCHEMA_VERSION; returns the version the store had (0: new). */
+  private migrate(): number {
     // IMMEDIATE: two processes opening a new store at once must not both create the schema.
-    this.db.transaction(() => {
+    return this.db.transaction(() => {
       const version = this.db.pragma('user_version', { simple: true }) as number;
-      if (version === SCHEMA_VERSION) return;
+      if (version === SCHEMA_VERSION) return version;
       if (version > SCHEMA_VERSION) {
         throw new StoreError(`store "${this.dir}" has schema version ${version}, newer than this program's ${SCHEMA_VERSION}: upgrade the program`);
       }
@@ -151,10 +169,27 @@ export class ImageStore {
         if (tables.n > 0) throw new StoreError(`"${this.dir}/store.sqlite" is not an image store (it has tables but no schema version)`);
         this.db.exec(SCHEMA);
       } else {
-        for (let v = version; v < SCHEMA_VERSION; v++) this.db.exec(MIGRATIONS[v]);
+        for (let v = version; v < SCHEMA_VERSION; v++) MIGRATIONS[v](this.db, this.dir);
       }
       this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+      return version;
     }).immediate();
+  }
+
+  /**
+   * Removes the thumbnail folder of stores before version 3 once its files are in the table: `imported` when the
+   * migration just committed them. A folder found otherwise (the migrating process stopped before removing it, or a
+   * process of an older version wrote to it meanwhile) is imported first, keeping the thumbnails already stored.
+   */
+  private retireThumbnailFiles(imported: boolean): void {
+    const dir = path.join(this.dir, OLD_THUMBS_DIR);
+    if (!fs.existsSync(dir)) return;
+    if (!imported) this.db.transaction(() => importThumbnailFiles(this.db, dir)).immediate();
+    try {
+      fs.rmSync(dir, { recursive: true, force: true });
+    } catch (err) {
+      logger.warn({ dir, err: (err as Error).message }, 'could not remove the old thumbnail folder (its thumbnails are in the database now): remove it by hand');
+    }
   }
 
   private prepare() {
@@ -170,6 +205,10 @@ export class ImageStore {
       hasEmbedding: db.prepare<[number, string], { one: number }>('SELECT 1 AS one FROM embeddings WHERE image_id = ? AND model_id = ?'),
       insertOriginal: db.prepare('INSERT OR IGNORE INTO originals (image_id, bytes) VALUES (?, ?)'),
       getOriginal: db.prepare<[number], { bytes: Buffer }>('SELECT bytes FROM originals WHERE image_id = ?'),
+      insertThumbnail: db.prepare('INSERT OR IGNORE INTO thumbnails (image_id, webp) VALUES (?, ?)'),
+      getThumbnail: db.prepare<[number], { webp: Buffer }>('SELECT webp FROM thumbnails WHERE image_id = ?'),
+      hasThumbnail: db.prepare<[number], { one: number }>('SELECT 1 AS one FROM thumbnails WHERE image_id = ?'),
+      addThumbnail: db.prepare('INSERT OR IGNORE INTO thumbnails (image_id, webp) SELECT id, ? FROM images WHERE id = ?'),
       modelsOfImage: db.prepare<[number], { model_id: string }>('SELECT model_id FROM embeddings WHERE image_id = ?'),
       deleteImage: db.prepare('DELETE FROM images WHERE id = ?'),
       count: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM embeddings WHERE model_id = ?'),
@@ -241,6 +280,16 @@ export class ImageStore {
     return this.stmts.getOriginal.get(id)?.bytes;
   }
 
+  /** The WebP thumbnail of image `id`, or undefined (no such image, or none was made). */
+  getThumbnail(id: number): Buffer | undefined {
+    return this.stmts.getThumbnail.get(id)?.webp;
+  }
+
+  /** Whether image `id` has a thumbnail (without reading it). */
+  hasThumbnail(id: number): boolean {
+    return this.stmts.hasThumbnail.get(id) !== undefined;
+  }
+
   /** The model config recorded for a model's embeddings (JSON text, as given to recordModelConfig), or null. */
   modelConfig(modelId: string): string | null {
     return this.stmts.getState.get(configKey(modelId))?.value ?? null;
@@ -254,12 +303,19 @@ export class ImageStore {
     const pages = this.db.pragma('page_count', { simple: true }) as number;
     const pageSize = this.db.pragma('page_size', { simple: true }) as number;
     const originals = this.db.prepare('SELECT count(*) AS n, coalesce(sum(length(bytes)), 0) AS bytes FROM originals').get() as { n: number; bytes: number };
-    return { dir: this.dir, schemaVersion: SCHEMA_VERSION, images: images.n, labelled: images.labelled, models, dbBytes: pages * pageSize, originals: originals.n, originalBytes: originals.bytes };
-  }
-
-  /** Where the caller keeps image `id`'s thumbnail: <store>/thumbs/<id / 1000>/<id>.webp (sharded folders). */
-  thumbPath(id: number): string {
-    return path.join(this.dir, 'thumbs', String(Math.floor(id / 1000)), `${id}.webp`);
+    const thumbnails = this.db.prepare('SELECT count(*) AS n, coalesce(sum(length(webp)), 0) AS bytes FROM thumbnails').get() as { n: number; bytes: number };
+    return {
+      dir: this.dir,
+      schemaVersion: SCHEMA_VERSION,
+      images: images.n,
+      labelled: images.labelled,
+      models,
+      dbBytes: pages * pageSize,
+      originals: originals.n,
+      originalBytes: originals.bytes,
+      thumbnails: thumbnails.n,
+      thumbnailBytes: thumbnails.bytes,
+    };
   }
 
   // ---- writes (writer lock required) -------------------------------------------------------------------------
@@ -275,7 +331,10 @@ export class ImageStore {
     return this.addBatch([{ image, vector }], modelId)[0];
   }
 
-  /** Stores many images with their embeddings in one transaction (all or nothing). */
+  /**
+   * Stores many images with their embeddings, kept originals and thumbnails in one transaction (all or nothing). An
+   * image already stored keeps its row and original; it gets the thumbnail given only if it has none.
+   */
   addBatch(items: { image: NewImage; vector: Float32Array }[], modelId: string): InsertResult[] {
     this.assertWriter();
     for (const { image, vector } of items) validateImage(image, vector);
@@ -291,11 +350,12 @@ export class ImageStore {
             throw new StoreError(`embedding for "${image.source}" has ${vector.length} dimensions but model "${modelId}" has ${dim}`);
           }
           const existing = this.stmts.findByHash.get(image.contentHash);
-          const { original, ...row } = image;
+          const { original, thumbnail, ...row } = image;
           const id = existing
             ? existing.id
             : Number(this.stmts.insertImage.run({ ...row, label: row.label ?? null, metadata: JSON.stringify(row.metadata ?? {}) }).lastInsertRowid);
           if (original && !existing) this.stmts.insertOriginal.run(id, original);
+          if (thumbnail) this.stmts.insertThumbnail.run(id, thumbnail);
           const embeddingAdded = this.stmts.insertEmbedding.run(id, modelId, vectorToBlob(vector)).changes > 0;
           if (embeddingAdded) added++;
           return { id, created: !existing, embeddingAdded };
@@ -306,10 +366,19 @@ export class ImageStore {
       .immediate();
   }
 
-  /** Deletes images (and, by cascade, their embeddings and kept originals). Returns the ids that existed. Thumbnails are removed too. */
+  /**
+   * Gives a stored image that has no thumbnail this one (e.g. an image indexed before its thumbnail could be made).
+   * False when the image already has one, or no longer exists.
+   */
+  addThumbnail(id: number, webp: Uint8Array): boolean {
+    this.assertWriter();
+    return this.stmts.addThumbnail.run(webp, id).changes > 0;
+  }
+
+  /** Deletes images (and, by cascade, their embeddings, thumbnails and kept originals). Returns the ids that existed. */
   deleteImages(ids: number[]): number[] {
     this.assertWriter();
-    const deleted = this.db
+    return this.db
       .transaction(() => {
         const models = new Set<string>();
         const gone: number[] = [];
@@ -321,8 +390,6 @@ export class ImageStore {
         return gone;
       })
       .immediate();
-    for (const id of deleted) fs.rmSync(this.thumbPath(id), { force: true });
-    return deleted;
   }
 
   close(): void {
@@ -334,6 +401,47 @@ export class ImageStore {
     if (!this.writer) throw new StoreError(`store "${this.dir}" was opened for reading; open it with { writer: true } to change it`);
   }
 }
+
+/**
+ * Copies thumbnail files (<dir>/<shard>/<id>.webp, as stores before version 3 kept them) into the thumbnails table,
+ * one file in memory at a time. Files of images that no longer exist, temporary files of interrupted writes and
+ * anything that is not a WebP file are left out; a thumbnail already in the table is kept. Returns the count copied.
+ */
+function importThumbnailFiles(db: Database.Database, dir: string): number {
+  const insert = db.prepare('INSERT OR IGNORE INTO thumbnails (image_id, webp) SELECT id, ? FROM images WHERE id = ?');
+  const list = (d: string) => {
+    try {
+      return fs.readdirSync(d, { withFileTypes: true });
+    } catch {
+      return [];
+    }
+  };
+  let copied = 0;
+  let skipped = 0;
+  for (const shard of list(dir)) {
+    if (!shard.isDirectory() || !/^\d+$/.test(shard.name)) continue;
+    for (const file of list(path.join(dir, shard.name))) {
+      const m = /^(\d+)\.webp$/.exec(file.name);
+      if (!m || !file.isFile()) continue;
+      let bytes: Buffer;
+      try {
+        bytes = fs.readFileSync(path.join(dir, shard.name, file.name));
+      } catch {
+        skipped++;
+        continue;
+      }
+      if (!isWebp(bytes)) {
+        skipped++;
+        continue;
+      }
+      copied += insert.run(bytes, Number(m[1])).changes;
+    }
+  }
+  if (copied || skipped) logger.info({ dir, copied, skipped }, 'thumbnail files moved into the store database');
+  return copied;
+}
+
+const isWebp = (b: Buffer) => b.length >= 12 && b.toString('latin1', 0, 4) === 'RIFF' && b.toString('latin1', 8, 12) === 'WEBP';
 
 function validateImage(image: NewImage, vector: Float32Array): void {
   if (!HASH_RE.test(image.contentHash)) throw new StoreError(`content hash of "${image.source}" must be 64 lowercase hex digits (sha256), got "${image.contentHash}"`);

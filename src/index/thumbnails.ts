@@ -1,6 +1,7 @@
-// Thumbnails for the gallery page, written at index time as small WebP files under store.thumbPath(id). Images
-// smaller than TINY are enlarged by a whole factor with the nearest-neighbour kernel (a 32x32 CIFAR image becomes a
-// crisp 96x96 rather than a blur); larger ones are shrunk to fit in MAX x MAX.
+// Thumbnails for the gallery page, made at index time as small WebP images and stored with their image in the
+// store's database (store.getThumbnail). Images smaller than TINY are enlarged by a whole factor with the
+// nearest-neighbour kernel (a 32x32 CIFAR image becomes a crisp 96x96 rather than a blur); larger ones are shrunk
+// to fit in MAX x MAX.
 import sharp from 'sharp';
 import { encodeWebpLosslessUpscaled } from './webp-lossless.ts';
 

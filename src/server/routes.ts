@@ -39,11 +39,11 @@ export function apiRouter(service: SearchService): Router {
     res.type(contentType).set('Cache-Control', 'private, max-age=3600').send(bytes);
   });
 
-  r.get('/images/:id/thumb', (req, res, next) => {
+  r.get('/images/:id/thumb', (req, res) => {
     const { id } = parse(IdPath, req.params);
-    res.sendFile(service.thumbnailPath(id), { maxAge: '1h', dotfiles: 'allow', headers: { 'Content-Type': 'image/webp' } }, (err) => {
-      if (err && !res.headersSent) next((err as NodeJS.ErrnoException).code === 'ENOENT' ? new HttpError('not_found', `image ${id} has no thumbnail`) : err);
-    });
+    const webp = service.thumbnail(id); // before any header is set: a 404 must go out as JSON
+    // send() adds an ETag and answers a matching If-None-Match with 304.
+    res.type('image/webp').set('Cache-Control', 'public, max-age=3600').send(webp);
   });
 
   r.delete('/images/:id', (req, res) => {

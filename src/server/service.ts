@@ -205,10 +205,12 @@ export class SearchService {
     return this.deps.indexer.getOriginal(this.deps.handle, id);
   }
 
-  /** The thumbnail file of an image (written by the indexer). */
-  thumbnailPath(id: number): string {
+  /** The WebP thumbnail of an image (stored by the indexer with the image). */
+  thumbnail(id: number): Buffer {
     this.assertExists(id);
-    return this.deps.handle.store.thumbPath(id);
+    const webp = this.deps.handle.store.getThumbnail(id);
+    if (!webp) throw new NotFoundError(`image ${id} has no thumbnail`);
+    return webp;
   }
 
   /** The name an uploaded image was given (its source is `upload:<name>`). */
