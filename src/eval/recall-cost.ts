@@ -100,7 +100,8 @@ export interface RecallCostResult {
   frontier: string[]; // encoder ids on the Pareto frontier (1-NN accuracy on the common queries vs FLOPs)
   hnsw: { params: HnswParams; buildSeconds: number; dbSize: number; rows: HnswRow[] } | null;
   copies: { seed: number; originals: number; copies: number; dbSize: number; edits: EditsFile['edits'] } | null;
-  environment: { cpus: number; cpu: string; node: string; loadAverage: number; threads: number };
+  // latencyCoreShare: CPU time / wall time of the batch-1 latency runs (about 1 when they had a core to themselves)
+  environment: { cpus: number; cpu: string; node: string; latencyCoreShare: number; threads: number };
   timings: Record<string, number>; // seconds
   notes: string[];
   files?: Record<string, string>;
@@ -141,7 +142,9 @@ export async function evaluateRecallCost(opts: RecallCostOptions = {}): Promise<
   const latencyRuns = opts.latencyRuns ?? 30;
   const batch = opts.batch ?? 128;
   const modelPath = path.resolve(opts.modelPath ?? DEFAULT_MODEL_PATH);
-  const loadAverage = os.loadavg()[0];
+  // Batch-1 latency runs on one thread on this thread: the process should get a whole core meanwhile. The share it
+  // got (CPU time / wall time over every latency measurement) says whether something else competed for the cores.
+  const latencyClock = { cpuMs: 0, wallMs: 0 };
 
   const ckpt = loadModel(modelPath);
   if (baselineGranularity(ckpt)) throw new Error(`${modelPath} is a baseline (trained only at ${ckpt.metadata.trained_granularities}); evaluate the MatViT and name baselines with --baselines`);
@@ -226,7 +229,13 @@ export async function evaluateRecallCost(opts: RecallCostOptions = {}): Promise<
       if (r.encodeMs === null && latencyRuns > 0) {
         const s = performance.now();
         const lat = threads === 1 ? enc : new Encoder(ref.ckpt, ref.modelPath, { threads: 1 });
+        await lat.info(ref.spec); // session creation is not part of the measurement
+        const cpu0 = process.cpuUsage();
+        const wall0 = performance.now();
         r.encodeMs = await measureLatency(lat, ref.spec, latencyImage, latencyRuns);
+        const cpu = process.cpuUsage(cpu0);
+        latencyClock.cpuMs += (cpu.user + cpu.system) / 1000;
+        latencyClock.wallMs += performance.now() - wall0;
         if (lat !== enc) await lat.close();
         lap('latency', s);
       }
@@ -367,9 +376,9 @@ export async function evaluateRecallCost(opts: RecallCostOptions = {}): Promise<
 
   // ---- result -----------------------------------------------------------------------------------------------------
   timings.total = (performance.now() - t0) / 1000;
-  const busiest = Math.max(loadAverage, os.loadavg()[0]);
-  if (busiest > os.cpus().length / 2) {
-    notes.push(`the load average reached ${busiest.toFixed(1)} on ${os.cpus().length} cores (at the start or the end of the run): something else was running, so the encode and search times are not trustworthy`);
+  const coreShare = latencyClock.wallMs > 0 ? latencyClock.cpuMs / latencyClock.wallMs : 1;
+  if (coreShare < 0.85) {
+    notes.push(`batch-1 encode times were measured with ${(100 * coreShare).toFixed(0)}% of a core (CPU time / wall time): something else was running, so they are not trustworthy`);
   } else {
     notes.push('encode and search times are wall-clock medians of this run on this machine; compare them within the run');
   }
@@ -388,7 +397,7 @@ export async function evaluateRecallCost(opts: RecallCostOptions = {}): Promise<
     frontier: frontier.map((r) => r.id),
     hnsw,
     copies,
-    environment: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model ?? 'unknown', node: process.version, loadAverage: busiest, threads },
+    environment: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model ?? 'unknown', node: process.version, latencyCoreShare: Number(coreShare.toFixed(3)), threads },
     timings,
     notes,
   };
