@@ -124,13 +124,15 @@ export function softmax(g: GraphBuilder, a: V): V {
   });
 }
 
-/** Exact GELU, x·Φ(x) with Φ(x) = (1 + erf(x/√2))/2; runtimes fuse this pattern into one Gelu kernel. */
+/**
+ * Exact GELU, x·Φ(x) with Φ(x) = (1 + erf(x/√2))/2, written as (x·0.5)·(1 + erf(x/√2)): the node order that
+ * onnxruntime's GeluFusion matches, so an exported model runs one Gelu kernel instead of five elementwise passes.
+ */
 export function gelu(g: GraphBuilder, x: V): V {
-  const half = g.constFloat([0.5], []);
-  const one = g.constFloat([1], []);
-  const cdf = g.node('Mul', [g.node('Add', [g.node('Erf', [g.node('Div', [x, g.constFloat([Math.SQRT2], [])], x.shape)], x.shape), one], x.shape), half], x.shape);
-  const y = g.node('Mul', [x, cdf], x.shape);
+  const onePlusErf = g.node('Add', [g.node('Erf', [g.node('Div', [x, g.constFloat([Math.SQRT2], [])], x.shape)], x.shape), g.constFloat([1], [])], x.shape);
+  const y = g.node('Mul', [g.node('Mul', [x, g.constFloat([0.5], [])], x.shape), onePlusErf], x.shape);
   return g.record([x], y, (dy) => {
+    const cdf = g.node('Mul', [onePlusErf, g.constFloat([0.5], [])], x.shape);
     const pdf = g.node('Mul', [g.node('Exp', [g.node('Mul', [g.node('Mul', [x, x], x.shape), g.constFloat([-0.5], [])], x.shape)], x.shape), g.constFloat([1 / Math.sqrt(2 * Math.PI)], [])], x.shape);
     const dydx = g.node('Add', [cdf, g.node('Mul', [x, pdf], x.shape)], x.shape);
     return [g.node('Mul', [dy, dydx], x.shape)];
