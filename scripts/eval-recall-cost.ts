@@ -94,7 +94,7 @@ try {
     progress: !a.quiet,
   });
   const lines = [`report: ${path.join(outDir, 'summary.md')} (${r.encoders.length} query encoders, ${r.timings.total.toFixed(0)} s)`];
-  if (r.frontier.length) lines.push(`frontier: ${r.frontier.map((id) => { const e = r.encoders.find((x) => x.id === id)!; return `${id} (${e.flopsRel.toFixed(2)} XL, acc ${e.common!.accuracy.toFixed(4)})`; }).join('  ')}`);
+  if (r.frontier.length) lines.push(`frontier: ${r.frontier.map((id) => { const e = r.encoders.find((x) => x.id === id)!; return `${id} (${e.flopsRel.toFixed(2)} XL, acc ${e.all!.accuracy.toFixed(4)})`; }).join('  ')}`);
   lines.push(r.calibrationFile ? `calibration: ${r.calibrationFile}` : 'calibration: not written (a --limit run, or --calibration no)');
   for (const n of r.notes) lines.push(`note: ${n}`);
   console.log(lines.join('\n'));

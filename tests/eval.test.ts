@@ -9,7 +9,7 @@ import { iterateImageSource } from '../src/data/sources.ts';
 import { type Calibration, BudgetError, defaultCalibration, loadCalibration, pickEncoder } from '../src/encoder/budget.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { TINY_CONFIG } from '../src/encoder/config.ts';
-import { ExactSearch, bruteForceTopK } from '../src/eval/exact-search.ts';
+import { ExactSearch, bruteForceTopK, mergeRows, selectRows } from '../src/eval/exact-search.ts';
 import { labelCounts, meanAveragePrecision, neighbourRecall, oneNnAccuracy, paretoFrontier } from '../src/eval/metrics.ts';
 import { type RecallCostResult, evaluateRecallCost } from '../src/eval/recall-cost.ts';
 import { mulberry32 } from '../src/train/rng.ts';
@@ -98,6 +98,17 @@ test('metrics on a hand-made case; the Pareto frontier keeps strictly better poi
   assert.deepEqual(paretoFrontier(pts, (p) => p.c, (p) => p.q), [pts[0], pts[2], pts[4]]);
 });
 
+test('mergeRows puts the rows of a partition back in place, and refuses gaps and overlaps', () => {
+  const n = 7;
+  const k = 3;
+  const whole = { n, k, indices: Int32Array.from({ length: n * k }, (_, i) => i * 5), scores: Float32Array.from({ length: n * k }, (_, i) => 1 - i / 100) };
+  const a = Int32Array.from([0, 3, 4]);
+  const b = Int32Array.from([1, 2, 5, 6]);
+  assert.deepEqual(mergeRows([{ topk: selectRows(whole, b), rows: b }, { topk: selectRows(whole, a), rows: a }], n), whole);
+  assert.throws(() => mergeRows([{ topk: selectRows(whole, a), rows: a }], n), /row 1 is in no part/);
+  assert.throws(() => mergeRows([{ topk: selectRows(whole, a), rows: a }, { topk: selectRows(whole, a), rows: a }], n), /given twice/);
+});
+
 test('recall-vs-cost on a tiny model: XL against itself is exact, every metric in [0, 1]', { skip }, () => {
   const xl = result.encoders.find((e) => e.id === 'XL')!;
   assert.equal(xl.all!.recall1, 1);
@@ -140,12 +151,16 @@ test('the frontier is monotone and becomes the calibration that pickEncoder read
   assert.ok(front.every((e) => e.family !== 'baseline'));
   for (let i = 1; i < front.length; i++) {
     assert.ok(front[i].flops > front[i - 1].flops);
-    assert.ok(front[i].common!.accuracy > front[i - 1].common!.accuracy);
+    assert.ok(front[i].all!.accuracy > front[i - 1].all!.accuracy);
   }
-  // nothing off the frontier beats it at lower or equal cost
-  for (const e of result.encoders.filter((x) => x.family !== 'baseline')) {
+  // Mix'n'Match ran on a subset: the lists on that subset's frontier were re-measured on every query, and the
+  // frontier compares all encoders measured on every query; nothing off it beats it at lower or equal cost
+  for (const e of result.encoders.filter((x) => x.family === 'mixnmatch')) assert.equal(e.all !== null, e.onCommonFrontier, e.id);
+  assert.ok(result.encoders.some((e) => e.family === 'mixnmatch' && e.all), 'the fixture re-measures at least one list');
+  for (const e of result.encoders.filter((x) => x.family !== 'baseline' && x.all)) {
+    assert.equal(e.all!.queries, 40);
     const cover = front.filter((f) => f.flops <= e.flops);
-    assert.ok(cover.length && Math.max(...cover.map((f) => f.common!.accuracy)) >= e.common!.accuracy, `${e.id} is not dominated`);
+    assert.ok(cover.length && Math.max(...cover.map((f) => f.all!.accuracy)) >= e.all!.accuracy, `${e.id} is not dominated`);
   }
   const cal = loadCalibration(modelPath, { modelId: result.modelId });
   assert.equal(cal.source, 'measured');

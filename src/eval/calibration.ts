@@ -12,17 +12,17 @@ export function toCalibration(r: RecallCostResult): Calibration {
     flopsRel: e.flopsRel,
     params: e.params,
     encodeMs: e.encodeMs,
-    accuracy: e.common!.accuracy,
-    recall10: e.common!.recall10,
+    accuracy: e.all!.accuracy,
+    recall10: e.all!.recall10,
   }));
   return {
     version: CALIBRATION_VERSION,
     source: 'measured',
     modelId: r.modelId,
     createdAt: r.createdAt,
-    metric: `1-NN label accuracy of queries against the XL-encoded database (${r.dataset.commonQueries} queries of ${path.basename(r.dataset.queries)} against ${r.dataset.dbSize} of ${path.basename(r.dataset.db)})`,
+    metric: `1-NN label accuracy of queries against the XL-encoded database (${r.dataset.queryCount} queries of ${path.basename(r.dataset.queries)} against ${r.dataset.dbSize} of ${path.basename(r.dataset.db)})`,
     xlFlops: r.xlFlops,
-    dataset: { db: r.dataset.db, queries: r.dataset.queries, dbSize: r.dataset.dbSize, queryCount: r.dataset.commonQueries },
+    dataset: { db: r.dataset.db, queries: r.dataset.queries, dbSize: r.dataset.dbSize, queryCount: r.dataset.queryCount },
     notes: r.notes.filter((n) => /trustworthy|subset/.test(n)),
     frontier,
   };

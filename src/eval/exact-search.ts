@@ -118,6 +118,26 @@ export function selectRows(t: TopK, rows: ArrayLike<number>): TopK {
   return out;
 }
 
+/** The inverse of selectRows over a partition of 0..n-1: row i of each part's TopK goes to row rows[i] of the result. */
+export function mergeRows(parts: { topk: TopK; rows: ArrayLike<number> }[], n: number): TopK {
+  const k = parts[0]?.topk.k ?? 0;
+  const out: TopK = { n, k, indices: new Int32Array(n * k), scores: new Float32Array(n * k) };
+  const filled = new Uint8Array(n);
+  for (const { topk, rows } of parts) {
+    if (topk.k !== k || topk.n !== rows.length) throw new Error(`cannot merge a ${topk.n}x${topk.k} TopK into ${rows.length} rows of k ${k}`);
+    for (let i = 0; i < rows.length; i++) {
+      const r = rows[i];
+      if (r < 0 || r >= n || filled[r]) throw new RangeError(`row ${r} is outside 0..${n - 1} or given twice`);
+      filled[r] = 1;
+      out.indices.set(topk.indices.subarray(i * k, (i + 1) * k), r * k);
+      out.scores.set(topk.scores.subarray(i * k, (i + 1) * k), r * k);
+    }
+  }
+  const missing = filled.indexOf(0);
+  if (missing >= 0) throw new RangeError(`row ${missing} is in no part`);
+  return out;
+}
+
 /** Brute force in plain JS, for tests of the graph: the same contract as ExactSearch.search. */
 export function bruteForceTopK(db: Float32Array, rows: number, dim: number, queries: Float32Array, n: number, k: number): TopK {
   k = Math.min(k, rows);

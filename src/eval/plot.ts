@@ -9,7 +9,7 @@ const FAMILY_LABEL = { uniform: 'uniform MatViT', mixnmatch: "Mix'n'Match", base
 export function recallCostSpec(r: RecallCostResult): TopLevelSpec {
   const points = r.encoders
     .filter((e) => e.common)
-    .map((e) => ({ id: e.id, family: FAMILY_LABEL[e.family], flopsRel: e.flopsRel, accuracy: e.common!.accuracy, frontier: e.onFrontier ? 'Pareto frontier' : 'dominated' }));
+    .map((e) => ({ id: e.id, family: FAMILY_LABEL[e.family], flopsRel: e.flopsRel, accuracy: e.common!.accuracy, frontier: e.onCommonFrontier ? 'Pareto frontier' : 'dominated' }));
   const frontier = points.filter((p) => p.frontier === 'Pareto frontier').sort((a, b) => a.flopsRel - b.flopsRel);
   const labelled = points.filter((p) => p.family !== FAMILY_LABEL.mixnmatch);
   const sub = r.mixnmatchSubset ? `, ${r.dataset.commonQueries} queries (Mix'n'Match subset)` : `, ${r.dataset.commonQueries} queries`;

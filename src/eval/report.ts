@@ -33,7 +33,7 @@ export function toCsv(r: RecallCostResult): string {
   const edits = r.copies ? ['all', ...r.copies.edits.map((e) => e.name)] : [];
   const header = [
     'family', 'id', 'spec', 'flops', 'flops_rel', 'params', 'encode_ms', 'queries', ...METRIC_CSV,
-    'common_queries', ...METRIC_CSV.map((m) => `common_${m}`), 'on_frontier',
+    'common_queries', ...METRIC_CSV.map((m) => `common_${m}`), 'on_common_frontier', 'on_frontier',
     ...edits.map((e) => `copies_recall1_${e}`), ...edits.map((e) => `copies_recall10_${e}`),
   ];
   const lines = [header.map(csvCell).join(',')];
@@ -42,7 +42,7 @@ export function toCsv(r: RecallCostResult): string {
     lines.push([
       e.family, e.id, e.spec, e.flops, round(e.flopsRel), e.params, e.encodeMs === null ? '' : round(e.encodeMs),
       m?.queries ?? '', ...METRIC_KEYS.map((k) => (m ? round(m[k]) : '')),
-      e.common?.queries ?? '', ...METRIC_KEYS.map((k) => (e.common ? round(e.common[k]) : '')), e.onFrontier ? 1 : 0,
+      e.common?.queries ?? '', ...METRIC_KEYS.map((k) => (e.common ? round(e.common[k]) : '')), e.onCommonFrontier ? 1 : 0, e.onFrontier ? 1 : 0,
       ...edits.map((x) => (e.copies ? round(e.copies[x].recall1) : '')), ...edits.map((x) => (e.copies ? round(e.copies[x].recall10) : '')),
     ].map(csvCell).join(','));
   }
@@ -82,13 +82,13 @@ export function toMarkdown(r: RecallCostResult): string {
     const subset = r.mixnmatchSubset;
     const head = ['family', 'encoder', 'MFLOPs', '× XL', 'params', 'encode ms', 'queries', 'R@1', 'R@10', '1-NN acc', 'mAP@10', 'label agr.'];
     if (subset) head.push(`1-NN acc (${d.commonQueries} common)`);
-    head.push('frontier');
+    head.push(subset ? 'frontier (★ all, ☆ subset)' : 'frontier');
     out.push(`| ${head.join(' | ')} |`, `| ${head.map((_, i) => (i < 2 ? '---' : '---:')).join(' | ')} |`);
     for (const e of rows) {
       const m = (e.all ?? e.common)!;
       const cells = [FAMILY[e.family], `\`${e.id}\``, (e.flops / 1e6).toFixed(1), e.flopsRel.toFixed(3), (e.params / 1e6).toFixed(3) + 'M', f3(e.encodeMs), String(m.queries), f4(m.recall1), f4(m.recall10), f4(m.accuracy), f4(m.map10), f4(m.top1LabelAgreement)];
       if (subset) cells.push(f4(e.common?.accuracy));
-      cells.push(e.onFrontier ? '★' : '');
+      cells.push(e.onFrontier ? '★' : e.onCommonFrontier ? '☆' : '');
       out.push(`| ${cells.join(' | ')} |`);
     }
     out.push('');
@@ -97,9 +97,14 @@ export function toMarkdown(r: RecallCostResult): string {
   const front = r.frontier.map((id) => r.encoders.find((e) => e.id === id)!) as EncoderResult[];
   if (front.length) {
     out.push('## Pareto frontier (the calibration of `src/encoder/budget.ts`)', '');
-    out.push(`Best 1-NN accuracy for each cost (FLOPs), on the ${d.commonQueries} queries every encoder ran on.`, '');
+    out.push(
+      r.mixnmatchSubset
+        ? `Best 1-NN accuracy for each cost (FLOPs) on all ${d.queryCount} queries, among the uniform granularities and the Mix'n'Match lists on the frontier of the ${d.commonQueries}-query subset (☆ in the table above), which were re-measured on every query. The plot shows the subset.`
+        : `Best 1-NN accuracy for each cost (FLOPs), on all ${d.queryCount} queries.`,
+      '',
+    );
     out.push('| encoder | × XL FLOPs | encode ms | 1-NN acc | R@10 |', '| --- | ---: | ---: | ---: | ---: |');
-    for (const e of front) out.push(`| \`${e.id}\` | ${e.flopsRel.toFixed(3)} | ${f3(e.encodeMs)} | ${f4(e.common!.accuracy)} | ${f4(e.common!.recall10)} |`);
+    for (const e of front) out.push(`| \`${e.id}\` | ${e.flopsRel.toFixed(3)} | ${f3(e.encodeMs)} | ${f4(e.all!.accuracy)} | ${f4(e.all!.recall10)} |`);
     out.push('', '![recall vs cost](recall-vs-cost.svg)', '');
     const cal = toCalibration(r);
     out.push('What `pickEncoder(calibration, { budget })` chooses:', '', '| budget (× XL FLOPs) | encoder | × XL FLOPs | 1-NN acc | fits |', '| ---: | --- | ---: | ---: | --- |');
