@@ -178,7 +178,7 @@ export async function evaluateRecallCost(opts: RecallCostOptions = {}): Promise<
   const mixnmatchSubset = mnm.length > 0 && mnmQueries < nq;
   const common = mixnmatchSubset ? sampleSorted(nq, mnmQueries, mixSeed(seed, 3)) : Int32Array.from({ length: nq }, (_, i) => i);
   if (mixnmatchSubset) {
-    notes.push(`Mix'n'Match lists were evaluated on a seeded subset of ${mnmQueries} of the ${nq} queries (--mixnmatch-queries); uniform granularities and baselines on all ${nq}. The frontier and the plot compare every encoder on that same subset.`);
+    notes.push(`Mix'n'Match lists were evaluated on a seeded subset of ${mnmQueries} of the ${nq} queries (--mixnmatch-queries); uniform granularities and baselines on all ${nq}. The plot compares every encoder on that subset.`);
   }
 
   const results = new Map<string, EncoderResult>();
@@ -309,7 +309,7 @@ export async function evaluateRecallCost(opts: RecallCostOptions = {}): Promise<
 
   // ---- frontier ---------------------------------------------------------------------------------------------------
   // First on the queries every encoder ran on. With Mix'n'Match subsampled that frontier only ranks candidates (on
-  // 5,000 queries an accuracy carries about ±0.6 points of sampling noise at 95%), so its Mix'n'Match lists then run
+  // 5,000 queries an accuracy near 0.7 has a standard error of about 0.65 points), so its Mix'n'Match lists then run
   // on the remaining queries too; the frontier that is reported and calibrated compares encoders on every query.
   const matvit = [...results.values()].filter((r) => r.family !== 'baseline' && r.common);
   for (const r of paretoFrontier(matvit, (x) => x.flops, (x) => x.common!.accuracy)) r.onCommonFrontier = true;
