@@ -84,7 +84,6 @@ export interface EncoderResult {
   common: Metrics | null;
   onCommonFrontier: boolean; // on the Pareto frontier of `common` accuracy
   onFrontier: boolean; // on the Pareto frontier of `all` accuracy, among the encoders measured on every query
-
   copies: Record<string, CopyRecall> | null; // per edit and 'all'
 }
 

@@ -82,7 +82,7 @@ export function toMarkdown(r: RecallCostResult): string {
     const subset = r.mixnmatchSubset;
     const head = ['family', 'encoder', 'MFLOPs', '× XL', 'params', 'encode ms', 'queries', 'R@1', 'R@10', '1-NN acc', 'mAP@10', 'label agr.'];
     if (subset) head.push(`1-NN acc (${d.commonQueries} common)`);
-    head.push(subset ? 'frontier (★ all, ☆ subset)' : 'frontier');
+    head.push(subset ? 'frontier (★ all queries, ☆ subset only)' : 'frontier');
     out.push(`| ${head.join(' | ')} |`, `| ${head.map((_, i) => (i < 2 ? '---' : '---:')).join(' | ')} |`);
     for (const e of rows) {
       const m = (e.all ?? e.common)!;
@@ -99,7 +99,7 @@ export function toMarkdown(r: RecallCostResult): string {
     out.push('## Pareto frontier (the calibration of `src/encoder/budget.ts`)', '');
     out.push(
       r.mixnmatchSubset
-        ? `Best 1-NN accuracy for each cost (FLOPs) on all ${d.queryCount} queries, among the uniform granularities and the Mix'n'Match lists on the frontier of the ${d.commonQueries}-query subset (☆ in the table above), which were re-measured on every query. The plot shows the subset.`
+        ? `Best 1-NN accuracy for each cost (FLOPs) on all ${d.queryCount} queries, among the uniform granularities and the Mix'n'Match lists on the frontier of the ${d.commonQueries}-query subset (★ or ☆ in the table above), which were re-measured on every query. The plot shows the subset.`
         : `Best 1-NN accuracy for each cost (FLOPs), on all ${d.queryCount} queries.`,
       '',
     );
