@@ -53,6 +53,13 @@ test('extract writes a standalone sliced ONNX file with its config in metadata, 
   const fc1 = model.graph!.initializer!.find((t) => t.name === 'blocks.0.mlp.fc1.weight')!;
   assert.deepEqual(fc1.dims!.map(Number), [128, 64]);
   assert.ok(model.graph!.node!.every((n) => !n.domain), 'only standard-domain operators');
+  // onnxruntime fuses each block's GELU into one kernel (1.15-1.2x XL throughput); a graph change that breaks the
+  // pattern would only show as a slower encoder, so check the optimised graph keeps it fused.
+  const optimised = path.join(dir, 's.optimised.onnx');
+  await (await ort.InferenceSession.create(path.join(dir, 's.onnx'), { graphOptimizationLevel: 'extended', optimizedModelFilePath: optimised })).release();
+  const ops = onnxProto.onnx.ModelProto.decode(fs.readFileSync(optimised)).graph!.node!.map((n) => n.opType);
+  assert.equal(ops.filter((o) => o === 'Gelu').length, c.depth, `one fused Gelu per block: ${ops.join(' ')}`);
+  assert.ok(!ops.includes('Erf'), 'no unfused erf left');
   // the file runs on its own, with a dynamic batch
   const sess = await ort.InferenceSession.create(path.join(dir, 's.onnx'));
   for (const n of [1, 7]) {
