@@ -118,12 +118,15 @@ export function countParams(c: MatViTConfig, widths: number[]): number {
   return embed + c.depth * attn + ffn + 2 * D;
 }
 
-/** Multiply-accumulate-based FLOPs (2 per MAC) of one image's forward pass through the embedding model. */
+/**
+ * Multiply-accumulate-based FLOPs (2 per MAC) of one image's forward pass through the embedding model, as the ONNX
+ * graph runs it: the last block computes keys and values for every token but the rest for the [CLS] token only.
+ */
 export function countFlops(c: MatViTConfig, widths: number[]): number {
   const D = c.width;
   const T = numTokens(c);
   const embed = 2 * numPatches(c) * patchDim(c) * D;
-  const attnLayer = 2 * T * D * 3 * D + 2 * 2 * T * T * D + 2 * T * D * D; // qkv, scores + weighted sum, proj
-  const ffn = widths.reduce((s, m) => s + 2 * 2 * T * D * m, 0);
-  return embed + c.depth * attnLayer + ffn;
+  // qkv over all T tokens; scores, weighted sum, projection and FFN over `queries` tokens
+  const layer = (m: number, queries: number) => 2 * T * D * 3 * D + 2 * 2 * queries * T * D + 2 * queries * D * D + 2 * 2 * queries * D * m;
+  return embed + widths.reduce((s, m, i) => s + layer(m, i === widths.length - 1 ? 1 : T), 0);
 }
