@@ -18,7 +18,7 @@ import { searchById, searchByPixels } from '../src/index/search.ts';
 import { type IndexHandle, deleteImages, openIndex } from '../src/index/service.ts';
 import Database from 'better-sqlite3';
 import { ImageStore, SCHEMA_VERSION, contentHash } from '../src/index/store.ts';
-import { JpegGroupDecoder, plainJpegSize } from '../src/index/jpeg-groups.ts';
+import { PlainJpegDecoder, plainJpegSize } from '../src/index/plain-jpeg.ts';
 import { OffThreadEncoder } from '../src/index/offthread.ts';
 import { encodeWebpLosslessUpscaled } from '../src/index/webp-lossless.ts';
 import { randomModel } from './helpers/model.ts';
@@ -369,7 +369,7 @@ describe('lossless WebP thumbnails', () => {
   });
 });
 
-describe('grouped JPEG decoding', () => {
+describe('plain JPEG fast path', () => {
   test('only plain size x size JPEGs qualify: no EXIF, no ICC profile, 3 components, baseline or progressive', async () => {
     const base = () => raw(32, 32, 42);
     assert.deepEqual(plainJpegSize(await base().jpeg().toBuffer()), { width: 32, height: 32 });
@@ -382,23 +382,27 @@ describe('grouped JPEG decoding', () => {
     assert.equal(plainJpegSize(Buffer.from([0xff, 0xd8, 0xff])), null, 'cut short');
   });
 
-  test('gives exactly what decodeImage gives; a bad image in a group gets its own error', async () => {
-    const dec = new JpegGroupDecoder(32, 8);
+  test('gives exactly what decodeImage gives; truncated and corrupt images get its errors, and the path goes on', async () => {
+    const dec = new PlainJpegDecoder(32);
     const images = await Promise.all(
       Array.from({ length: 20 }, (_, i) => raw(32, 32, 300 + i).jpeg({ quality: 50 + 2 * i, progressive: i % 3 === 0, chromaSubsampling: i % 2 ? '4:4:4' : '4:2:0' }).toBuffer()),
     );
-    const truncated = images[5].subarray(0, images[5].length - 100);
-    const inputs = [...images.slice(0, 10), truncated, ...images.slice(10)];
+    const truncated = images[5].subarray(0, images[5].length - 100); // libjpeg warns and fills in grey
+    const badTable = Buffer.from(images[6]); // libjpeg stops with a fatal error
+    badTable.fill(0xff, badTable.indexOf(Buffer.from([0xff, 0xc4])) + 5, badTable.indexOf(Buffer.from([0xff, 0xc4])) + 21);
+    assert.ok(dec.accepts(truncated) && dec.accepts(badTable), 'both look plain from their headers');
+    const inputs = [...images.slice(0, 10), truncated, badTable, ...images.slice(10)];
     const out = await Promise.allSettled(inputs.map((b) => dec.decode(b)));
     for (let i = 0; i < inputs.length; i++) {
-      if (i === 10) {
-        assert.equal(out[i].status, 'rejected');
+      if (i === 10 || i === 11) {
+        assert.equal(out[i].status, 'rejected', `image ${i}`);
         assert.equal(((out[i] as PromiseRejectedResult).reason as { reason: string }).reason, 'corrupt');
         continue;
       }
       const got = (out[i] as PromiseFulfilledResult<{ pixels: Uint8Array }>).value;
       assert.deepEqual(got, { ...(await decodeImage(inputs[i], 32)), format: 'jpeg' }, `image ${i}`);
     }
+    assert.equal(dec.fastDecodes, images.length, 'every good image took the fast path, also after the fatal error');
   });
 });
 

@@ -33,6 +33,11 @@ export class Encoder {
     return this.config.width;
   }
 
+  /** The onnxruntime threads this encoder was given (indexing runs that many single-thread workers instead). */
+  get threads(): number {
+    return this.opts.threads ?? 1;
+  }
+
   /** Parses and checks a submodel spec against what the checkpoint was trained for. */
   submodel(spec: string): Submodel {
     const sub = parseSubmodel(spec, this.config);

@@ -2,8 +2,8 @@
 // embeddings -> the store and its HNSW index, with a thumbnail per image and the bytes of images that have no file
 // of their own (uploads, archive members) kept in the store.
 //
-// indexSources is a pipeline. Items are read, hashed and decoded (sharp, on libuv's thread pool; small JPEGs in
-// groups, jpeg-groups.ts) up to WINDOW_BATCHES batches ahead of the encoder, which runs on its own thread
+// indexSources is a pipeline. Items are read, hashed and decoded (sharp, on libuv's thread pool; JPEGs already at
+// the model's size by libjpeg in WebAssembly on this thread, plain-jpeg.ts) up to WINDOW_BATCHES batches ahead of the encoder, which runs on its own thread
 // (offthread.ts), so decoding, encoding and storing overlap. Each item's thumbnail is made beside its decode.
 // Batches are encoded and committed in source order, each in one SQLite transaction (images, embeddings,
 // thumbnails, kept bytes) before its vectors enter the HNSW index. A batch is all or nothing, so a job killed at any
@@ -18,9 +18,9 @@ import { isArchiveName, iterateImageSource, listImageSource } from '../data/sour
 import type { Encoder } from '../encoder/runtime.ts';
 import { logger } from '../log.ts';
 import { recordedFormat } from './formats.ts';
-import { JpegGroupDecoder } from './jpeg-groups.ts';
 import { OffThreadEncoder } from './offthread.ts';
 import { UPLOAD_PREFIX, needsCopy } from './originals.ts';
+import { PlainJpegDecoder } from './plain-jpeg.ts';
 export { getOriginal } from './originals.ts'; // GET /api/images/:id uses it beside indexBuffers
 import { type IndexHandle, addEmbeddings } from './service.ts';
 import { type ImageRow, type NewImage, StoreError, contentHash } from './store.ts';
@@ -80,10 +80,9 @@ interface Candidate {
 }
 
 /**
- * onnxruntime threads for an indexing job's encoder: every core when the machine is idle, else one. Encoding runs on
- * its own thread (offthread.ts) beside decoding and the store, and on a shared 2-core machine (a training job
- * running) one thread encoded 1.6x faster than two (223-336 against 146-192 images/s, interleaved runs): the
- * second thread mostly waits for the first, and the kernel shares the cores between processes, not threads.
+ * Encoder threads for an indexing job (one worker with a one-thread session each, offthread.ts): every core when
+ * the machine is idle, else one. On a shared 2-core machine (a training job running) one thread encoded 1.6x faster
+ * than two (223-336 against 146-192 images/s, interleaved runs): the kernel shares the cores between processes.
  */
 export function defaultEncoderThreads(): number {
   return os.loadavg()[0] < 0.5 ? Math.max(1, os.availableParallelism()) : 1;
@@ -93,7 +92,7 @@ export function defaultEncoderThreads(): number {
 class Indexing {
   readonly size: number;
   readonly maxPixels: number;
-  private jpegs: JpegGroupDecoder;
+  private jpegs: PlainJpegDecoder;
   private offThread: Promise<OffThreadEncoder | null> | null = null; // batches go to its worker thread when it starts
 
   constructor(readonly handle: IndexHandle, readonly encoder: Encoder, maxPixels?: number) {
@@ -103,7 +102,7 @@ class Indexing {
     }
     this.size = encoder.config.imageSize;
     this.maxPixels = maxPixels ?? DEFAULT_MAX_PIXELS;
-    this.jpegs = new JpegGroupDecoder(this.size);
+    this.jpegs = new PlainJpegDecoder(this.size);
     handle.store.recordModelConfig(handle.modelId, JSON.stringify(encoder.config));
     handle.config ??= encoder.config;
   }
@@ -135,19 +134,19 @@ class Indexing {
     return orNull(whole ? thumbnailFromPixels(d.pixels, this.size) : thumbnailFromBytes(bytes, d.width, d.height, this.maxPixels), path);
   }
 
-  /** Starts the encoder worker (in the background: reading and decoding go on meanwhile). */
+  /** Starts one encoder worker per encoder thread (in the background: reading and decoding go on meanwhile). */
   startWorker(): void {
-    this.offThread = OffThreadEncoder.start(this.encoder);
+    this.offThread = OffThreadEncoder.start(this.encoder, 'XL', this.encoder.threads);
   }
 
   async stopWorker(): Promise<void> {
     await (await this.offThread)?.close();
   }
 
-  /** Seconds the encoder worker spent running the model (undefined when encoding ran on this thread). */
+  /** Seconds each encoder worker spent running the model, on average (undefined when encoding ran on this thread). */
   async encodeSeconds(): Promise<number | undefined> {
     const off = await this.offThread;
-    return off ? off.busyMs / 1000 : undefined;
+    return off ? off.busyMs / off.workerCount / 1000 : undefined;
   }
 
   /** Encodes decoded items with the full model: on the worker when there is one, else on this thread. */
