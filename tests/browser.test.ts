@@ -12,7 +12,7 @@ import { type Browser, chromium } from 'playwright-core';
 import sharp from 'sharp';
 import { iterateImageSource } from '../src/data/sources.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
-import { DEFAULT_CONFIG } from '../src/encoder/config.ts';
+import { DEFAULT_CONFIG, countFlops, parseSubmodel } from '../src/encoder/config.ts';
 import { buildApp } from '../src/server/app.ts';
 import { type OpenedServer, DEMO_GALLERY, openServer } from '../src/server/server.ts';
 import { randomModel } from './helpers/model.ts';
@@ -87,7 +87,8 @@ test('upload an image, change the query cost, get a grid of results, add an imag
   for (let i = 0; i < 3; i++) await page.keyboard.press('ArrowLeft'); // XL -> L -> M -> S, each one searches
   await page.waitForFunction(() => document.getElementById('status')!.dataset.ffn === 'S');
   assert.equal(await page.locator('input[name="ffn"]:checked').getAttribute('value'), 'S');
-  assert.match(await page.locator('#status').innerText(), /encoder S: .*\(46% of XL\)/);
+  const sShare = Math.round((100 * countFlops(DEFAULT_CONFIG, parseSubmodel('S', DEFAULT_CONFIG).widths)) / countFlops(DEFAULT_CONFIG, parseSubmodel('XL', DEFAULT_CONFIG).widths));
+  assert.match(await page.locator('#status').innerText(), new RegExp(`encoder S: .*\\(${sShare}% of XL\\)`));
   const cells = page.locator('#results li');
   assert.equal(await cells.count(), 12);
   for (const cell of await cells.all()) {

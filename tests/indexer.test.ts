@@ -21,7 +21,7 @@ import { ImageStore, SCHEMA_VERSION, contentHash } from '../src/index/store.ts';
 import { PlainJpegDecoder, plainJpegSize } from '../src/index/plain-jpeg.ts';
 import { OffThreadEncoder } from '../src/index/offthread.ts';
 import { encodeWebpLosslessUpscaled } from '../src/index/webp-lossless.ts';
-import { randomModel } from './helpers/model.ts';
+import { maxAbsDiff, randomModel } from './helpers/model.ts';
 
 let tmp: string;
 let encoder: Encoder;
@@ -515,6 +515,22 @@ describe('encoding on a worker thread', () => {
       assert.ok(r.encodeSeconds !== undefined && r.encodeSeconds > 0, 'encoded on the worker');
     } finally {
       h.close();
+    }
+  });
+
+  test('several workers split each batch and return the embeddings in order', async () => {
+    const off = await OffThreadEncoder.start(encoder, 'XL', 3);
+    assert.ok(off, 'the workers started');
+    try {
+      assert.equal(off.workerCount, 3);
+      for (const n of [1, 2, 7]) {
+        const imgs = Array.from({ length: n }, (_, k) => new Uint8Array(noise(32 * 32 * 3, 90 + k)));
+        const [got, want] = [await off.encode(imgs), await encoder.encode(imgs, 'XL')];
+        assert.equal(got.length, n);
+        got.forEach((v, i) => assert.ok(maxAbsDiff(v, want[i]) < 1e-6, `image ${i} of ${n}`));
+      }
+    } finally {
+      await off.close();
     }
   });
 });
