@@ -525,7 +525,8 @@ describe('encoding on a worker thread', () => {
       assert.equal(off.workerCount, 3);
       for (const n of [1, 2, 7]) {
         const imgs = Array.from({ length: n }, (_, k) => new Uint8Array(noise(32 * 32 * 3, 90 + k)));
-        const [got, want] = [await off.encode(imgs), await encoder.encode(imgs, 'XL')];
+        const got = await off.encode(imgs);
+        const want = await encoder.encode(imgs, 'XL');
         assert.equal(got.length, n);
         got.forEach((v, i) => assert.ok(maxAbsDiff(v, want[i]) < 1e-6, `image ${i} of ${n}`));
       }

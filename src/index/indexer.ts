@@ -3,8 +3,8 @@
 // of their own (uploads, archive members) kept in the store.
 //
 // indexSources is a pipeline. Items are read, hashed and decoded (sharp, on libuv's thread pool; JPEGs already at
-// the model's size by libjpeg in WebAssembly on this thread, plain-jpeg.ts) up to WINDOW_BATCHES batches ahead of the encoder, which runs on its own thread
-// (offthread.ts), so decoding, encoding and storing overlap. Each item's thumbnail is made beside its decode.
+// the model's size by libjpeg in WebAssembly on this thread, plain-jpeg.ts) up to WINDOW_BATCHES batches ahead of
+// the encoder, which runs on worker threads (offthread.ts), so decoding, encoding and storing overlap. Each item's thumbnail is made beside its decode.
 // Batches are encoded and committed in source order, each in one SQLite transaction (images, embeddings,
 // thumbnails, kept bytes) before its vectors enter the HNSW index. A batch is all or nothing, so a job killed at any
 // point leaves every committed image intact, with its thumbnail, and searchable, and a rerun skips them by content
