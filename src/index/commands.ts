@@ -60,7 +60,7 @@ export function registerIndexCommands(program: Command): void {
     .description('index images: folders (recursive), single files, .tar/.tar.gz archives; JPEG, PNG, WebP, GIF, TIFF, AVIF')
     .argument('<paths...>', 'folders, image files or archives')
     .option('--batch-size <n>', 'images per encoder run', positiveInt('batch size', 4096), 64)
-    .option('--threads <n>', 'onnxruntime threads (default: all cores when the machine is idle, else 1)', positiveInt('threads', 256))
+    .option('--threads <n>', 'encoder threads, each a worker with a one-thread session (default: all cores when the machine is idle, else 1)', positiveInt('threads', 256))
     .option('--json', 'print the report as JSON')
     .addHelpText(
       'after',

@@ -4,7 +4,8 @@
 //
 // indexSources is a pipeline. Items are read, hashed and decoded (sharp, on libuv's thread pool; JPEGs already at
 // the model's size by libjpeg in WebAssembly on this thread, plain-jpeg.ts) up to WINDOW_BATCHES batches ahead of
-// the encoder, which runs on worker threads (offthread.ts), so decoding, encoding and storing overlap. Each item's thumbnail is made beside its decode.
+// the encoder, which runs on worker threads (offthread.ts), so decoding, encoding and storing overlap. Each item's
+// thumbnail is made beside its decode.
 // Batches are encoded and committed in source order, each in one SQLite transaction (images, embeddings,
 // thumbnails, kept bytes) before its vectors enter the HNSW index. A batch is all or nothing, so a job killed at any
 // point leaves every committed image intact, with its thumbnail, and searchable, and a rerun skips them by content
@@ -80,8 +81,8 @@ interface Candidate {
 }
 
 /**
- * Encoder threads for an indexing job (one worker with a one-thread session each, offthread.ts): every core when
- * the machine is idle, else one. On a shared 2-core machine (a training job running) one thread encoded 1.6x faster
+ * Encoder threads for an indexing job (each a worker with a one-thread session, offthread.ts): every core when the
+ * machine is idle, else one. On a shared 2-core machine (a training job running) one thread encoded 1.6x faster
  * than two (223-336 against 146-192 images/s, interleaved runs): the kernel shares the cores between processes.
  */
 export function defaultEncoderThreads(): number {
@@ -93,7 +94,7 @@ class Indexing {
   readonly size: number;
   readonly maxPixels: number;
   private jpegs: PlainJpegDecoder;
-  private offThread: Promise<OffThreadEncoder | null> | null = null; // batches go to its worker thread when it starts
+  private offThread: Promise<OffThreadEncoder | null> | null = null; // batches go to its workers once they start
 
   constructor(readonly handle: IndexHandle, readonly encoder: Encoder, maxPixels?: number) {
     if (!handle.store.writer) throw new StoreError(`store "${handle.store.dir}" was opened for reading; open it with { writer: true } to index`);

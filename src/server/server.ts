@@ -1,7 +1,6 @@
 // The composition root of `matvit serve`: loads the model once, opens the store as its writer, indexes the demo
 // gallery when the store holds nothing for this model, measures the query encoders, and returns a service ready
 // for buildApp. Tests call it with a temporary store and a small random model.
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { listImageSource } from '../data/sources.ts';
@@ -116,11 +115,7 @@ async function indexGallery(
   let total = 0;
   for await (const _ of listImageSource(source)) total++;
   logger.info({ source, images: total, store: handle.store.dir }, 'first start: indexing the demo gallery');
-  // onnxruntime's intra-op threads spin while they wait: with another job on the cores (a training run), two threads
-  // indexed 2,000 images at 76 img/s against 135 img/s with one (batch 64, load average 8 on 2 cores). So both
-  // cores are used only when they are idle.
-  const idle = os.loadavg()[0] < 0.5;
-  const indexEncoder = new Encoder(ckpt, modelPath, { threads: idle ? Math.max(1, os.availableParallelism()) : 1 });
+  const indexEncoder = new Encoder(ckpt, modelPath, { threads: indexerModule.defaultEncoderThreads() }); // both cores only when idle
   const bar = opts.progress === false ? null : new Progress(total, 0, 1, 'img', 5_000);
   try {
     const r = await indexSources(handle, indexEncoder, [source], {
