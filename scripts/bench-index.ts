@@ -124,6 +124,7 @@ async function benchIndexing(encoder: Encoder) {
   // t single-thread workers with each batch split between them (what indexSources runs).
   const threadCounts = [...new Set([threads, ...args['encoder-threads'].split(',').map(Number)])];
   const layouts = new Map<string, (imgs: Uint8Array[]) => Promise<unknown>>();
+  const batches = (xs: Uint8Array[]) => Array.from({ length: Math.ceil(xs.length / batchSize) }, (_, i) => xs.slice(i * batchSize, (i + 1) * batchSize));
   const started: { close(): Promise<void> }[] = [];
   for (const t of threadCounts) {
     const e = t === threads ? encoder : Encoder.load(args.model, { threads: t });
@@ -133,7 +134,6 @@ async function benchIndexing(encoder: Encoder) {
     const off = await OffThreadEncoder.start(e, 'XL', t);
     if (!off) throw new Error('the encoder workers did not start');
     started.push(off);
-    const batches = (xs: Uint8Array[]) => Array.from({ length: Math.ceil(xs.length / batchSize) }, (_, i) => xs.slice(i * batchSize, (i + 1) * batchSize));
     layouts.set(`${t} worker${t > 1 ? 's' : ''}`, (xs) => Promise.all(batches(xs).map((b) => off.encode(b)))); // all queued: never waiting
   }
   const indexLayout = `${threads} worker${threads > 1 ? 's' : ''}`;

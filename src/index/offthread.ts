@@ -91,9 +91,10 @@ export class OffThreadEncoder {
     if (images.length === 0) return [];
     if (this.failure) throw this.failure;
     const per = Math.ceil(images.length / this.workers.length);
-    const parts = await Promise.all(this.workers.map((w, k) => this.run(w, images.slice(k * per, (k + 1) * per))));
+    const chunks = this.workers.map((_, k) => images.slice(k * per, (k + 1) * per));
+    const parts = await Promise.all(chunks.map((chunk, k) => this.run(this.workers[k], chunk)));
     const D = this.encoder.dim;
-    return parts.flatMap((flat, k) => images.slice(k * per, (k + 1) * per).map((_, i) => flat.slice(i * D, (i + 1) * D)));
+    return parts.flatMap((flat, k) => chunks[k].map((_, i) => flat.slice(i * D, (i + 1) * D)));
   }
 
   private run(worker: Worker, images: Uint8Array[]): Promise<Float32Array> {
