@@ -3,4 +3,4 @@
 # from the run directory's checkpoint. Needs ../shared/datasets (CIFAR-10). Usage: scripts/train-default.sh [extra flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec node --import tsx src/cli.ts train --data ../shared/datasets/cifar10/train.tar.gz --out models/matvit-cifar10 --epochs 30 "$@"
+exec node --import tsx src/cli.ts train --data ../shared/datasets/cifar10/train.tar.gz --out models/matvit-cifar10 --epochs 60 "$@"
