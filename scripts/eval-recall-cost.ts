@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { DEFAULT_MODEL_PATH } from '../src/encoder/checkpoint.ts';
-import { DEFAULT_MIXNMATCH_QUERIES, type Task, evaluateRecallCost } from '../src/eval/recall-cost.ts';
+import { DEFAULT_HNSW_EFS, DEFAULT_MIXNMATCH_QUERIES, type Task, evaluateRecallCost } from '../src/eval/recall-cost.ts';
 
 const usage = `usage: npm run eval -- [--model FILE] [--db SOURCE] [--queries SOURCE] [--task all|recall|copies]
   [--baselines PATH[,PATH]] [--mixnmatch LIST ...] [--mixnmatch-queries N] [--limit N] [--seed N] [--threads N]
@@ -37,7 +37,7 @@ try {
       seed: { type: 'string', default: '0' },
       threads: { type: 'string', default: String(Math.min(2, os.cpus().length)) },
       'latency-runs': { type: 'string', default: '30' },
-      'hnsw-ef': { type: 'string', default: '10,16,32,64,128,256' },
+      'hnsw-ef': { type: 'string', default: DEFAULT_HNSW_EFS.join(',') },
       'hnsw-queries': { type: 'string' },
       'no-hnsw': { type: 'boolean', default: false },
       'copies-edits': { type: 'string' },

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ExactIndex, HnswIndex, recallAtK, sidecarPath } from '../src/index/hnsw.ts';
+import { ExactIndex, HNSW_DEFAULTS, HnswIndex, recallAtK, sidecarPath } from '../src/index/hnsw.ts';
 import { type IndexHandle, addEmbeddings, closeIndex, deleteImages, openIndex } from '../src/index/service.ts';
 import { type NewImage, ImageStore, SCHEMA_VERSION, StoreLockedError, contentHash } from '../src/index/store.ts';
 
@@ -305,7 +305,7 @@ describe('HNSW index', () => {
       assert.equal(HnswIndex.open(store, MODEL, 32, ix.file).rebuilt, false);
       const side = JSON.parse(fs.readFileSync(sidecarPath(ix.file), 'utf8'));
       const { indexFile, ...rest } = side;
-      assert.deepEqual(rest, { modelId: MODEL, count: 300, generation: 1, dim: 32, M: 16, efConstruction: 200 });
+      assert.deepEqual(rest, { modelId: MODEL, count: 300, generation: 1, dim: 32, M: HNSW_DEFAULTS.M, efConstruction: HNSW_DEFAULTS.efConstruction });
       assert.equal(indexFile.bytes, fs.statSync(ix.file).size);
       fs.writeFileSync(sidecarPath(ix.file), JSON.stringify({ ...side, generation: 0 }));
       const stale = HnswIndex.open(store, MODEL, 32, ix.file);

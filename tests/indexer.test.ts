@@ -13,7 +13,7 @@ import { saveModel } from '../src/encoder/checkpoint.ts';
 import { TINY_CONFIG } from '../src/encoder/config.ts';
 import { Encoder } from '../src/encoder/runtime.ts';
 import { NotFoundError, UsageError } from '../src/errors.ts';
-import { getOriginal, indexBuffers, indexSources } from '../src/index/indexer.ts';
+import { getOriginal, getThumbnail, indexBuffers, indexSources } from '../src/index/indexer.ts';
 import { searchById, searchByPixels } from '../src/index/search.ts';
 import { type IndexHandle, deleteImages, openIndex } from '../src/index/service.ts';
 import Database from 'better-sqlite3';
@@ -36,10 +36,9 @@ function deleteThumbnail(storeDir: string, id: number): void {
   }
 }
 
-/** Width and height of a stored thumbnail, checking that it is WebP. */
+/** Width and height of an image's thumbnail as served (stored, or made from the kept original), checking it is WebP. */
 async function thumbSize(h: IndexHandle, id: number): Promise<[number, number]> {
-  const thumb = h.store.getThumbnail(id);
-  assert.ok(thumb, `image ${id} has a thumbnail`);
+  const thumb = await getThumbnail(h, id);
   const meta = await sharp(thumb).metadata();
   assert.equal(meta.format, 'webp');
   return [meta.width!, meta.height!];
@@ -250,10 +249,17 @@ describe('indexSources', () => {
     await assert.rejects(getOriginal(handle, file.id), (err) => err instanceof NotFoundError && /changed since it was indexed/.test(err.message));
     await assert.rejects(getOriginal(handle, 999_999), NotFoundError);
 
-    assert.ok(handle.store.getThumbnail(member.id));
+    // A tiny image whose original is kept gets its thumbnail made from it on request; a file gets a stored one.
+    assert.equal(handle.store.getThumbnail(member.id), undefined);
+    const memberThumb = await getThumbnail(handle, member.id);
+    const { data, info } = await sharp(memberThumb).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+    assert.deepEqual([info.width, info.height], [96, 96]);
+    const memberPx = (await decodeImage(members['set/bird/1.jpg'], 32)).pixels;
+    assert.deepEqual([...data.subarray((4 * 96 + 7) * 3, (4 * 96 + 7) * 3 + 3)], [...memberPx.subarray((1 * 32 + 2) * 3, (1 * 32 + 3) * 3)], 'nearest x3');
+    assert.ok(handle.store.getThumbnail(file.id), 'stored for a file on disk');
     deleteImages(handle, [member.id]);
     assert.equal(handle.store.getOriginal(member.id), undefined, 'rm removes the copy');
-    assert.equal(handle.store.getThumbnail(member.id), undefined, 'and the thumbnail');
+    await assert.rejects(getThumbnail(handle, member.id), NotFoundError);
   });
 
   test('an abort signal stops reading; what was read is committed and a rerun finishes', async () => {
@@ -300,7 +306,8 @@ describe('indexBuffers', () => {
       assert.deepEqual([row.source, row.label, row.metadata], ['upload:a.jpg', 'cat', { by: 'test' }]);
       assert.deepEqual(await getOriginal(h, 1), { bytes: a, contentType: 'image/jpeg' });
       assert.deepEqual(await getOriginal(h, 2), { bytes: b, contentType: 'image/png' });
-      // Thumbnails are stored with the images: there to serve as soon as indexBuffers returns.
+      // Tiny uploads keep their originals, and their thumbnails are made from them when asked for.
+      assert.deepEqual([h.store.getThumbnail(1), h.store.getThumbnail(2)], [undefined, undefined]);
       assert.deepEqual(await thumbSize(h, 1), [96, 96]);
       assert.deepEqual(await thumbSize(h, 2), [100, 80], '50x40 enlarged x2');
       const again = await indexBuffers(h, encoder, [{ name: 'b-again.png', bytes: b }]);
@@ -431,8 +438,8 @@ describe('store schema', () => {
   test('a version 2 store (thumbnails in files) is migrated on open; an image whose file was missing gets one when met again', async () => {
     const dir = newStore();
     const h = open(dir);
-    const a = await raw(32, 32, 910).jpeg().toBuffer();
-    const b = await raw(50, 40, 911).png().toBuffer();
+    const a = await raw(120, 100, 910).jpeg().toBuffer(); // not tiny: uploads of tiny images store no thumbnail
+    const b = await raw(150, 120, 911).png().toBuffer();
     const c = await raw(300, 200, 912).png().toBuffer();
     const ids = (await indexBuffers(h, encoder, [{ name: 'a.jpg', bytes: a }, { name: 'b.png', bytes: b }, { name: 'c.png', bytes: c }])).map((r) => (r as { id: number }).id);
     const made = ids.map((id) => h.store.getThumbnail(id)!);
@@ -455,8 +462,8 @@ describe('store schema', () => {
       assert.ok(!fs.existsSync(path.join(dir, 'thumbs')), 'the folder is gone');
       assert.deepEqual(h2.store.getThumbnail(ids[0]), made[0]);
       assert.deepEqual(h2.store.getThumbnail(ids[1]), made[1]);
-      assert.deepEqual(await thumbSize(h2, ids[0]), [96, 96]);
-      assert.deepEqual(await thumbSize(h2, ids[1]), [100, 80]);
+      assert.deepEqual(await thumbSize(h2, ids[0]), [120, 100]);
+      assert.deepEqual(await thumbSize(h2, ids[1]), [150, 120]);
       assert.equal(h2.store.getThumbnail(ids[2]), undefined);
       assert.equal(h2.hnsw.size, 3, 'the index is intact');
       const again = await indexBuffers(h2, encoder, [{ name: 'c-again.png', bytes: c }]);
@@ -470,17 +477,15 @@ describe('store schema', () => {
   test('an image stored for another model without a thumbnail gets one in the commit that adds this model', async () => {
     const dir = newStore();
     const h = open(dir);
-    const bytes = await raw(32, 32, 920).png().toBuffer();
-    const [res] = await indexBuffers(h, encoder, [{ name: 'a.png', bytes }]);
-    const id = (res as { id: number }).id;
+    const file = path.join(tmp, 'known.png');
+    fs.writeFileSync(file, await raw(32, 32, 920).png().toBuffer());
+    const [id] = (await indexSources(h, encoder, [file])).ids;
     h.close();
     deleteThumbnail(dir, id);
     const { tensors } = await randomModel(TINY_CONFIG, 4);
     const otherFile = path.join(tmp, 'other.safetensors');
     saveModel(otherFile, TINY_CONFIG, tensors);
     const other = Encoder.load(otherFile, { threads: 1 });
-    const file = path.join(tmp, 'known.png');
-    fs.writeFileSync(file, bytes);
     const h2 = openIndex(dir, other.modelId, other.dim, { writer: true, config: other.config });
     try {
       assert.notEqual(other.modelId, encoder.modelId);

@@ -276,12 +276,14 @@ describe('serving', () => {
     const original = await call('GET', `/api/images/${id}`);
     assert.equal(original.type, 'image/png');
     assert.ok(original.bytes!.equals(png));
-    assert.equal((await call('GET', `/api/images/${id}/thumb`)).status, 200);
+    const thumb = await call('GET', `/api/images/${id}/thumb`);
+    const meta = await sharp(thumb.bytes!).metadata();
+    assert.deepEqual([thumb.status, meta.format, meta.width, meta.height], [200, 'webp', 80, 60], 'made from the kept original, enlarged x2');
+    assert.equal(opened.handle.store.getThumbnail(id), undefined, 'a tiny upload stores no thumbnail');
 
     assert.deepEqual((await call('DELETE', `/api/images/${id}`)).json, { deleted: id });
     assert.equal(await imageCount(), before);
     await expectError(call('GET', `/api/images/${id}/thumb`), 404, 'not_found');
-    assert.equal(opened.handle.store.getThumbnail(id), undefined, 'the thumbnail went with the image');
     const after = (await search({ image: { bytes: png, name: 'q.png' } }, { k: '40' })).json.results;
     assert.ok(!after.some((r: { id: number }) => r.id === id), 'deleted image no longer found');
   });

@@ -98,6 +98,8 @@ export class Encoder {
   }
 }
 
+const UNIT = Float32Array.from({ length: 256 }, (_, v) => v / 255); // the same float32 values as dividing, read faster
+
 /** uint8 HWC RGB images -> one float32 NCHW batch in [0, 1]. */
 export function toNchw(images: Uint8Array[], size: number): Float32Array {
   const plane = size * size;
@@ -106,9 +108,9 @@ export function toNchw(images: Uint8Array[], size: number): Float32Array {
     if (img.length !== plane * 3) throw new Error(`image ${b} has ${img.length} bytes; expected ${size}x${size}x3`);
     const base = b * 3 * plane;
     for (let i = 0; i < plane; i++) {
-      out[base + i] = img[3 * i] / 255;
-      out[base + plane + i] = img[3 * i + 1] / 255;
-      out[base + 2 * plane + i] = img[3 * i + 2] / 255;
+      out[base + i] = UNIT[img[3 * i]];
+      out[base + plane + i] = UNIT[img[3 * i + 1]];
+      out[base + 2 * plane + i] = UNIT[img[3 * i + 2]];
     }
   });
   return out;

@@ -1,6 +1,7 @@
 // The HNSW sweep: one hnswlib-node index over the XL database ('ip' space on L2-normalised vectors), searched at
 // several ef with queries from one encoder; recall@k against exact search and the median time per query.
 import hnswlib from 'hnswlib-node';
+import { HNSW_DEFAULTS } from '../index/hnsw.ts';
 import type { TopK } from './exact-search.ts';
 import { median, neighbourRecall } from './metrics.ts';
 
@@ -10,7 +11,8 @@ export interface HnswParams {
   seed: number;
 }
 
-export const DEFAULT_HNSW: HnswParams = { M: 16, efConstruction: 200, seed: 100 };
+/** The product's graph parameters (src/index/hnsw.ts), so that the sweep measures the index `matvit index` builds. */
+export const DEFAULT_HNSW: HnswParams = { M: HNSW_DEFAULTS.M, efConstruction: HNSW_DEFAULTS.efConstruction, seed: 100 };
 
 export interface HnswRow {
   encoder: string; // query encoder id

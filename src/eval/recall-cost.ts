@@ -35,7 +35,7 @@ export const DEFAULT_EDITS = path.join(projectRoot, 'scripts/copies-edits.json')
  * to the 15-minute limit; 5,000 queries bring the full default run to an estimated 6-7 minutes.
  */
 export const DEFAULT_MIXNMATCH_QUERIES = 5000;
-export const DEFAULT_HNSW_EFS = [10, 16, 32, 64, 128, 256];
+export const DEFAULT_HNSW_EFS = [10, 16, 32, 64, 128, 160, 256]; // 160: HNSW_DEFAULTS.ef
 
 export type Task = 'recall' | 'copies';
 

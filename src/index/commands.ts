@@ -73,7 +73,7 @@ committed is kept). Some files failing still exits 0: they are listed in the sum
     .action(async (paths: string[], opts: CommonOptions & { batchSize: number; threads?: number }) => {
       for (const p of paths) if (!fs.existsSync(p)) throw new UsageError(`no such file or directory: ${p}`);
       const { defaultEncoderThreads, indexSources } = await import('./indexer.ts');
-      const encoder = await loadEncoder(opts.model, opts.threads ?? defaultEncoderThreads());
+      const encoder = await loadEncoder(opts.model, opts.threads ?? (await defaultEncoderThreads()));
       const { openIndex } = await import('./service.ts');
       const handle = await withStore(() => openIndex(opts.store, encoder.modelId, encoder.dim, { writer: true, config: encoder.config }));
       const stop = new AbortController();

@@ -22,10 +22,10 @@ import { recordedFormat } from './formats.ts';
 import { OffThreadEncoder } from './offthread.ts';
 import { UPLOAD_PREFIX, needsCopy } from './originals.ts';
 import { PlainJpegDecoder } from './plain-jpeg.ts';
-export { getOriginal } from './originals.ts'; // GET /api/images/:id uses it beside indexBuffers
+export { getOriginal, getThumbnail } from './originals.ts'; // the API's image routes use them beside indexBuffers
 import { type IndexHandle, addEmbeddings } from './service.ts';
 import { type ImageRow, type NewImage, StoreError, contentHash } from './store.ts';
-import { thumbnailFromBytes, thumbnailFromPixels } from './thumbnails.ts';
+import { thumbnailFromBytes, thumbnailFromPixels, thumbnailOnRequest } from './thumbnails.ts';
 
 export interface IndexProgress {
   done: number; // items finished: indexed + duplicates + failed
@@ -84,9 +84,17 @@ interface Candidate {
  * Encoder threads for an indexing job (each a worker with a one-thread session, offthread.ts): every core when the
  * machine is idle, else one. On a shared 2-core machine (a training job running) one thread encoded 1.6x faster
  * than two (223-336 against 146-192 images/s, interleaved runs): the kernel shares the cores between processes.
+ * Idle is measured over the next `sampleMs` (at least half a core's worth of idle time per extra worker), not taken from
+ * the load average, which still counts this process's own work of the last minute.
  */
-export function defaultEncoderThreads(): number {
-  return os.loadavg()[0] < 0.5 ? Math.max(1, os.availableParallelism()) : 1;
+export async function defaultEncoderThreads(sampleMs = 250): Promise<number> {
+  const cores = Math.max(1, os.availableParallelism());
+  if (cores === 1) return 1;
+  const idleMs = () => os.cpus().reduce((sum, c) => sum + c.times.idle, 0);
+  const before = idleMs();
+  await new Promise((resolve) => setTimeout(resolve, sampleMs));
+  const idleCores = (idleMs() - before) / sampleMs;
+  return idleCores >= cores - 0.5 ? cores : 1;
 }
 
 /** What indexSources and indexBuffers share: checks, decoding with thumbnails, encoding and commits. */
@@ -115,8 +123,9 @@ class Indexing {
   }
 
   /**
-   * Decodes an item and starts its thumbnail (unless `known`, the same content stored for another model, has one).
-   * Bad images come back as ImageDecodeError; anything else throws.
+   * Decodes an item and starts its thumbnail, unless it needs none: `known` (the same content stored for another
+   * model) has one, or it is made on request (thumbnailOnRequest). Bad images come back as ImageDecodeError;
+   * anything else throws.
    */
   async decode(path: string, label: string | null, metadata: Record<string, unknown>, bytes: Buffer, hash: string, known?: ImageRow): Promise<Ready | ImageDecodeError> {
     let decoded: DecodedImage;
@@ -126,13 +135,19 @@ class Indexing {
       if (err instanceof ImageDecodeError) return err;
       throw err;
     }
-    const thumb = known && this.handle.store.hasThumbnail(known.id) ? null : this.thumbnail(decoded, bytes, path);
+    const needsNone = known ? !this.needsThumbnail(known) : thumbnailOnRequest(decoded.width, decoded.height, needsCopy(path));
+    const thumb = needsNone ? null : this.thumbnail(decoded, bytes, path);
     return { path, label, metadata, bytes, hash, decoded, thumb };
   }
 
   private thumbnail(d: DecodedImage, bytes: Buffer, path: string): Promise<Buffer | null> {
     const whole = d.width === this.size && d.height === this.size; // then the decoded pixels are the whole image
     return orNull(whole ? thumbnailFromPixels(d.pixels, this.size) : thumbnailFromBytes(bytes, d.width, d.height, this.maxPixels), path);
+  }
+
+  /** Whether a stored image lacks the thumbnail it should have stored. (Its original is kept iff needsCopy.) */
+  private needsThumbnail(row: ImageRow): boolean {
+    return !thumbnailOnRequest(row.width, row.height, needsCopy(row.source)) && !this.handle.store.hasThumbnail(row.id);
   }
 
   /** Starts one encoder worker per encoder thread (in the background: reading and decoding go on meanwhile). */
@@ -185,7 +200,7 @@ class Indexing {
    * store was migrated from thumbnail files and one was missing). Resolves once it is stored.
    */
   async addMissingThumbnail(row: ImageRow, bytes: Buffer): Promise<void> {
-    if (this.handle.store.hasThumbnail(row.id)) return;
+    if (!this.needsThumbnail(row)) return;
     const thumb = await orNull(thumbnailFromBytes(bytes, row.width, row.height, this.maxPixels), row.source);
     if (thumb) this.handle.store.addThumbnail(row.id, thumb);
   }
@@ -318,7 +333,7 @@ export async function indexSources(handle: IndexHandle, encoder: Encoder, source
 /**
  * Indexes uploaded images. Each item gets its stored id (created: false when the same content was already stored;
  * its label and metadata are then left as they were) or its decode error, in the order given; nothing is stored
- * for an item that fails. Originals and thumbnails are stored with the images (see getOriginal).
+ * for an item that fails. Originals and thumbnails are stored with the images (see getOriginal, getThumbnail).
  */
 export async function indexBuffers(
   handle: IndexHandle,

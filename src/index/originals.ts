@@ -1,13 +1,15 @@
-// Original image bytes, for GET /api/images/:id. Images indexed from files on disk are read back from their path
+// Original image bytes, for GET /api/images/:id, and thumbnails, for GET /api/images/:id/thumb. Images indexed from files on disk are read back from their path
 // (and checked against the stored content hash, so a file changed since indexing is never served as the
 // original); uploads and archive members have no file of their own, so the store keeps their bytes (in SQLite,
 // written in the same transaction as the image).
 import fs from 'node:fs';
 import path from 'node:path';
 import { NotFoundError } from '../errors.ts';
+import { DEFAULT_MAX_PIXELS } from '../data/images.ts';
 import { formatInfo } from './formats.ts';
 import type { IndexHandle } from './service.ts';
 import { contentHash } from './store.ts';
+import { thumbnailFromBytes, thumbnailOnRequest } from './thumbnails.ts';
 
 /** Prefix of the `source` recorded for uploaded images (`upload:<name as given>`): they have no path of their own. */
 export const UPLOAD_PREFIX = 'upload:';
@@ -36,6 +38,17 @@ export async function getOriginal(handle: IndexHandle, id: number): Promise<{ by
     throw new NotFoundError(`the original of image ${id} is gone: ${bytes ? 'the file has changed since it was indexed' : 'no such file'} (${row.source})`);
   }
   throw new NotFoundError(`the original of image ${id} was not kept (${row.source})`);
+}
+
+/** The WebP thumbnail of image `id`: stored, or made from its kept original (thumbnailOnRequest). */
+export async function getThumbnail(handle: IndexHandle, id: number): Promise<Buffer> {
+  const stored = handle.store.getThumbnail(id);
+  if (stored) return stored;
+  const row = handle.store.getImage(id);
+  if (!row) throw new NotFoundError(`no image with id ${id}`);
+  const kept = handle.store.getOriginal(id);
+  if (kept && thumbnailOnRequest(row.width, row.height, true)) return thumbnailFromBytes(kept, row.width, row.height, DEFAULT_MAX_PIXELS);
+  throw new NotFoundError(`image ${id} has no thumbnail`);
 }
 
 async function readIfExists(file: string): Promise<Buffer | null> {

@@ -141,6 +141,10 @@ export class ImageStore {
     this.lock = writer ? WriterLock.acquire(path.join(this.dir, 'store.lock')) : null;
     try {
       this.db = new Database(path.join(this.dir, 'store.sqlite'));
+      // New stores only (WAL fixes the page size): with 16 KiB pages a 4.5 KB thumbnail needs no overflow page, and
+      // addBatch of 10,000 rows with CIFAR-sized blobs took 42 against 56 us of CPU per row with the default 4 KiB
+      // (means of 4 alternated runs).
+      this.db.pragma('page_size = 16384');
       this.db.pragma('journal_mode = WAL'); // readers never block the writer, and the writer never blocks them
       this.db.pragma('busy_timeout = 5000');
       this.db.pragma('foreign_keys = ON');

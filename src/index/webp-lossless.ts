@@ -22,10 +22,19 @@ const DIST_ABOVE = 1;
 const DIST_LEFT = 2;
 
 class BitWriter {
-  private buf = new Uint8Array(4096);
-  private pos = 0; // bytes completed
+  private buf: Uint8Array;
+  private pos: number; // bytes completed
   private acc = 0; // pending bits, LSB first
   private nbits = 0;
+
+  /** `reserve` bytes are left free at the start (for the RIFF header); `expected`: a guess at the bitstream's size. */
+  constructor(
+    private readonly reserve: number,
+    expected: number,
+  ) {
+    this.buf = new Uint8Array(reserve + expected);
+    this.pos = reserve;
+  }
 
   /** Writes the low `n` bits of `value` (n <= 24), least significant first. */
   bits(value: number, n: number): void {
@@ -44,9 +53,11 @@ class BitWriter {
     this.bits(reverseBits(code, len), len);
   }
 
-  finish(): Uint8Array {
+  /** The buffer up to the last byte written, the reserved bytes included, with room for one padding byte. */
+  finish(): { buf: Uint8Array; end: number } {
     if (this.nbits > 0) this.bits(0, 8 - this.nbits);
-    return this.buf.subarray(0, this.pos);
+    if (this.pos === this.buf.length) this.grow();
+    return { buf: this.buf, end: this.pos };
   }
 
   private grow(): void {
@@ -123,7 +134,9 @@ export function encodeWebpLosslessUpscaled(rgb: Uint8Array, width: number, heigh
   const H = height * factor;
   if (W < 1 || H < 1 || W > MAX_SIDE || H > MAX_SIDE) throw new RangeError(`a ${W}x${H} WebP is out of range (1..${MAX_SIDE} per side)`);
 
-  const w = new BitWriter();
+  // Room for the worst case, so that the buffer never regrows: per source pixel three literals (25 bits) and a
+  // backward reference (at most 20 bits); per row, (factor - 1) * W / MAX_COPY references of at most 20 bits.
+  const w = new BitWriter(RIFF_HEADER, 1024 + Math.ceil((width * height * 45) / 8) + height * 3 * Math.ceil(((factor - 1) * W + 1) / MAX_COPY));
   w.bits(VP8L_SIGNATURE, 8);
   w.bits(W - 1, 14);
   w.bits(H - 1, 14);
@@ -160,14 +173,18 @@ export function encodeWebpLosslessUpscaled(rgb: Uint8Array, width: number, heigh
   return riff(w.finish());
 }
 
-function riff(vp8l: Uint8Array): Uint8Array {
-  const pad = vp8l.length & 1;
-  const out = new Uint8Array(20 + vp8l.length + pad);
-  const dv = new DataView(out.buffer);
+const RIFF_HEADER = 20;
+
+/** Wraps the VP8L bitstream written after RIFF_HEADER reserved bytes of `buf` into a WebP file, in place. */
+function riff({ buf, end }: { buf: Uint8Array; end: number }): Uint8Array {
+  const vp8lBytes = end - RIFF_HEADER;
+  const pad = vp8lBytes & 1;
+  if (pad) buf[end] = 0;
+  const out = buf.subarray(0, end + pad);
+  const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
   out.set([0x52, 0x49, 0x46, 0x46], 0); // RIFF
   dv.setUint32(4, out.length - 8, true);
   out.set([0x57, 0x45, 0x42, 0x50, 0x56, 0x50, 0x38, 0x4c], 8); // WEBPVP8L
-  dv.setUint32(16, vp8l.length, true);
-  out.set(vp8l, 20);
+  dv.setUint32(16, vp8lBytes, true);
   return out;
 }

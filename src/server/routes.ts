@@ -39,9 +39,9 @@ export function apiRouter(service: SearchService): Router {
     res.type(contentType).set('Cache-Control', 'private, max-age=3600').send(bytes);
   });
 
-  r.get('/images/:id/thumb', (req, res) => {
+  r.get('/images/:id/thumb', async (req, res) => {
     const { id } = parse(IdPath, req.params);
-    const webp = service.thumbnail(id); // before any header is set: a 404 must go out as JSON
+    const webp = await service.thumbnail(id); // before any header is set: a 404 must go out as JSON
     // send() adds an ETag and answers a matching If-None-Match with 304.
     res.type('image/webp').set('Cache-Control', 'public, max-age=3600').send(webp);
   });

@@ -115,7 +115,7 @@ async function indexGallery(
   let total = 0;
   for await (const _ of listImageSource(source)) total++;
   logger.info({ source, images: total, store: handle.store.dir }, 'first start: indexing the demo gallery');
-  const indexEncoder = new Encoder(ckpt, modelPath, { threads: indexerModule.defaultEncoderThreads() }); // both cores only when idle
+  const indexEncoder = new Encoder(ckpt, modelPath, { threads: await indexerModule.defaultEncoderThreads() }); // both cores only when idle
   const bar = opts.progress === false ? null : new Progress(total, 0, 1, 'img', 5_000);
   try {
     const r = await indexSources(handle, indexEncoder, [source], {

@@ -57,6 +57,7 @@ export interface IndexerApi {
     items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown> }[],
   ): Promise<({ id: number; created: boolean } | { name: string; error: ImageDecodeError })[]>;
   getOriginal(handle: IndexHandle, id: number): Promise<{ bytes: Buffer; contentType: string }>;
+  getThumbnail(handle: IndexHandle, id: number): Promise<Buffer>;
 }
 
 export interface ServiceDeps {
@@ -205,12 +206,10 @@ export class SearchService {
     return this.deps.indexer.getOriginal(this.deps.handle, id);
   }
 
-  /** The WebP thumbnail of an image (stored by the indexer with the image). */
-  thumbnail(id: number): Buffer {
+  /** The WebP thumbnail of an image (stored by the indexer with the image, or made from its kept original). */
+  async thumbnail(id: number): Promise<Buffer> {
     this.assertExists(id);
-    const webp = this.deps.handle.store.getThumbnail(id);
-    if (!webp) throw new NotFoundError(`image ${id} has no thumbnail`);
-    return webp;
+    return this.deps.indexer.getThumbnail(this.deps.handle, id);
   }
 
   /** The name an uploaded image was given (its source is `upload:<name>`). */
