@@ -196,17 +196,16 @@ async function benchIndexing(encoder: Encoder) {
 
 /**
  * XL embeddings of CIFAR-10 train + test (cached per model id), split into the stored vectors and held-out queries:
- * every (60,000 / nq)-th test image is a query and is not stored. Queries that are not near-copies of a stored image
- * are the hard case for HNSW (a mirrored copy of a stored image, the query set used before, found its neighbours far
- * more easily: recall@10 0.996 where held-out images got 0.98 at the same ef).
+ * every (60,000 / nq)-th image is a query and is not stored. Queries that are not near-copies of a stored image are
+ * the hard case for HNSW (mirrored copies of stored images, the query set used before, found their neighbours far
+ * more easily: README, HNSW).
  */
 async function embeddings(encoder: Encoder) {
   const size = encoder.config.imageSize;
   const nAll = quick ? 5000 : 60_000;
   const test = await loadLabelledPixels(args.source, size);
   const train = quick ? null : await loadLabelledPixels(args.train, size);
-  const testImgs = images(test.pixels, size, test.labels.length);
-  const all = [...(train ? images(train.pixels, size, train.labels.length) : []), ...testImgs].slice(0, nAll);
+  const all = [...(train ? images(train.pixels, size, train.labels.length) : []), ...images(test.pixels, size, test.labels.length)].slice(0, nAll);
   const key = crypto.createHash('sha256').update(`${encoder.modelId}|${args.source}|${args.train}|${all.length}`).digest('hex').slice(0, 16);
   const cache = path.join(root, '.cache/bench-index', `db-${key}.f32`);
   const dim = encoder.dim;
