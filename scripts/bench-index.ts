@@ -1,17 +1,18 @@
 // npx tsx scripts/bench-index.ts [--quick] [--source datasets/cifar10-test.tar.gz] [--threads N] [--encoder-threads 1,2]
-//                                [--rounds 2] [--skip-index] [--skip-hnsw] [--efs 64,96,128,160,192] [--ef-constructions 128] [--m 16]
+//                                [--rounds 2] [--skip-index] [--skip-hnsw] [--queries 1000]
+//                                [--efs 32,48,64,96,128,160,192,256] [--ef-constructions 128,200] [--m 12,16]
 // 1. Indexing end to end: the 10,000 CIFAR-10 test images into a fresh store (read, hash, decode, XL encoding,
-//    SQLite, HNSW, thumbnails; archive members also get their originals kept) with `--threads` encoder threads
-//    (default: what `matvit index` picks; one single-thread worker each), against the encoder alone on the same
-//    images already decoded, for each of `--encoder-threads` in two layouts (one session with t onnxruntime threads;
-//    t single-thread workers, as indexing runs it), measured in the same run and alternated (encoder, index,
-//    encoder, index, encoder) so that both see the same background load. Ratios are given against the encoder alone
+//    SQLite, HNSW; archive members keep their originals, so their thumbnails are made on request, not here) with
+//    `--threads` encoder threads (default: what `matvit index` picks; one single-thread worker each), against the
+//    encoder alone on the same images already decoded, for each of `--encoder-threads` in two layouts (one session
+//    with t onnxruntime threads; t single-thread workers, as indexing runs it), measured in the same run and
+//    alternated (encoder, index, encoder, index, encoder) so that both see the same background load. Ratios are given against the encoder alone
 //    in indexing's layout and against its fastest layout. They are what to compare across runs: the machine has two
 //    cores and is often shared (a training job), and the kernel gives each process group a fair share.
 // 2. HNSW: CIFAR-10's 60,000 images (train + test) encoded with XL, of which 1,000 spread over train and test are held
-//    out as queries (encoded with XL and with S) and 59,000 are stored through the service; recall@10 against exact search
-//    and median single-query latency for each ef, marking HNSW_DEFAULTS.ef. Embeddings are cached per model id in
-//    .cache/bench-index/.
+//    out as queries (encoded with XL and with S) and 59,000 are stored through the service; recall@10 against exact
+//    search and median single-query latency for each ef and each graph (--m x --ef-constructions), marking
+//    HNSW_DEFAULTS.ef. Embeddings are cached per model id in .cache/bench-index/.
 // --quick: 1,000 images to index, 5,000 embeddings, 200 queries. Results are also written as JSON to runs/bench-index/.
 import crypto from 'node:crypto';
 import fs from 'node:fs';

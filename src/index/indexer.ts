@@ -84,8 +84,8 @@ interface Candidate {
  * Encoder threads for an indexing job (each a worker with a one-thread session, offthread.ts): every core when the
  * machine is idle, else one. On a shared 2-core machine (a training job running) one thread encoded 1.6x faster
  * than two (223-336 against 146-192 images/s, interleaved runs): the kernel shares the cores between processes.
- * Idle is measured over the next `sampleMs` (at least half a core's worth of idle time per extra worker), not taken from
- * the load average, which still counts this process's own work of the last minute.
+ * Idle is measured over the next `sampleMs` (every core but half of one idle), not taken from the load average,
+ * which still counts this process's own work, or a job just paused, for a minute.
  */
 export async function defaultEncoderThreads(sampleMs = 250): Promise<number> {
   const cores = Math.max(1, os.availableParallelism());

@@ -1,7 +1,7 @@
-// Original image bytes, for GET /api/images/:id, and thumbnails, for GET /api/images/:id/thumb. Images indexed from files on disk are read back from their path
-// (and checked against the stored content hash, so a file changed since indexing is never served as the
-// original); uploads and archive members have no file of their own, so the store keeps their bytes (in SQLite,
-// written in the same transaction as the image).
+// Original image bytes, for GET /api/images/:id, and thumbnails, for GET /api/images/:id/thumb. Images indexed from
+// files on disk are read back from their path (and checked against the stored content hash, so a file changed since
+// indexing is never served as the original); uploads and archive members have no file of their own, so the store
+// keeps their bytes (in SQLite, written in the same transaction as the image).
 import fs from 'node:fs';
 import path from 'node:path';
 import { NotFoundError } from '../errors.ts';

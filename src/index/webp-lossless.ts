@@ -27,12 +27,9 @@ class BitWriter {
   private acc = 0; // pending bits, LSB first
   private nbits = 0;
 
-  /** `reserve` bytes are left free at the start (for the RIFF header); `expected`: a guess at the bitstream's size. */
-  constructor(
-    private readonly reserve: number,
-    expected: number,
-  ) {
-    this.buf = new Uint8Array(reserve + expected);
+  /** `reserve` bytes are left free at the start (for the RIFF header), then room for `capacity` (it grows if needed). */
+  constructor(reserve: number, capacity: number) {
+    this.buf = new Uint8Array(reserve + capacity);
     this.pos = reserve;
   }
 
