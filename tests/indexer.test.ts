@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { Worker } from 'node:worker_threads';
 import zlib from 'node:zlib';
 import sharp from 'sharp';
 import tar from 'tar-stream';
@@ -13,7 +14,7 @@ import { saveModel } from '../src/encoder/checkpoint.ts';
 import { TINY_CONFIG } from '../src/encoder/config.ts';
 import { Encoder } from '../src/encoder/runtime.ts';
 import { NotFoundError, UsageError } from '../src/errors.ts';
-import { getOriginal, getThumbnail, indexBuffers, indexSources } from '../src/index/indexer.ts';
+import { defaultEncoderThreads, getOriginal, getThumbnail, indexBuffers, indexSources } from '../src/index/indexer.ts';
 import { searchById, searchByPixels } from '../src/index/search.ts';
 import { type IndexHandle, deleteImages, openIndex } from '../src/index/service.ts';
 import Database from 'better-sqlite3';
@@ -520,6 +521,17 @@ describe('encoding on a worker thread', () => {
       assert.ok(r.encodeSeconds !== undefined && r.encodeSeconds > 0, 'encoded on the worker');
     } finally {
       h.close();
+    }
+  });
+
+  test('defaultEncoderThreads: one encoder thread while another thread keeps a core busy', async () => {
+    // A thread spinning for the whole sample leaves at most cores - 1 of idle: not enough for a second worker.
+    const spin = new Worker('const end = Date.now() + 3000; while (Date.now() < end);', { eval: true });
+    try {
+      await new Promise((resolve) => spin.once('online', resolve));
+      assert.equal(await defaultEncoderThreads(300), 1);
+    } finally {
+      await spin.terminate();
     }
   });
 
