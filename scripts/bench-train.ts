@@ -7,7 +7,8 @@ import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { initTf, tf } from '../src/encoder/backend.ts';
 import { DEFAULT_CONFIG as c, GRANULARITIES, parseSubmodel } from '../src/encoder/config.ts';
-import { forward, initParams, paramShapes, toTensorMap } from '../src/encoder/matvit.ts';
+import { paramShapes } from '../src/encoder/layout.ts';
+import { forward, initParams, toTensorMap } from '../src/encoder/matvit.ts';
 import { buildTrainGraph } from '../src/train/step-graph.ts';
 
 const { values: args } = parseArgs({

@@ -6,7 +6,8 @@ import { test } from 'node:test';
 import { tf } from '../src/encoder/backend.ts';
 import { saveModel, loadModel } from '../src/encoder/checkpoint.ts';
 import { ConfigError, DEFAULT_CONFIG, GRANULARITIES, TINY_CONFIG, countFlops, countParams, monotoneSubmodels, parseSubmodel } from '../src/encoder/config.ts';
-import { forward, paramShapes } from '../src/encoder/matvit.ts';
+import { paramShapes } from '../src/encoder/layout.ts';
+import { forward } from '../src/encoder/matvit.ts';
 import { CheckpointError, decodeSafetensors, encodeSafetensors } from '../src/encoder/safetensors.ts';
 import { randomModel } from './helpers/model.ts';
 

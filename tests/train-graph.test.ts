@@ -5,7 +5,8 @@ import { test } from 'node:test';
 import * as ort from 'onnxruntime-node';
 import { tf } from '../src/encoder/backend.ts';
 import { TINY_CONFIG, parseSubmodel } from '../src/encoder/config.ts';
-import { forward, paramShapes } from '../src/encoder/matvit.ts';
+import { paramShapes } from '../src/encoder/layout.ts';
+import { forward } from '../src/encoder/matvit.ts';
 import { buildTrainGraph } from '../src/train/step-graph.ts';
 import { randomModel } from './helpers/model.ts';
 

@@ -3,7 +3,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type MatViTConfig, ConfigError, validateConfig } from './config.ts';
-import { paramShapes } from './matvit.ts';
+import { paramShapes } from './layout.ts';
 import { CheckpointError, type TensorMap, loadSafetensors, saveSafetensors } from './safetensors.ts';
 
 export const FORMAT = 'matvit/1';

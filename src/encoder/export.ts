@@ -3,7 +3,7 @@
 // RGB in [0, 1]; output `embedding` [N, D], L2-normalised; the config and widths travel in metadata_props.
 import { GraphBuilder, type V } from '../onnx/graph.ts';
 import { type MatViTConfig, type Submodel, countFlops, countParams } from './config.ts';
-import { ffnSlices } from './matvit.ts';
+import { ffnSlices } from './layout.ts';
 import { type WeightSource, matvitGraph } from './onnx-matvit.ts';
 import type { NamedTensor, TensorMap } from './safetensors.ts';
 

@@ -6,7 +6,7 @@ import { gradients } from '../onnx/autodiff.ts';
 import { GraphBuilder, type V } from '../onnx/graph.ts';
 import * as op from '../onnx/ops.ts';
 import type { MatViTConfig } from '../encoder/config.ts';
-import { ffnSlices, paramShapes } from '../encoder/matvit.ts';
+import { ffnSlices, paramShapes } from '../encoder/layout.ts';
 import { type WeightSource, matvitGraph } from '../encoder/onnx-matvit.ts';
 
 /** Full-size weights as graph inputs; each granularity slices the FFN inside the graph (gradients pad back). */
