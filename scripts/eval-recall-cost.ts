@@ -1,10 +1,11 @@
 // npm run eval [-- --model models/matvit-cifar10/model.safetensors --db ../shared/datasets/cifar10/train.tar.gz
-//   --queries ../shared/datasets/cifar10/test.tar.gz --task all|recall|copies --mixnmatch-queries 5000
+//   --queries ../shared/datasets/cifar10/test.tar.gz --task all|recall|copies|own --mixnmatch-queries 5000
 //   --baselines models/baseline-S,models/baseline-M --limit 300 --seed 0 --threads 2 --out reports/cifar10]
 // Recall-vs-cost evaluation of every query encoder (uniform S/M/L/XL, the monotone Mix'n'Match lists, any
 // independently trained baselines) against a database encoded once with XL, an HNSW ef sweep, and the
 // near-duplicate task (edits in scripts/copies-edits.json). Writes results.json, results.csv, summary.md and
 // recall-vs-cost.svg under reports/<name>/, and the Pareto frontier as <model dir>/calibration.json (full runs).
+// --task own (same-encoder search: each granularity and baseline encodes database and queries) writes reports/cifar10-own.
 // Quick look: npm run eval -- --limit 300 --threads 1   (writes reports/cifar10-limit300, no calibration)
 import os from 'node:os';
 import path from 'node:path';
@@ -12,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_MODEL_PATH } from '../src/encoder/checkpoint.ts';
 import { DEFAULT_HNSW_EFS, DEFAULT_MIXNMATCH_QUERIES, type Task, evaluateRecallCost } from '../src/eval/recall-cost.ts';
 
-const usage = `usage: npm run eval -- [--model FILE] [--db SOURCE] [--queries SOURCE] [--task all|recall|copies]
+const usage = `usage: npm run eval -- [--model FILE] [--db SOURCE] [--queries SOURCE] [--task all|recall|copies|own]
   [--baselines PATH[,PATH]] [--mixnmatch LIST ...] [--mixnmatch-queries N] [--limit N] [--seed N] [--threads N]
   [--latency-runs N] [--hnsw-ef 10,16,32,64,128,256] [--hnsw-queries N] [--no-hnsw] [--copies-edits FILE] [--copies-originals N]
   [--name NAME | --out DIR] [--calibration auto|yes|no] [--batch N] [--quiet]`;
@@ -65,11 +66,13 @@ const int = (name: string, v: string | undefined, min = 0): number | undefined =
   if (!Number.isInteger(n) || n < min) fail(`--${name} must be an integer >= ${min}, got "${v}"`);
   return n;
 };
-const tasks: Task[] = a.task === 'all' ? ['recall', 'copies'] : a.task === 'recall' || a.task === 'copies' ? [a.task] : fail(`--task must be all, recall or copies, got "${a.task}"`);
+const TASKS: Task[] = ['recall', 'copies', 'own'];
+const tasks: Task[] = a.task === 'all' ? ['recall', 'copies'] : TASKS.includes(a.task as Task) ? [a.task as Task] : fail(`--task must be all, ${TASKS.join(', ')}, got "${a.task}"`);
 const limit = int('limit', a.limit, 1);
 const efs = a['hnsw-ef']!.split(',').map((x) => int('hnsw-ef', x.trim(), 1)!);
 if (!['auto', 'yes', 'no'].includes(a.calibration!)) fail(`--calibration must be auto, yes or no, got "${a.calibration}"`);
-const name = a.name ?? (limit !== undefined ? `cifar10-limit${limit}` : 'cifar10');
+// The own task alone gets its own folder, so that it never replaces the full report.
+const name = a.name ?? `cifar10${tasks.length === 1 && tasks[0] === 'own' ? '-own' : ''}${limit !== undefined ? `-limit${limit}` : ''}`;
 const outDir = path.resolve(a.out ?? path.join(import.meta.dirname, '..', 'reports', name));
 const writeCalibration = a.calibration === 'yes' || (a.calibration === 'auto' && limit === undefined && tasks.includes('recall'));
 
@@ -95,7 +98,7 @@ try {
   });
   const lines = [`report: ${path.join(outDir, 'summary.md')} (${r.encoders.length} query encoders, ${r.timings.total.toFixed(0)} s)`];
   if (r.frontier.length) lines.push(`frontier: ${r.frontier.map((id) => { const e = r.encoders.find((x) => x.id === id)!; return `${id} (${e.flopsRel.toFixed(2)} XL, acc ${e.all!.accuracy.toFixed(4)})`; }).join('  ')}`);
-  lines.push(r.calibrationFile ? `calibration: ${r.calibrationFile}` : 'calibration: not written (a --limit run, or --calibration no)');
+  lines.push(r.calibrationFile ? `calibration: ${r.calibrationFile}` : 'calibration: not written (a --limit run, no recall task, or --calibration no)');
   for (const n of r.notes) lines.push(`note: ${n}`);
   console.log(lines.join('\n'));
 } catch (err) {

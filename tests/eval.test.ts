@@ -57,6 +57,7 @@ before(async () => {
     queries,
     mixnmatch: MNM,
     mixnmatchQueries: 25, // fewer than the 40 queries: exercises the subset path
+    tasks: ['recall', 'copies', 'own'],
     latencyRuns: 3,
     hnsw: { efs: [10, 32] },
     copies: {
@@ -143,6 +144,15 @@ test('copies task: recall per edit, the unedited copy found by XL', { skip }, ()
   assert.deepEqual(Object.keys(xl).sort(), ['all', 'crop-flip', 'identical', 'jpeg']);
   assert.ok(xl.identical.recall1 >= 0.875, `XL finds the unedited original (${xl.identical.recall1})`);
   for (const e of result.encoders.filter((x) => x.copies)) for (const r of Object.values(e.copies!)) assert.ok(r.recall1 >= 0 && r.recall1 <= r.recall10 && r.recall10 <= 1);
+});
+
+test('own task: each granularity and baseline searches a database it encoded; for XL that is the XL database', { skip }, () => {
+  const byId = new Map(result.encoders.map((e) => [e.id, e]));
+  assert.deepEqual(result.encoders.filter((e) => e.own).map((e) => e.id).sort(), ['L', 'M', 'S', 'XL', 'baseline-S']);
+  assert.equal(byId.get('XL')!.own!.accuracy, byId.get('XL')!.all!.accuracy);
+  assert.equal(byId.get('XL')!.own!.map10, byId.get('XL')!.all!.map10);
+  for (const e of result.encoders.filter((x) => x.own)) assert.ok(e.own!.accuracy >= 0 && e.own!.accuracy <= 1 && e.own!.map10 >= 0 && e.own!.map10 <= 1);
+  assert.match(fs.readFileSync(path.join(dir, 'report/summary.md'), 'utf8'), /## Same-encoder search[\s\S]*\| baseline \| `baseline-S` \|/);
 });
 
 test('the frontier is monotone and becomes the calibration that pickEncoder reads', { skip }, () => {

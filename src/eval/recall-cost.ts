@@ -2,7 +2,7 @@
 // (uniform S/M/L/XL, the monotone Mix'n'Match lists, independently trained baselines) encodes the queries, which
 // are searched exactly against it. Reported per encoder: FLOPs, parameters, median batch-1 encode time, neighbour
 // recall@1/@10 against exact search with the XL query, 1-NN label accuracy, mAP@10, top-1 label agreement with XL;
-// an HNSW ef sweep at XL and S; the near-duplicate (copies) task. The Pareto frontier of 1-NN accuracy against
+// an HNSW ef sweep at XL and S; the near-duplicate (copies) task; and, on request, same-encoder search (own). The Pareto frontier of 1-NN accuracy against
 // FLOPs becomes the model's calibration file, which src/encoder/budget.ts turns into a query-encoder choice.
 import os from 'node:os';
 import path from 'node:path';
@@ -37,7 +37,9 @@ export const DEFAULT_EDITS = path.join(projectRoot, 'scripts/copies-edits.json')
 export const DEFAULT_MIXNMATCH_QUERIES = 5000;
 export const DEFAULT_HNSW_EFS = [10, 16, 32, 64, 128, 160, 256]; // 160: HNSW_DEFAULTS.ef
 
-export type Task = 'recall' | 'copies';
+// recall: every query encoder against the XL database; copies: the near-duplicate task; own: each uniform
+// granularity and baseline as the encoder of both database and queries (the paper's same-encoder 1-NN accuracy).
+export type Task = 'recall' | 'copies' | 'own';
 
 export interface RecallCostOptions {
   modelPath?: string; // the MatViT (default: the shipped model)
@@ -85,6 +87,7 @@ export interface EncoderResult {
   onCommonFrontier: boolean; // on the Pareto frontier of `common` accuracy
   onFrontier: boolean; // on the Pareto frontier of `all` accuracy, among the encoders measured on every query
   copies: Record<string, CopyRecall> | null; // per edit and 'all'
+  own: { accuracy: number; map10: number } | null; // the own task: database and queries both from this encoder
 }
 
 export interface RecallCostResult {
@@ -188,7 +191,7 @@ export async function evaluateRecallCost(opts: RecallCostOptions = {}): Promise<
     const r: EncoderResult = {
       id: ref.id, family: ref.family, spec: ref.spec, modelId: new Encoder(ref.ckpt, ref.modelPath).modelId,
       flops, flopsRel: flops / xlFlops, params: countParams(ref.ckpt.config, w), encodeMs: null,
-      all: null, common: null, onCommonFrontier: false, onFrontier: false, copies: null,
+      all: null, common: null, onCommonFrontier: false, onFrontier: false, copies: null, own: null,
     };
     results.set(ref.id, r);
     return r;
@@ -352,6 +355,30 @@ export async function evaluateRecallCost(opts: RecallCostOptions = {}): Promise<
     hnsw = { params, buildSeconds: seconds, dbSize: nDb, rows };
     if (pos) notes.push(`the HNSW sweep used a seeded subset of ${hq} queries`);
     lap('hnsw', since);
+  }
+
+  // ---- own task: database and queries from the same encoder --------------------------------------------------------
+  // The MatViT's granularities each search a database they encoded themselves, and so does every independently
+  // trained baseline: the comparison the paper makes between the two families, apart from cross-encoder search.
+  if (tasks.includes('own')) {
+    since = performance.now();
+    const own = [...uniform, ...baselines];
+    startBar(own.length * (nDb + nq));
+    for (const ref of own) {
+      stage = `own ${ref.id}`;
+      const found = await withEncoder(ref, async (enc) => {
+        const rows = (set: Subset) => encodeImages(enc, ref.spec, set.data.pixels, c.imageSize, set.rows, { batch, onBatch: tick });
+        const dbOwn = ref.family === 'uniform' && ref.spec === 'XL' ? dbEmb : await rows(db);
+        const ownSearch = await ExactSearch.create(dbOwn, nDb, ref.ckpt.config.width, { k: 10, threads });
+        try {
+          return await ownSearch.search(await rows(qs), nq);
+        } finally {
+          await ownSearch.release();
+        }
+      });
+      results.get(ref.id)!.own = { accuracy: oneNnAccuracy(found, db.labels, qLabels), map10: meanAveragePrecision(found, db.labels, qLabels, Math.min(10, k), relevant) };
+    }
+    lap('own', since);
   }
 
   // ---- copies task ------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ export function toCsv(r: RecallCostResult): string {
   const header = [
     'family', 'id', 'spec', 'flops', 'flops_rel', 'params', 'encode_ms', 'queries', ...METRIC_CSV,
     'common_queries', ...METRIC_CSV.map((m) => `common_${m}`), 'on_common_frontier', 'on_frontier',
-    ...edits.map((e) => `copies_recall1_${e}`), ...edits.map((e) => `copies_recall10_${e}`),
+    ...edits.map((e) => `copies_recall1_${e}`), ...edits.map((e) => `copies_recall10_${e}`), 'own_accuracy_1nn', 'own_map10',
   ];
   const lines = [header.map(csvCell).join(',')];
   for (const e of r.encoders) {
@@ -44,6 +44,7 @@ export function toCsv(r: RecallCostResult): string {
       m?.queries ?? '', ...METRIC_KEYS.map((k) => (m ? round(m[k]) : '')),
       e.common?.queries ?? '', ...METRIC_KEYS.map((k) => (e.common ? round(e.common[k]) : '')), e.onCommonFrontier ? 1 : 0, e.onFrontier ? 1 : 0,
       ...edits.map((x) => (e.copies ? round(e.copies[x].recall1) : '')), ...edits.map((x) => (e.copies ? round(e.copies[x].recall10) : '')),
+      e.own ? round(e.own.accuracy) : '', e.own ? round(e.own.map10) : '',
     ].map(csvCell).join(','));
   }
   return lines.join('\n') + '\n';
@@ -62,9 +63,10 @@ const FAMILY = { uniform: 'uniform', mixnmatch: "Mix'n'Match", baseline: 'baseli
 export function toMarkdown(r: RecallCostResult): string {
   const out: string[] = [];
   const d = r.dataset;
-  out.push(`# Recall vs cost: query encoders against an XL-encoded database`, '');
+  const xlDatabase = r.tasks.some((t) => t !== 'own'); // recall and copies search the XL database; own does not
+  out.push(xlDatabase ? '# Recall vs cost: query encoders against an XL-encoded database' : '# Same-encoder search: each encoder against a database it encoded', '');
   out.push(`- Model: \`${r.modelId}\` (${r.modelPath})`);
-  out.push(`- Database: ${d.dbSize} images of \`${d.db}\`, encoded once with XL; queries: ${d.queryCount} images of \`${d.queries}\`${d.limit !== null ? ` (--limit ${d.limit}: seeded samples)` : ''}`);
+  out.push(`- Database: ${d.dbSize} images of \`${d.db}\`, ${xlDatabase ? 'encoded once with XL' : 'encoded by each encoder'}; queries: ${d.queryCount} images of \`${d.queries}\`${d.limit !== null ? ` (--limit ${d.limit}: seeded samples)` : ''}`);
   out.push(`- Tasks: ${r.tasks.join(', ')}; seed ${r.seed}; ${r.environment.cpus} cores (${r.environment.cpu}), Node ${r.environment.node}, ${r.environment.threads} onnxruntime thread(s) for bulk work`);
   out.push(`- Run time: ${formatSeconds(r.timings.total)} (${Object.entries(r.timings).filter(([k]) => k !== 'total').map(([k, v]) => `${k} ${v.toFixed(1)} s`).join(', ')})`);
   out.push(`- Created ${r.createdAt}`, '');
@@ -121,6 +123,15 @@ export function toMarkdown(r: RecallCostResult): string {
     out.push(`hnswlib-node, 'ip' space over the L2-normalised XL database (${h.dbSize} vectors), M ${h.params.M}, efConstruction ${h.params.efConstruction}; built in ${h.buildSeconds.toFixed(1)} s. Recall@10 against exact search with the same query vectors, and against exact search with the XL query.`, '');
     out.push('| query encoder | ef | queries | recall@10 (vs exact, same query) | recall@10 (vs exact XL) | median ms/query |', '| --- | ---: | ---: | ---: | ---: | ---: |');
     for (const x of h.rows) out.push(`| ${x.encoder} | ${x.ef} | ${x.queries} | ${f4(x.recall10)} | ${f4(x.recall10VsXl)} | ${x.medianMs.toFixed(4)} |`);
+    out.push('');
+  }
+
+  const own = r.encoders.filter((e) => e.own);
+  if (own.length) {
+    out.push('## Same-encoder search (database and queries from one encoder)', '');
+    out.push(`Each encoder encodes the ${d.dbSize} database images and the ${d.queryCount} queries itself: the paper's comparison of the MatViT's granularities with independently trained models, apart from searching the XL database.`, '');
+    out.push('| family | encoder | × XL FLOPs | 1-NN acc | mAP@10 |', '| --- | --- | ---: | ---: | ---: |');
+    for (const e of own) out.push(`| ${FAMILY[e.family]} | \`${e.id}\` | ${e.flopsRel.toFixed(3)} | ${f4(e.own!.accuracy)} | ${f4(e.own!.map10)} |`);
     out.push('');
   }
 
