@@ -1,7 +1,8 @@
 // npx tsx scripts/model-card.ts [--model models/matvit-cifar10] [--baselines models/baseline-S,...] [--test SRC]
+//                                [--report reports/cifar10] [--own-report reports/cifar10-own]
 // Measures CIFAR-10 test top-1 of every trained granularity of the shipped model and of the baselines, reads the
 // run's options, epochs and wall time from its checkpoint and metrics log, and writes <model>/MODEL_CARD.md.
-// 1-NN retrieval figures come from the evaluation report's results.json (npm run eval) when it exists.
+// 1-NN retrieval figures come from the evaluation reports' results.json (npm run eval; --task own) when they exist.
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -17,6 +18,7 @@ const { values: args } = parseArgs({
     baselines: { type: 'string' },
     test: { type: 'string', default: '../shared/datasets/cifar10/test.tar.gz' },
     report: { type: 'string', default: 'reports/cifar10' },
+    'own-report': { type: 'string', default: 'reports/cifar10-own' },
   },
 });
 
@@ -71,8 +73,8 @@ const lines = [
   `- Options: \`${JSON.stringify(main.options)}\``,
   '- MatFormer objective: one granularity sampled per step with the paper\'s probabilities S/M/L/XL = 0.17/0.20/0.22/0.41;',
   '  AdamW, linear warm-up then cosine decay, global-norm clipping, label smoothing, random crop (pad 4) and flip.',
-  '- Baselines: `scripts/train-baseline.sh S` (the same recipe with `--baseline S --seed 1`): ordinary ViTs with one fixed',
-  '  FFN width, initialised and trained independently of the MatViT.',
+  '- Baselines: `scripts/train-baseline.sh FFN [EPOCHS]` (the same recipe with `--baseline FFN --seed 1`; each run\'s',
+  '  command.txt has its exact command): ordinary ViTs with one fixed FFN width, initialised and trained independently.',
   `- Status: ${status(main)}.`,
   '',
   '## CIFAR-10 test top-1 (10,000 images)',
@@ -86,6 +88,8 @@ const lines = [
 const resultsFile = path.join(args.report, 'results.json');
 if (fs.existsSync(resultsFile)) lines.push(...retrievalSection(JSON.parse(fs.readFileSync(resultsFile, 'utf8')) as RecallCostResult));
 else lines.push('## Retrieval', '', 'Run `npm run eval` for 1-nearest-neighbour accuracy against the XL-encoded training set.', '');
+const ownFile = path.join(args['own-report'], 'results.json');
+if (fs.existsSync(ownFile)) lines.push(...ownSection(JSON.parse(fs.readFileSync(ownFile, 'utf8')) as RecallCostResult));
 fs.writeFileSync(path.join(args.model, 'MODEL_CARD.md'), lines.join('\n'));
 console.log(lines.join('\n'));
 
@@ -103,6 +107,23 @@ function retrievalSection(r: RecallCostResult): string[] {
     '| query encoder | family | × XL FLOPs | 1-NN accuracy | vs XL (points) | recall@10 of XL\'s neighbours | on the frontier |',
     '| --- | --- | ---: | ---: | ---: | ---: | --- |',
     ...rows.map((e) => `| \`${e.id}\` | ${e.family} | ${e.flopsRel.toFixed(3)} | ${pct(e.all!.accuracy)} | ${(100 * (e.all!.accuracy - xl.accuracy)).toFixed(2)} | ${e.all!.recall10.toFixed(3)} | ${e.onFrontier ? 'yes' : ''} |`),
+    '',
+  ];
+}
+
+/** Same-encoder search (npm run eval -- --task own): each granularity and baseline against a database it encoded. */
+function ownSection(r: RecallCostResult): string[] {
+  const rows = r.encoders.filter((e) => e.own);
+  if (rows.length === 0) return [];
+  return [
+    '## Retrieval (1-NN, each encoder against a database it encoded)',
+    '',
+    `From \`${args['own-report']}\` (\`npm run eval -- --task own\`, model \`${r.modelId}\`): ${r.dataset.dbSize} database images and ` +
+      `${r.dataset.queryCount} queries, both encoded by the encoder of the row.`,
+    '',
+    '| encoder | family | × XL FLOPs | 1-NN accuracy | mAP@10 |',
+    '| --- | --- | ---: | ---: | ---: |',
+    ...rows.map((e) => `| \`${e.id}\` | ${e.family} | ${e.flopsRel.toFixed(3)} | ${pct(e.own!.accuracy)} | ${e.own!.map10.toFixed(3)} |`),
     '',
   ];
 }
