@@ -293,7 +293,7 @@ function formatStats(s: import('./stats.ts').StoreStatsReport): string {
   const mb = (b: number) => `${(b / 1e6).toFixed(1)} MB`;
   const lines = [
     `store ${s.dir}`,
-    `images ${s.images} (${s.labelled} labelled), database ${mb(s.dbBytes)}, thumbnails ${s.thumbnails} (${mb(s.thumbnailBytes)}), kept originals ${s.originals} (${mb(s.originalBytes)})`,
+    `images ${s.images} (${s.labelled} labelled), database ${mb(s.dbBytes)}, stored thumbnails ${s.thumbnails} (${mb(s.thumbnailBytes)}), kept originals ${s.originals} (${mb(s.originalBytes)})`,
   ];
   for (const m of s.models) {
     const h = m.hnsw;
