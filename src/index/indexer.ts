@@ -84,17 +84,19 @@ interface Candidate {
  * Encoder threads for an indexing job (each a worker with a one-thread session, offthread.ts): every core when the
  * machine is idle, else one. On a shared 2-core machine (a training job running) one thread encoded 1.6x faster
  * than two (223-336 against 146-192 images/s, interleaved runs): the kernel shares the cores between processes.
- * Idle is measured over the next `sampleMs` (every core but half of one idle), not taken from the load average,
+ * Idle is measured over the next `sampleMs` (every CPU but half of one idle), not taken from the load average,
  * which still counts this process's own work, or a job just paused, for a minute.
  */
 export async function defaultEncoderThreads(sampleMs = 250): Promise<number> {
   const cores = Math.max(1, os.availableParallelism());
   if (cores === 1) return 1;
+  const cpus = os.cpus().length;
   const idleMs = () => os.cpus().reduce((sum, c) => sum + c.times.idle, 0);
   const before = idleMs();
   await new Promise((resolve) => setTimeout(resolve, sampleMs));
-  const idleCores = (idleMs() - before) / sampleMs;
-  return idleCores >= cores - 0.5 ? cores : 1;
+  // As a share of every CPU the system lists (a container may list more than it may use): all but half of one idle.
+  const idleShare = (idleMs() - before) / (sampleMs * cpus);
+  return idleShare >= 1 - 0.5 / cpus ? cores : 1;
 }
 
 /** What indexSources and indexBuffers share: checks, decoding with thumbnails, encoding and commits. */
