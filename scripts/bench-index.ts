@@ -6,9 +6,10 @@
 //    `--threads` encoder threads (default: what `matvit index` picks; one single-thread worker each), against the
 //    encoder alone on the same images already decoded, for each of `--encoder-threads` in two layouts (one session
 //    with t onnxruntime threads; t single-thread workers, as indexing runs it), measured in the same run and
-//    alternated (encoder, index, encoder, index, encoder) so that both see the same background load. Ratios are given against the encoder alone
-//    in indexing's layout and against its fastest layout. They are what to compare across runs: the machine has two
-//    cores and is often shared (a training job), and the kernel gives each process group a fair share.
+//    alternated (encoder, index, encoder, index, encoder) so that both see the same background load. Ratios are given
+//    against the encoder alone in indexing's layout and against its fastest layout. They are what to compare across
+//    runs: the machine has two cores and is often shared (a training job), and the kernel gives each process group a
+//    fair share.
 // 2. HNSW: CIFAR-10's 60,000 images (train + test) encoded with XL, of which 1,000 spread over train and test are held
 //    out as queries (encoded with XL and with S) and 59,000 are stored through the service; recall@10 against exact
 //    search and median single-query latency for each ef and each graph (--m x --ef-constructions), marking

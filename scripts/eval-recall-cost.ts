@@ -5,7 +5,8 @@
 // independently trained baselines) against a database encoded once with XL, an HNSW ef sweep, and the
 // near-duplicate task (edits in scripts/copies-edits.json). Writes results.json, results.csv, summary.md and
 // recall-vs-cost.svg under reports/<name>/, and the Pareto frontier as <model dir>/calibration.json (full runs).
-// --task own (same-encoder search: each granularity and baseline encodes database and queries) writes reports/cifar10-own.
+// --task own (same-encoder search: each granularity and baseline encodes database and queries) writes
+// reports/cifar10-own.
 // Quick look: npm run eval -- --limit 300 --threads 1   (writes reports/cifar10-limit300, no calibration)
 import os from 'node:os';
 import path from 'node:path';
@@ -15,7 +16,7 @@ import { DEFAULT_HNSW_EFS, DEFAULT_MIXNMATCH_QUERIES, type Task, evaluateRecallC
 
 const usage = `usage: npm run eval -- [--model FILE] [--db SOURCE] [--queries SOURCE] [--task all|recall|copies|own]
   [--baselines PATH[,PATH]] [--mixnmatch LIST ...] [--mixnmatch-queries N] [--limit N] [--seed N] [--threads N]
-  [--latency-runs N] [--hnsw-ef 10,16,32,64,128,256] [--hnsw-queries N] [--no-hnsw] [--copies-edits FILE] [--copies-originals N]
+  [--latency-runs N] [--hnsw-ef ${DEFAULT_HNSW_EFS.join(',')}] [--hnsw-queries N] [--no-hnsw] [--copies-edits FILE] [--copies-originals N]
   [--name NAME | --out DIR] [--calibration auto|yes|no] [--batch N] [--quiet]`;
 
 function fail(message: string): never {

@@ -2,8 +2,9 @@
 // (uniform S/M/L/XL, the monotone Mix'n'Match lists, independently trained baselines) encodes the queries, which
 // are searched exactly against it. Reported per encoder: FLOPs, parameters, median batch-1 encode time, neighbour
 // recall@1/@10 against exact search with the XL query, 1-NN label accuracy, mAP@10, top-1 label agreement with XL;
-// an HNSW ef sweep at XL and S; the near-duplicate (copies) task; and, on request, same-encoder search (own). The Pareto frontier of 1-NN accuracy against
-// FLOPs becomes the model's calibration file, which src/encoder/budget.ts turns into a query-encoder choice.
+// an HNSW ef sweep at XL and S; the near-duplicate (copies) task; and, on request, same-encoder search (own). The
+// Pareto frontier of 1-NN accuracy against FLOPs becomes the model's calibration file, which src/encoder/budget.ts
+// turns into a query-encoder choice.
 import os from 'node:os';
 import path from 'node:path';
 import { saveCalibration } from '../encoder/budget.ts';

@@ -335,7 +335,8 @@ export async function indexSources(handle: IndexHandle, encoder: Encoder, source
 /**
  * Indexes uploaded images. Each item gets its stored id (created: false when the same content was already stored;
  * its label and metadata are then left as they were) or its decode error, in the order given; nothing is stored
- * for an item that fails. Originals and thumbnails are stored with the images (see getOriginal, getThumbnail).
+ * for an item that fails. Originals are kept and thumbnails stored with the images, except the thumbnails of tiny
+ * images, made from their original on request (see getOriginal, getThumbnail).
  */
 export async function indexBuffers(
   handle: IndexHandle,

@@ -208,8 +208,7 @@ export class SearchService {
 
   /** The WebP thumbnail of an image (stored by the indexer with the image, or made from its kept original). */
   async thumbnail(id: number): Promise<Buffer> {
-    this.assertExists(id);
-    return this.deps.indexer.getThumbnail(this.deps.handle, id);
+    return this.deps.indexer.getThumbnail(this.deps.handle, id); // it throws NotFoundError for an unknown id
   }
 
   /** The name an uploaded image was given (its source is `upload:<name>`). */
