@@ -1,7 +1,8 @@
 // npm run bench:train [-- --batch 128 --steps 6 --threads 2 --quick]
 // Images/s of one sampled-granularity training step (forward, loss, backward; no optimiser) for the default model:
 // the onnxruntime step graph that `matvit train` runs, beside the tfjs-wasm step of the reference model, in the
-// same run. Pause any background job first (kill -STOP <pid>): the figures are wall time on two cores.
+// same run; and the consistency step (`--objective consistency`: XL on one view, the student width on that view and
+// a copy view), whose images/s count each training image once. Pause any background job first (kill -STOP <pid>): the figures are wall time on two cores.
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
@@ -9,7 +10,8 @@ import { initTf, tf } from '../src/encoder/backend.ts';
 import { DEFAULT_CONFIG as c, GRANULARITIES, parseSubmodel } from '../src/encoder/config.ts';
 import { paramShapes } from '../src/encoder/layout.ts';
 import { forward, initParams, toTensorMap } from '../src/encoder/matvit.ts';
-import { buildTrainGraph } from '../src/train/step-graph.ts';
+import { buildConsistencyGraph, buildTrainGraph } from '../src/train/step-graph.ts';
+import { consistencySettings } from '../src/train/trainer.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -32,13 +34,15 @@ const names = paramShapes(c).map(([n]) => n);
 const pixels = Float32Array.from({ length: B * 3 * c.imageSize * c.imageSize }, (_, i) => ((i * 2654435761) % 1000) / 1000);
 const targets = Float32Array.from({ length: B * c.numClasses }, (_, i) => (i % c.numClasses === (Math.floor(i / c.numClasses) % c.numClasses) ? 1 : 0));
 
-async function onnxStepMs(spec: string): Promise<number> {
-  const g = buildTrainGraph(c, B, [parseSubmodel(spec, c).widths]);
+async function onnxStepMs(spec: string, objective: 'sample' | 'consistency' = 'sample'): Promise<number> {
+  const widths = parseSubmodel(spec, c).widths;
+  const g = objective === 'sample' ? buildTrainGraph(c, B, [widths]) : buildConsistencyGraph(c, B, widths, consistencySettings({} as never));
   const sess = await ort.InferenceSession.create(g.onnx, { intraOpNumThreads: Number(args.threads), interOpNumThreads: 1, graphOptimizationLevel: 'all' });
   const feeds: Record<string, ort.Tensor> = {
     pixels: new ort.Tensor('float32', pixels, [B, 3, c.imageSize, c.imageSize]),
     targets: new ort.Tensor('float32', targets, [B, c.numClasses]),
   };
+  if (objective === 'consistency') feeds.pixels_b = feeds.pixels;
   for (const n of names) feeds[n] = new ort.Tensor('float32', tensors[n].data, tensors[n].shape);
   await sess.run(feeds);
   const ms: number[] = [];
@@ -71,14 +75,19 @@ const rows: { runtime: string; perSpec: Record<string, number> }[] = [];
 const onnx: Record<string, number> = {};
 for (const g of GRANULARITIES) onnx[g] = await onnxStepMs(g);
 rows.push({ runtime: `onnxruntime step graph (${args.threads} threads)`, perSpec: onnx });
+const consistency: Record<string, number> = {};
+for (const g of GRANULARITIES) consistency[g] = await onnxStepMs(g, 'consistency');
 const tfjsRow: Record<string, number> = {};
 for (const g of GRANULARITIES) tfjsRow[g] = tfjsStepMs(g);
 rows.push({ runtime: `tfjs-wasm reference model (explicit-transpose gradients, 1 core)`, perSpec: tfjsRow });
 
-const sampledImgPerSec = (perSpec: Record<string, number>) => (B * 1000) / GRANULARITIES.reduce((s, g) => s + probs[g] * perSpec[g], 0);
+const sampledImgPerSec = (perSpec: Record<string, number>, p: Record<string, number> = probs) => (B * 1000) / GRANULARITIES.reduce((s, g) => s + p[g] * perSpec[g], 0);
 console.log(`# bench-train: default MatViT (width ${c.width}, depth ${c.depth}), batch ${B}, median of ${steps} steps`);
 console.log(`# ${os.cpus().length} cores, ${os.cpus()[0]?.model}, node ${process.version}\n`);
 console.log('| runtime | S img/s | M img/s | L img/s | XL img/s | sampled step img/s |');
 console.log('| --- | ---: | ---: | ---: | ---: | ---: |');
 for (const r of rows) console.log(`| ${r.runtime} | ${GRANULARITIES.map((g) => ((B * 1000) / r.perSpec[g]).toFixed(1)).join(' | ')} | ${sampledImgPerSec(r.perSpec).toFixed(1)} |`);
+const studentProbs = Object.fromEntries(GRANULARITIES.map((g, i) => [g, consistencySettings({} as never).studentProbs[i]]));
+console.log(`| consistency step graph, student width (${args.threads} threads) | ${GRANULARITIES.map((g) => ((B * 1000) / consistency[g]).toFixed(1)).join(' | ')} | ${sampledImgPerSec(consistency, studentProbs).toFixed(1)} |`);
+console.log(`\nconsistency step / sampled step images/s in this run: ${(sampledImgPerSec(consistency, studentProbs) / sampledImgPerSec(onnx)).toFixed(2)}`);
 console.log(`\nsampled-step speed-up of the onnxruntime graph over tfjs in this run: ${(sampledImgPerSec(onnx) / sampledImgPerSec(tfjsRow)).toFixed(1)}x`);

@@ -33,8 +33,15 @@ program
   .option('--lr <x>', 'peak learning rate', num)
   .option('--warmup-epochs <x>', 'linear warm-up length', num)
   .option('--weight-decay <x>', 'AdamW weight decay', num)
-  .option('--objective <kind>', 'sample (one granularity per step) | sum (all four per step)')
+  .option('--objective <kind>', 'sample (one granularity per step) | sum (all four per step) | consistency (XL + a student width on a copy view)')
   .option('--probs <list>', 'sampling probabilities of S,M,L,XL', (v) => v.split(',').map(num))
+  .option('--init <ckpt>', 'start from this model\'s weights (fine-tuning) instead of a fresh initialisation')
+  .option('--student-probs <list>', 'consistency: sampling probabilities of the student width S,M,L,XL (default 0.35,0.2,0.2,0.25)', (v) => v.split(',').map(num))
+  .option('--kd-weight <x>', 'consistency: weight of the KL divergence to XL\'s softened logits (default 1)', num)
+  .option('--kd-temp <x>', 'consistency: distillation temperature (default 2)', num)
+  .option('--cos-weight <x>', 'consistency: weight of 1 - cosine to XL\'s embedding (default 1)', num)
+  .option('--nce-weight <x>', 'consistency: weight of the cross-width InfoNCE between the two views (default 1)', num)
+  .option('--nce-temp <x>', 'consistency: InfoNCE temperature (default 0.1)', num)
   .option('--baseline <ffn>', 'train an ordinary ViT with this one FFN width (S|M|L|XL)')
   .option('--val-size <n>', 'held-out validation images', int)
   .option('--limit <n>', 'use only the first N images', int)
@@ -46,7 +53,7 @@ program
   .action(async (opts) => {
     const { train } = await import('./train/trainer.ts');
     const { TrainOptions } = await import('./train/trainer.ts');
-    const parsed = TrainOptions.safeParse(Object.fromEntries(Object.entries({ ...opts, data: path.resolve(opts.data), out: path.resolve(opts.out), baseline: opts.baseline?.toUpperCase() }).filter(([, v]) => v !== undefined)));
+    const parsed = TrainOptions.safeParse(Object.fromEntries(Object.entries({ ...opts, data: path.resolve(opts.data), out: path.resolve(opts.out), init: opts.init && path.resolve(opts.init), baseline: opts.baseline?.toUpperCase() }).filter(([, v]) => v !== undefined)));
     if (!parsed.success) throw new UsageError(parsed.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; '));
     const r = await train(parsed.data);
     console.log(JSON.stringify(r));

@@ -7,7 +7,7 @@ import { tf } from '../src/encoder/backend.ts';
 import { TINY_CONFIG, parseSubmodel } from '../src/encoder/config.ts';
 import { paramShapes } from '../src/encoder/layout.ts';
 import { forward } from '../src/encoder/matvit.ts';
-import { buildTrainGraph } from '../src/train/step-graph.ts';
+import { type ConsistencyWeights, buildConsistencyGraph, buildTrainGraph } from '../src/train/step-graph.ts';
 import { randomModel } from './helpers/model.ts';
 
 const c = TINY_CONFIG;
@@ -45,6 +45,61 @@ for (const specs of [['M'], ['S', 'M', 'L', 'XL'], ['S,XL']]) {
         scale = Math.max(scale, Math.abs(ref[j]));
       }
       assert.ok(diff <= 1e-4 * scale + 1e-7, `${n}: max diff ${diff} at gradient scale ${scale}`);
+    });
+  });
+}
+
+// The consistency objective: XL and a student width on view A (labels, KL to XL's softened logits and 1 - cosine
+// to XL's embedding, XL held fixed), and an InfoNCE between the student on view B and XL on view A. tfjs has no stop-gradient, so the fixed XL targets are
+// computed outside the differentiated function: the same semantics.
+for (const student of ['S', 'M,XL']) {
+  test(`consistency step gradients equal tfjs autodiff (student ${student})`, async () => {
+    const { params, tensors } = await randomModel(c, 9);
+    const B = 5;
+    const w: ConsistencyWeights = { kd: 0.7, kdTemp: 2, cos: 1.3, nce: 0.9, nceTemp: 0.2 };
+    const xA = tf.randomUniform([B, 32, 32, 3], 0, 1, 'float32', 11);
+    const xB = tf.randomUniform([B, 32, 32, 3], 0, 1, 'float32', 12);
+    const y = tf.oneHot(tf.tensor1d([2, 3, 9, 1, 2], 'int32'), 10).toFloat();
+    const eye = tf.eye(B);
+    const names = paramShapes(c).map(([n]) => n);
+    const xlWidths = parseSubmodel('XL', c).widths;
+    const studentWidths = parseSubmodel(student, c).widths;
+    const fixed = forward(params, xA, xlWidths, c); // XL's targets, outside the gradient
+    const pXl = tf.softmax(tf.div(fixed.logits!, w.kdTemp));
+    const lossFn = (...ps: tf.Tensor[]) => {
+      const p = Object.fromEntries(names.map((n, i) => [n, ps[i]]));
+      const a = forward(p, xA, xlWidths, c);
+      const s = forward(p, xA, studentWidths, c);
+      const b = forward(p, xB, studentWidths, c);
+      const ce = tf.add(tf.losses.softmaxCrossEntropy(y, a.logits!), tf.losses.softmaxCrossEntropy(y, s.logits!));
+      const kl = tf.mean(tf.sum(tf.mul(pXl, tf.sub(tf.log(pXl), tf.logSoftmax(tf.div(s.logits!, w.kdTemp)))), 1));
+      const cos = tf.sub(1, tf.mean(tf.sum(tf.mul(s.embedding, fixed.embedding), 1)));
+      const sim = tf.div(tf.matMul(b.embedding, tf.transpose(a.embedding)), w.nceTemp);
+      const nce = tf.mul(0.5, tf.add(tf.losses.softmaxCrossEntropy(eye, sim), tf.losses.softmaxCrossEntropy(eye, tf.transpose(sim))));
+      return tf.addN([ce, tf.mul(w.kd * w.kdTemp ** 2, kl), tf.mul(w.cos, cos), tf.mul(w.nce, nce)]) as tf.Scalar;
+    };
+    const { value, grads } = tf.valueAndGrads(lossFn)(names.map((n) => params[n]));
+
+    const g = buildConsistencyGraph(c, B, studentWidths, w);
+    const sess = await ort.InferenceSession.create(g.onnx);
+    const nchw = (x: tf.Tensor) => new ort.Tensor('float32', tf.transpose(x, [0, 3, 1, 2]).dataSync() as Float32Array, [B, 3, 32, 32]);
+    const feeds: Record<string, ort.Tensor> = { pixels: nchw(xA), pixels_b: nchw(xB), targets: new ort.Tensor('float32', y.dataSync() as Float32Array, [B, 10]) };
+    for (const n of names) feeds[n] = new ort.Tensor('float32', tensors[n].data, tensors[n].shape);
+    const out = await sess.run(feeds);
+    const loss = (out.loss.data as Float32Array)[0];
+    assert.ok(Math.abs(loss - value.dataSync()[0]) < 1e-4 * Math.abs(loss), `loss ${loss} vs ${value.dataSync()[0]}`);
+    const kd = (out['loss.kd'].data as Float32Array)[0];
+    assert.ok(kd > 0, 'the KL term is positive when the widths disagree');
+    names.forEach((n, i) => {
+      const ref = grads[i].dataSync();
+      const got = out[`grad.${n}`].data as Float32Array;
+      let diff = 0;
+      let scale = 1e-8;
+      for (let j = 0; j < ref.length; j++) {
+        diff = Math.max(diff, Math.abs(ref[j] - got[j]));
+        scale = Math.max(scale, Math.abs(ref[j]));
+      }
+      assert.ok(diff <= 2e-4 * scale + 1e-7, `${n}: max diff ${diff} at gradient scale ${scale}`);
     });
   });
 }

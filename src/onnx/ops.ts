@@ -170,4 +170,29 @@ export function crossEntropy(g: GraphBuilder, logits: V, targets: V): V {
   });
 }
 
+/** The same value with no gradient through it: a fixed target (the stop-gradient of distillation). */
+export function stopGradient(g: GraphBuilder, a: V): V {
+  const y = g.node('Identity', [a], a.shape);
+  g.differentiable.delete(y.name);
+  return y;
+}
+
+/** Sum of every element: a scalar. */
+export function sumAll(g: GraphBuilder, a: V): V {
+  const y = g.node('ReduceSum', [a, g.constInt64(a.shape.map((_, i) => i))], [], { keepdims: 0 });
+  return g.record([a], y, (dy) => [g.node('Expand', [dy, g.constInt64(a.shape)], a.shape)]);
+}
+
+/** Rows of x [N, D] divided by their L2 norm (at least 1e-12, as the tfjs reference). */
+export function l2Normalize(g: GraphBuilder, x: V): V {
+  const stat = [...x.shape.slice(0, -1), 1];
+  const norm = g.node('Max', [g.node('Sqrt', [g.node('ReduceSumSquare', [x], stat, { axes: [-1], keepdims: 1 })], stat), g.constFloat([1e-12], [])], stat);
+  const y = g.node('Div', [x, norm], x.shape);
+  return g.record([x], y, (dy) => {
+    // d(x/|x|) = (dy - y·<dy, y>) / |x|
+    const dot = g.node('ReduceSum', [g.node('Mul', [dy, y], x.shape), g.constInt64([-1])], stat, { keepdims: 1 });
+    return [g.node('Div', [g.node('Sub', [dy, g.node('Mul', [y, dot], x.shape)], x.shape), norm], x.shape)];
+  });
+}
+
 export { prod };

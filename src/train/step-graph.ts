@@ -5,7 +5,7 @@
 import { gradients } from '../onnx/autodiff.ts';
 import { GraphBuilder, type V } from '../onnx/graph.ts';
 import * as op from '../onnx/ops.ts';
-import type { MatViTConfig } from '../encoder/config.ts';
+import { type MatViTConfig, parseSubmodel } from '../encoder/config.ts';
 import { ffnSlices, paramShapes } from '../encoder/layout.ts';
 import { type WeightSource, matvitGraph } from '../encoder/onnx-matvit.ts';
 
@@ -67,6 +67,78 @@ export function buildTrainGraph(c: MatViTConfig, batch: number, widthsList: numb
   return { onnx: g.toBytes({}, 'matvit_train_step'), paramNames, outputs: ['loss', ...outs.map((_, i) => `logits_${i}`), ...paramNames.map((n) => `grad.${n}`)] };
 }
 
+/** Weights of the consistency objective's terms beside the two label losses (0 leaves a term out of the graph). */
+export interface ConsistencyWeights {
+  kd: number; // KL divergence from XL's softened logits
+  kdTemp: number; // the softening temperature
+  cos: number; // 1 - cosine to XL's embedding, XL held fixed
+  nce: number; // InfoNCE between the two views across widths
+  nceTemp: number;
+}
+
+/** The loss terms a consistency step reports, in output order (`loss.<name>`). */
+export const CONSISTENCY_TERMS = ['ce_xl', 'ce_student', 'kd', 'cos', 'nce'] as const;
+
+/**
+ * One step of the consistency objective. XL sees view A (`pixels`) and learns from the labels. A narrower submodel
+ * (the student) sees view A too, and learns from the labels, from XL's logits (KL at a temperature) and from XL's
+ * embedding (1 - cosine), XL held fixed: in-place distillation on identical pixels, what a query for a stored image
+ * needs. The student also sees view B (`pixels_b`: the same images edited as copies are), and an InfoNCE over the
+ * batch pairs each image's student embedding of B with its XL embedding of A against the other images' (both
+ * directions, gradients into both widths): it pulls copies together and ties the student's space to XL's. The
+ * student runs once over A and B stacked. Outputs: loss, logits_0 (XL), logits_1 (student on A), each term, the
+ * gradients.
+ */
+export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWidths: number[], w: ConsistencyWeights): TrainGraph {
+  const g = new GraphBuilder();
+  const shape = [batch, c.channels, c.imageSize, c.imageSize];
+  const pixelsA = g.input('pixels', shape);
+  const pixelsB = g.input('pixels_b', shape);
+  const targets = g.input('targets', [batch, c.numClasses]);
+  const W = new InputWeights(g, c, true);
+  const [xl] = matvitGraph(g, c, W, pixelsA, [parseSubmodel('XL', c).widths], batch, true);
+  const [student] = matvitGraph(g, c, W, op.concat(g, [pixelsA, pixelsB], 0), [studentWidths], 2 * batch, true);
+  const studentLogits = op.slice(g, student.logits!, 0, 0, batch); // view A
+  const zStudent = op.l2Normalize(g, student.features); // [2B, D]: view A, then view B
+  const zXl = op.l2Normalize(g, xl.features);
+  const weighted = (v: V, k: number) => (k === 1 ? v : op.scale(g, v, k));
+
+  const terms: Record<(typeof CONSISTENCY_TERMS)[number], V> = {
+    ce_xl: op.crossEntropy(g, xl.logits!, targets),
+    ce_student: op.crossEntropy(g, studentLogits, targets),
+    kd: g.constFloat([0], []),
+    cos: g.constFloat([0], []),
+    nce: g.constFloat([0], []),
+  };
+  if (w.kd > 0) {
+    // KL(p_XL || p_student) = CE(p_XL, student) - H(p_XL), times T² so that its gradients keep their scale across T
+    const xlLogits = op.scale(g, op.stopGradient(g, xl.logits!), 1 / w.kdTemp);
+    const pXl = g.node('Softmax', [xlLogits], xlLogits.shape, { axis: -1 });
+    const kl = op.sub(g, op.crossEntropy(g, op.scale(g, studentLogits, 1 / w.kdTemp), pXl), op.crossEntropy(g, xlLogits, pXl));
+    terms.kd = op.scale(g, kl, w.kdTemp ** 2);
+  }
+  if (w.cos > 0) {
+    const meanCos = op.scale(g, op.sumAll(g, op.mul(g, op.slice(g, zStudent, 0, 0, batch), op.stopGradient(g, zXl))), 1 / batch);
+    terms.cos = op.sub(g, g.constFloat([1], []), meanCos);
+  }
+  if (w.nce > 0) {
+    const copies = op.slice(g, zStudent, 0, batch, 2 * batch);
+    const sim = op.scale(g, op.matmul(g, copies, op.transpose(g, zXl, [1, 0])), 1 / w.nceTemp); // [B, B]: row i = image i's copy
+    const eye = g.constFloat(Float32Array.from({ length: batch * batch }, (_, k) => (k % (batch + 1) === 0 ? 1 : 0)), [batch, batch]);
+    const bothWays = op.add(g, op.crossEntropy(g, sim, eye), op.crossEntropy(g, op.transpose(g, sim, [1, 0]), eye));
+    terms.nce = op.scale(g, bothWays, 0.5);
+  }
+  const loss = [weighted(terms.kd, w.kd), weighted(terms.cos, w.cos), weighted(terms.nce, w.nce)].reduce((a, b) => op.add(g, a, b), op.add(g, terms.ce_xl, terms.ce_student));
+  const grads = gradients(g, loss, W.inputs);
+  g.output(loss, 'loss');
+  g.output(xl.logits!, 'logits_0');
+  g.output(studentLogits, 'logits_1');
+  for (const t of CONSISTENCY_TERMS) g.output(terms[t], `loss.${t}`);
+  const paramNames = W.inputs.map((v) => v.name);
+  grads.forEach((d, i) => g.output(d, `grad.${paramNames[i]}`));
+  return { onnx: g.toBytes({}, 'matvit_consistency_step'), paramNames, outputs: ['loss', 'logits_0', 'logits_1', ...CONSISTENCY_TERMS.map((t) => `loss.${t}`), ...paramNames.map((n) => `grad.${n}`)] };
+}
+
 /** Forward only, dynamic batch, weights as inputs: logits and features of each submodel (validation during training). */
 export function buildEvalGraph(c: MatViTConfig, widthsList: number[][]): TrainGraph {
   const g = new GraphBuilder();
@@ -74,6 +146,7 @@ export function buildEvalGraph(c: MatViTConfig, widthsList: number[][]): TrainGr
   const W = new InputWeights(g, c, false);
   const outs = matvitGraph(g, c, W, pixels, widthsList, -1, true);
   outs.forEach((o, i) => g.output(o.logits!, `logits_${i}`));
+  outs.forEach((o, i) => g.output(o.features, `features_${i}`));
   const paramNames = W.inputs.map((v) => v.name);
-  return { onnx: g.toBytes({}, 'matvit_eval'), paramNames, outputs: outs.map((_, i) => `logits_${i}`) };
+  return { onnx: g.toBytes({}, 'matvit_eval'), paramNames, outputs: [...outs.map((_, i) => `logits_${i}`), ...outs.map((_, i) => `features_${i}`)] };
 }

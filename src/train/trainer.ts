@@ -16,10 +16,12 @@ import { CheckpointError, type TensorMap, loadSafetensors, saveSafetensors } fro
 import { loadLabelledPixels } from '../data/labelled.ts';
 import { logger } from '../log.ts';
 import { type AdamWSlot, adamwStep, learningRate } from './adamw.ts';
-import { makeBatch } from './augment.ts';
+import { copyViews, lightViews, makeBatch } from './augment.ts';
+import { JpegRoundTrip } from './copy-edits.ts';
+import { toNchw } from '../encoder/runtime.ts';
 import { Progress } from '../progress.ts';
 import { mixSeed, mulberry32, permutation } from './rng.ts';
-import { buildEvalGraph, buildTrainGraph } from './step-graph.ts';
+import { CONSISTENCY_TERMS, type ConsistencyWeights, buildConsistencyGraph, buildEvalGraph, buildTrainGraph } from './step-graph.ts';
 
 export const TrainOptions = z.object({
   data: z.string(), // training images: folder, .tar.gz or IDX
@@ -33,9 +35,19 @@ export const TrainOptions = z.object({
   weightDecay: z.number().nonnegative().default(0.05),
   clipNorm: z.number().nonnegative().default(1),
   labelSmoothing: z.number().min(0).max(0.5).default(0.1),
-  objective: z.enum(['sample', 'sum']).default('sample'),
+  // sample: one granularity per step (the paper); sum: all four (the official code); consistency: XL on labels
+  // beside a sampled student width on a copy view, tied to XL by distillation and a cross-width InfoNCE
+  objective: z.enum(['sample', 'sum', 'consistency']).default('sample'),
   // the paper's XL-weighted sampling (S/M/L/XL), its best XL at a small cost to S
   probs: z.array(z.number().nonnegative()).length(4).default([0.17, 0.2, 0.22, 0.41]),
+  // consistency terms (optional so that runs started before they existed keep their identity)
+  kdWeight: z.number().nonnegative().optional(),
+  kdTemp: z.number().positive().optional(),
+  cosWeight: z.number().nonnegative().optional(),
+  nceWeight: z.number().nonnegative().optional(),
+  nceTemp: z.number().positive().optional(),
+  studentProbs: z.array(z.number().nonnegative()).length(4).optional(), // the student width's sampling (S/M/L/XL)
+  init: z.string().optional(), // start from this model's weights (fine-tuning) instead of a fresh initialisation
   baseline: z.enum(GRANULARITIES).optional(), // train one fixed FFN width: an independently trained ViT
   valSize: z.number().int().nonnegative().default(5000),
   limit: z.number().int().positive().optional(), // use only the first N training images (tests, quick runs)
@@ -49,6 +61,12 @@ export const TrainOptions = z.object({
 });
 export type TrainOptions = z.infer<typeof TrainOptions>;
 const VOLATILE: (keyof TrainOptions)[] = ['checkpointMinutes', 'threads', 'maxSteps', 'logEvery', 'out', 'data'];
+
+
+/** The consistency objective's settings, defaults filled in (recorded in the model's metadata and the model card). */
+export function consistencySettings(o: TrainOptions): ConsistencyWeights & { studentProbs: number[] } {
+  return { kd: o.kdWeight ?? 1, kdTemp: o.kdTemp ?? 2, cos: o.cosWeight ?? 1, nce: o.nceWeight ?? 1, nceTemp: o.nceTemp ?? 0.1, studentProbs: o.studentProbs ?? [0.35, 0.2, 0.2, 0.25] };
+}
 
 export const STATE_FILE = 'train-state.safetensors';
 export const MODEL_FILE = 'model.safetensors';
@@ -71,10 +89,17 @@ function identity(o: TrainOptions): string {
   return JSON.stringify(Object.fromEntries(Object.entries(o).filter(([k]) => !VOLATILE.includes(k as keyof TrainOptions))));
 }
 
-function freshState(c: MatViTConfig, seed: number): RunState {
-  const params = toTensorMap(initParams(c, seed));
+function freshState(c: MatViTConfig, o: TrainOptions): RunState {
+  const params = o.init ? initialWeights(o.init, c) : toTensorMap(initParams(c, o.seed));
   const zeros = () => Object.fromEntries(Object.entries(params).map(([k, t]) => [k, { shape: t.shape, data: new Float32Array(t.data.length) }]));
   return { step: 0, elapsedSec: 0, params, m: zeros(), v: zeros(), val: {} };
+}
+
+/** Weights to fine-tune from: a trained MatViT of the same configuration, with its classification head. */
+function initialWeights(file: string, c: MatViTConfig): TensorMap {
+  const ckpt = loadModel(file, { requireHead: true });
+  if (JSON.stringify(ckpt.config) !== JSON.stringify(c)) throw new CheckpointError(`--init ${file} has another model configuration than this run's`);
+  return ckpt.params;
 }
 
 function loadState(file: string, o: TrainOptions): RunState {
@@ -121,6 +146,7 @@ function exportModel(dir: string, o: TrainOptions, c: MatViTConfig, s: RunState,
     'train.step': String(s.step),
     'train.epoch': String(epoch),
     'train.val_top1': JSON.stringify(s.val),
+    'train.objective': JSON.stringify(o.objective === 'consistency' && !o.baseline ? { objective: 'consistency', ...consistencySettings(o), init: o.init } : { objective: o.objective }),
   });
 }
 
@@ -138,27 +164,59 @@ function paramFeeds(names: string[], params: TensorMap): Record<string, ort.Tens
   return Object.fromEntries(names.map((n) => [n, new ort.Tensor('float32', params[n].data, params[n].shape)]));
 }
 
-/** Top-1 accuracy of each submodel on a labelled set (no augmentation). */
-export async function evaluateTop1(c: MatViTConfig, params: TensorMap, pixels: Uint8Array, labels: Int32Array, indices: Int32Array, specs: string[], threads: number): Promise<Record<string, number>> {
+export interface Validation {
+  top1: Record<string, number>; // top-1 accuracy of each submodel
+  cosToXl: Record<string, number>; // mean cosine of each submodel's embedding to XL's, same images (with XL among the specs)
+}
+
+/** Top-1 accuracy of each submodel on a labelled set (no augmentation), and how close its embeddings are to XL's. */
+export async function evaluateSubmodels(c: MatViTConfig, params: TensorMap, pixels: Uint8Array, labels: Int32Array, indices: Int32Array, specs: string[], threads: number): Promise<Validation> {
   const g = buildEvalGraph(c, specs.map((s) => parseSubmodel(s, c).widths));
   const sess = await ort.InferenceSession.create(g.onnx, sessionOptions(threads));
   const feeds = paramFeeds(g.paramNames, params);
   const correct = new Array(specs.length).fill(0);
+  const cosSum = new Array(specs.length).fill(0);
+  const xl = specs.indexOf('XL');
+  const D = c.width;
   const B = 250;
   for (let i = 0; i < indices.length; i += B) {
     const idx = indices.subarray(i, i + B);
     const out = await sess.run({ ...feeds, pixels: new ort.Tensor('float32', makeBatch(pixels, c.imageSize, idx, Math.random), [idx.length, 3, c.imageSize, c.imageSize]) });
+    const ref = xl >= 0 ? (out[`features_${xl}`].data as Float32Array) : undefined;
     specs.forEach((_, k) => {
       const logits = out[`logits_${k}`].data as Float32Array;
+      const feats = out[`features_${k}`].data as Float32Array;
       for (let b = 0; b < idx.length; b++) {
         let best = 0;
         for (let j = 1; j < c.numClasses; j++) if (logits[b * c.numClasses + j] > logits[b * c.numClasses + best]) best = j;
         if (best === labels[idx[b]]) correct[k]++;
+        if (ref) cosSum[k] += cosine(feats.subarray(b * D, (b + 1) * D), ref.subarray(b * D, (b + 1) * D));
       }
     });
   }
   await sess.release();
-  return Object.fromEntries(specs.map((s, k) => [s, correct[k] / Math.max(1, indices.length)]));
+  const n = Math.max(1, indices.length);
+  return {
+    top1: Object.fromEntries(specs.map((s, k) => [s, correct[k] / n])),
+    cosToXl: xl >= 0 ? Object.fromEntries(specs.map((s, k) => [s, cosSum[k] / n])) : {},
+  };
+}
+
+/** Top-1 accuracy of each submodel on a labelled set (no augmentation). */
+export async function evaluateTop1(...args: Parameters<typeof evaluateSubmodels>): Promise<Record<string, number>> {
+  return (await evaluateSubmodels(...args)).top1;
+}
+
+function cosine(a: Float32Array, b: Float32Array): number {
+  let ab = 0;
+  let aa = 0;
+  let bb = 0;
+  for (let i = 0; i < a.length; i++) {
+    ab += a[i] * b[i];
+    aa += a[i] * a[i];
+    bb += b[i] * b[i];
+  }
+  return ab / Math.sqrt(aa * bb + 1e-24);
 }
 
 export interface TrainResult {
@@ -188,7 +246,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   const warmupSteps = Math.round(o.warmupEpochs * stepsPerEpoch);
 
   await initTf(); // for the initial weights (the tfjs model's own initialiser)
-  const s = fs.existsSync(stateFile) ? loadState(stateFile, o) : freshState(c, o.seed);
+  const s = fs.existsSync(stateFile) ? loadState(stateFile, o) : freshState(c, o);
   if (s.step > 0) logger.info({ step: s.step, totalSteps, out: o.out }, 'resuming from checkpoint');
   truncateMetrics(metricsFile, s.step);
   fs.writeFileSync(path.join(o.out, 'command.txt'), `matvit train ${process.argv.slice(3).join(' ')}\n`);
@@ -198,18 +256,37 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   const slots: AdamWSlot[] = names.map((k) => ({ param: s.params[k].data, m: s.m[k].data, v: s.v[k].data, decay: isDecayed(k, shapes[k]) }));
   const granularities = trainedGranularities(o);
   const sessions = new Map<string, Promise<ort.InferenceSession>>();
+  const consistency = o.objective === 'consistency' && !o.baseline ? consistencySettings(o) : undefined;
+  // A step graph per granularity list (sample, sum) or per student width (consistency: XL + the student).
   const session = (specs: string[]) => {
     const key = specs.join('+');
-    if (!sessions.has(key)) sessions.set(key, ort.InferenceSession.create(buildTrainGraph(c, o.batchSize, specs.map((sp) => parseSubmodel(sp, c).widths)).onnx, sessionOptions(o.threads)));
+    const build = () =>
+      consistency
+        ? buildConsistencyGraph(c, o.batchSize, parseSubmodel(specs[1], c).widths, consistency)
+        : buildTrainGraph(c, o.batchSize, specs.map((sp) => parseSubmodel(sp, c).widths));
+    if (!sessions.has(key)) sessions.set(key, ort.InferenceSession.create(build().onnx, sessionOptions(o.threads)));
     return sessions.get(key)!;
+  };
+  const draw = (probs: number[], rand: () => number): Granularity => {
+    let r = rand() * probs.reduce((a, b) => a + b, 0);
+    for (let i = 0; i < 4; i++) if ((r -= probs[i]) < 0) return GRANULARITIES[i];
+    return 'XL';
   };
   const pickSpecs = (rand: () => number): string[] => {
     if (o.baseline) return [o.baseline];
     if (o.objective === 'sum') return [...GRANULARITIES];
-    const total = o.probs.reduce((a, b) => a + b, 0);
-    let r = rand() * total;
-    for (let i = 0; i < 4; i++) if ((r -= o.probs[i]) < 0) return [GRANULARITIES[i]];
-    return ['XL'];
+    if (consistency) return ['XL', draw(consistency.studentProbs, rand)];
+    return [draw(o.probs, rand)];
+  };
+  const jpeg = new JpegRoundTrip();
+  const shape = [o.batchSize, 3, c.imageSize, c.imageSize];
+  /** The step's image inputs: one light view, and with consistency the copy view (`pixels_b`) beside it. */
+  const pixelFeeds = async (idx: Int32Array, rand: () => number): Promise<Record<string, ort.Tensor>> => {
+    const first = lightViews(data.pixels, c.imageSize, idx, rand, { pad: o.pad, flip: true });
+    const feeds = { pixels: new ort.Tensor('float32', toNchw(first, c.imageSize), shape) };
+    if (!consistency) return feeds;
+    const second = await copyViews(data.pixels, c.imageSize, idx, rand, jpeg);
+    return { ...feeds, pixels_b: new ort.Tensor('float32', toNchw(second, c.imageSize), shape) };
   };
 
   let stopSignal: string | undefined;
@@ -237,11 +314,12 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
       const labels = Int32Array.from(idx, (j) => data.labels[j]);
       const feeds = {
         ...paramFeeds(names, s.params),
-        pixels: new ort.Tensor('float32', makeBatch(data.pixels, c.imageSize, idx, rand, { pad: o.pad, flip: true }), [o.batchSize, 3, c.imageSize, c.imageSize]),
+        ...(await pixelFeeds(idx, rand)),
         targets: new ort.Tensor('float32', smoothedTargets(labels, c.numClasses, o.labelSmoothing), [o.batchSize, c.numClasses]),
       };
       const out = await (await session(specs)).run(feeds);
-      const loss = (out.loss.data as Float32Array)[0] / specs.length;
+      const loss = (out.loss.data as Float32Array)[0] / (consistency ? 1 : specs.length);
+      const terms = consistency ? Object.fromEntries(CONSISTENCY_TERMS.map((t) => [t, +(out[`loss.${t}`].data as Float32Array)[0].toFixed(5)])) : undefined;
       if (!Number.isFinite(loss)) throw new Error(`loss is ${loss} at step ${s.step}: stopping without saving this step`);
       const lr = learningRate(s.step, totalSteps, warmupSteps, o.lr, o.minLr);
       const gradNorm = adamwStep(slots, names.map((k) => out[`grad.${k}`].data as Float32Array), s.step + 1, lr, { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: o.weightDecay, clipNorm: o.clipNorm });
@@ -251,13 +329,13 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
       s.elapsedSec += (now - t0) / 1000;
       t0 = now;
       progress.update(s.step, { loss, lr, spec: specs.join('+') });
-      if (s.step % o.logEvery === 0) fs.writeSync(metrics, JSON.stringify({ type: 'step', step: s.step, epoch: s.step / stepsPerEpoch, loss, acc, lr, gradNorm, ffn: specs.join('+'), elapsedSec: +s.elapsedSec.toFixed(1) }) + '\n');
+      if (s.step % o.logEvery === 0) fs.writeSync(metrics, JSON.stringify({ type: 'step', step: s.step, epoch: s.step / stepsPerEpoch, loss, acc, lr, gradNorm, ffn: specs.join('+'), terms, elapsedSec: +s.elapsedSec.toFixed(1) }) + '\n');
       const epochDone = s.step % stepsPerEpoch === 0;
       if (epochDone) {
         const specsToEval = o.baseline ? [o.baseline] : s.step === totalSteps ? [...granularities] : ['S', 'XL'];
-        const val = await evaluateTop1(c, s.params, data.pixels, data.labels, valIdx, specsToEval, o.threads);
+        const { top1: val, cosToXl } = await evaluateSubmodels(c, s.params, data.pixels, data.labels, valIdx, specsToEval, o.threads);
         s.val = { ...s.val, ...val };
-        fs.writeSync(metrics, JSON.stringify({ type: 'eval', step: s.step, epoch: s.step / stepsPerEpoch, val, elapsedSec: +s.elapsedSec.toFixed(1) }) + '\n');
+        fs.writeSync(metrics, JSON.stringify({ type: 'eval', step: s.step, epoch: s.step / stepsPerEpoch, val, cosToXl, elapsedSec: +s.elapsedSec.toFixed(1) }) + '\n');
         progress.log(`epoch ${s.step / stepsPerEpoch}/${o.epochs}: val top-1 ${Object.entries(val).map(([k, v]) => `${k} ${(100 * v).toFixed(1)}%`).join(', ')}`);
         exportModel(o.out, o, c, s, s.step / stepsPerEpoch);
       }
