@@ -10,7 +10,8 @@ import { after, before, describe, test } from 'node:test';
 import zlib from 'node:zlib';
 import Database from 'better-sqlite3';
 import sharp from 'sharp';
-import { iterateImageSource } from '../src/data/sources.ts';
+import { IMAGE_FORMATS } from '../src/data/formats.ts';
+import { isImageName, iterateImageSource } from '../src/data/sources.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { DEFAULT_CONFIG, countFlops, countParams, parseSubmodel } from '../src/encoder/config.ts';
 import { ImageStore, contentHash } from '../src/index/store.ts';
@@ -429,6 +430,90 @@ describe('errors', () => {
     const ok = await search({ image: { bytes: jpg(), name: 'q.jpg' } }, { ffn: 'S', k: '2' });
     assert.equal(ok.status, 200);
     assert.equal((await call('GET', '/healthz')).status, 200);
+  });
+});
+
+// ---- uploaded bytes are data, never active content ---------------------------------------------------------------
+
+/** An SVG whose script would run in the page's origin if it were served as image/svg+xml. */
+const SCRIPTED_SVG = Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32"><script>alert(document.domain)</script><rect width="32" height="32" fill="red"/></svg>');
+
+describe('uploaded bytes are data', () => {
+  test('an SVG upload is refused (415, naming the accepted formats) and stores nothing', async () => {
+    const before = await imageCount();
+    const up = await expectError(call('POST', '/api/images', form({ images: { bytes: SCRIPTED_SVG, name: 'x.svg' } })), 415, 'unsupported_media_type', /x\.svg: not-image.*SVG is not accepted; send JPEG, PNG, WebP, GIF, TIFF or AVIF/);
+    assert.equal(up.error.details.reason, 'not-image');
+    // Named .png and sent as image/png, it is still an SVG.
+    await expectError(call('POST', '/api/images', form({ images: { bytes: SCRIPTED_SVG, name: 'x.png' } })), 415, 'unsupported_media_type', /SVG is not accepted/);
+    await expectError(search({ image: { bytes: SCRIPTED_SVG, name: 'q.svg' } }), 415, 'unsupported_media_type', /SVG is not accepted/);
+    assert.equal(await imageCount(), before);
+  });
+
+  test('the page, the API and the CLI take one list of formats', async () => {
+    const stats = StatsResponse.parse((await call('GET', '/api/stats')).json);
+    assert.deepEqual(stats.formats.map((f) => f.label), ['JPEG', 'PNG', 'WebP', 'GIF', 'TIFF', 'AVIF']);
+    assert.deepEqual(stats.formats, IMAGE_FORMATS.map((f) => ({ ...f })));
+    for (const f of stats.formats) for (const ext of f.extensions) assert.ok(isImageName(`a${ext.toUpperCase()}`), `matvit index takes ${ext}`);
+    for (const other of ['a.svg', 'a.heic', 'a.html', 'a.pdf']) assert.ok(!isImageName(other), `matvit index skips ${other}`);
+    // Every accepted format decodes and is served back with its own image type.
+    const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: { r: 9, g: 99, b: 199 } } }).png().toBuffer();
+    for (const f of IMAGE_FORMATS) {
+      const bytes = await sharp(png).toFormat(f.name as 'png').toBuffer(); // sharp names each accepted format
+      const added = await call('POST', '/api/images', form({ images: { bytes, name: `a${f.extensions[0]}` } }));
+      assert.equal(added.status, 201, `${f.label}: ${JSON.stringify(added.json)}`);
+      const id = added.json.images[0].id;
+      const res = await fetch(`${base}/api/images/${id}`);
+      assert.equal(res.headers.get('content-type'), f.contentType);
+      await res.arrayBuffer();
+      await call('DELETE', `/api/images/${id}`);
+    }
+  });
+
+  test('originals and thumbnails go out with nosniff, a sandboxing CSP and an image type; JSON too', async () => {
+    const hit = (await search({ image: { bytes: gallery[3].bytes, name: 'q.jpg' } }, { k: '1' })).json.results[0];
+    for (const url of [hit.imageUrl, hit.thumbUrl, '/api/stats', '/api/images/999999']) {
+      const res = await fetch(base + url);
+      await res.arrayBuffer();
+      assert.equal(res.headers.get('x-content-type-options'), 'nosniff', url);
+      const csp = res.headers.get('content-security-policy') ?? '';
+      assert.match(csp, /default-src 'none'/, url);
+      assert.match(csp, /(^|; )sandbox(;|$)/, url);
+    }
+    assert.equal((await fetch(base + hit.imageUrl)).headers.get('content-type'), 'image/jpeg');
+    assert.equal((await fetch(base + hit.thumbUrl)).headers.get('content-type'), 'image/webp');
+  });
+
+  test('an SVG stored before SVGs were refused is served as a download, not as a document', async () => {
+    const { id } = opened.handle.store.insertImageWithEmbedding(
+      { source: 'upload:old.svg', contentHash: contentHash(SCRIPTED_SVG), width: 32, height: 32, format: 'svg', original: SCRIPTED_SVG },
+      'an-older-model@1', // not the served model: the HNSW index is not involved
+      new Float32Array(8).fill(1),
+    );
+    const res = await fetch(`${base}/api/images/${id}`);
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('content-type'), 'application/octet-stream');
+    assert.match(res.headers.get('content-disposition') ?? '', /^attachment/);
+    assert.equal(res.headers.get('x-content-type-options'), 'nosniff');
+    assert.match(res.headers.get('content-security-policy') ?? '', /sandbox/);
+    assert.ok(Buffer.from(await res.arrayBuffer()).equals(SCRIPTED_SVG), 'the bytes, unchanged');
+    // Its thumbnail is made by rasterising it: WebP pixels, no script.
+    const thumb = await fetch(`${base}/api/images/${id}/thumb`);
+    assert.equal(thumb.headers.get('content-type'), 'image/webp');
+    assert.equal((await sharp(Buffer.from(await thumb.arrayBuffer())).metadata()).format, 'webp');
+    opened.handle.store.deleteImages([id]);
+  });
+
+  test('the page runs only its own script: a CSP without inline script, and nosniff', async () => {
+    for (const url of ['/', '/app.js', '/style.css']) {
+      const res = await fetch(base + url);
+      await res.arrayBuffer();
+      assert.equal(res.headers.get('x-content-type-options'), 'nosniff', url);
+      const csp = res.headers.get('content-security-policy') ?? '';
+      assert.match(csp, /default-src 'none'/, url);
+      assert.match(csp, /script-src 'self'(;|$)/, url);
+      assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/, url);
+      assert.match(csp, /frame-ancestors 'none'/, url);
+    }
   });
 });
 

@@ -3,6 +3,7 @@
 import path from 'node:path';
 import express, { type Express } from 'express';
 import { apiNotFound, errorMiddleware } from './errors.ts';
+import { securityHeaders } from './headers.ts';
 import { openApiDocument } from './openapi.ts';
 import { apiRouter } from './routes.ts';
 import type { SearchService } from './service.ts';
@@ -13,6 +14,7 @@ export function buildApp(service: SearchService): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('query parser', 'simple'); // no nested objects from query strings
+  app.use(securityHeaders);
   const openapi = openApiDocument(service.limits);
 
   app.get('/healthz', (_req, res) => void res.json(service.health()));

@@ -1,6 +1,7 @@
 // The OpenAPI 3.1 document served at /api/openapi.json, generated from the same zod schemas the routes parse with
 // (requests as their input side, responses as their output side), so it cannot drift from the handlers.
 import { z } from 'zod';
+import { ACCEPTED_FORMATS_TEXT, IMAGE_FORMATS } from '../data/formats.ts';
 import { ERROR_CODES, ErrorBody, type ErrorCode } from './errors.ts';
 import * as S from './schemas.ts';
 import type { ServerLimits } from './service.ts';
@@ -65,7 +66,7 @@ export function openApiDocument(limits: ServerLimits): Json {
           requestBody: {
             required: true,
             content: {
-              'multipart/form-data': { schema: withFiles(requests.SearchParams, { image: file('the query image (JPEG, PNG, WebP, GIF, TIFF, AVIF)') }) },
+              'multipart/form-data': { schema: withFiles(requests.SearchParams, { image: file(`the query image (${ACCEPTED_FORMATS_TEXT}; any other format gets 415)`) }) },
               'application/json': { schema: ref('SearchParams') },
             },
           },
@@ -78,7 +79,7 @@ export function openApiDocument(limits: ServerLimits): Json {
           summary: 'Index one or more uploaded images (multipart field "images", repeatable) with XL; all or nothing',
           requestBody: {
             required: true,
-            content: { 'multipart/form-data': { schema: withFiles(requests.UploadParams, { images: { type: 'array', items: file('an image'), maxItems: limits.maxFiles } }) } },
+            content: { 'multipart/form-data': { schema: withFiles(requests.UploadParams, { images: { type: 'array', items: file(`an image (${ACCEPTED_FORMATS_TEXT}; any other format gets 415)`), maxItems: limits.maxFiles } }) } },
           },
           responses: { '201': { description: 'the stored images', content: jsonContent('AddImagesResponse') }, ...errors('bad_request', 'payload_too_large', 'unsupported_media_type', 'undecodable_image') },
         },
@@ -88,7 +89,7 @@ export function openApiDocument(limits: ServerLimits): Json {
           operationId: 'getImage',
           summary: 'The original image as it was indexed',
           parameters: [idParam],
-          responses: { '200': { description: 'the image bytes', content: { 'image/*': { schema: file('image') } } }, ...errors('bad_request', 'not_found') },
+          responses: { '200': { description: 'the image bytes, with their format\'s type (an original in a format no longer accepted: application/octet-stream, as an attachment)', content: Object.fromEntries([...IMAGE_FORMATS.map((f) => f.contentType), 'application/octet-stream'].map((t) => [t, { schema: file('image') }])) }, ...errors('bad_request', 'not_found') },
         },
         delete: {
           operationId: 'deleteImage',

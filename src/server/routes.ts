@@ -4,6 +4,7 @@ import express, { type NextFunction, type Request, type RequestHandler, type Res
 import multer from 'multer';
 import type { ZodType } from 'zod';
 import { HttpError, formatBytes } from './errors.ts';
+import { setImageType } from './headers.ts';
 import { IdPath, SearchParams, UploadParams } from './schemas.ts';
 import type { SearchService, Upload } from './service.ts';
 
@@ -36,14 +37,16 @@ export function apiRouter(service: SearchService): Router {
   r.get('/images/:id', async (req, res) => {
     const { id } = parse(IdPath, req.params);
     const { bytes, contentType } = await service.original(id);
-    res.type(contentType).set('Cache-Control', 'private, max-age=3600').send(bytes);
+    setImageType(res, contentType, id);
+    res.set('Cache-Control', 'private, max-age=3600').send(bytes);
   });
 
   r.get('/images/:id/thumb', async (req, res) => {
     const { id } = parse(IdPath, req.params);
     const webp = await service.thumbnail(id); // before any header is set: a 404 must go out as JSON
     // send() adds an ETag and answers a matching If-None-Match with 304.
-    res.type('image/webp').set('Cache-Control', 'public, max-age=3600').send(webp);
+    setImageType(res, 'image/webp', id);
+    res.set('Cache-Control', 'public, max-age=3600').send(webp);
   });
 
   r.delete('/images/:id', (req, res) => {

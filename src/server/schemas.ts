@@ -144,6 +144,9 @@ export const StatsResponse = z
     hnsw: z.object({ M: z.number(), efConstruction: z.number(), ef: z.number(), capacity: z.number() }),
     dbBytes: z.number(),
     limits: z.object({ maxUploadBytes: z.number(), maxPixels: z.number(), maxFiles: z.number() }),
+    formats: z
+      .array(z.object({ name: z.string(), label: z.string(), extensions: z.array(z.string()), contentType: z.string() }))
+      .describe('the image formats uploads may be in (any other gets 415), as the page and `matvit index` take them'),
     server: z.object({
       uptimeSec: z.number(),
       searches: z.number().int(),

@@ -3,6 +3,7 @@
 // each. Its collaborators (index handle, encoder, batcher, indexer and search functions) are injected.
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { IMAGE_FORMATS } from '../data/formats.ts';
 import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError, decodeImage } from '../data/images.ts';
 import type { EncodeBatcher } from '../encoder/batcher.ts';
 import { type Calibration, type CalibrationEntry, pickEncoder } from '../encoder/budget.ts';
@@ -302,6 +303,7 @@ export class SearchService {
       hnsw: { M: hnsw.M, efConstruction: hnsw.efConstruction, ef: hnsw.getEf(), capacity: hnsw.capacity },
       dbBytes: s.dbBytes,
       limits: { ...this.limits },
+      formats: IMAGE_FORMATS.map((f) => ({ ...f })),
       server: {
         uptimeSec: round((performance.now() - this.started) / 1000, 1),
         searches: this.searches,
