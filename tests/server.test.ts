@@ -14,6 +14,7 @@ import { IMAGE_FORMATS } from '../src/data/formats.ts';
 import { isImageName, iterateImageSource } from '../src/data/sources.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { DEFAULT_CONFIG, countFlops, countParams, parseSubmodel } from '../src/encoder/config.ts';
+import * as indexerModule from '../src/index/indexer.ts';
 import { ImageStore, contentHash } from '../src/index/store.ts';
 import { buildApp } from '../src/server/app.ts';
 import { AddImagesResponse, EncodersResponse, SearchResponse, StatsResponse } from '../src/server/schemas.ts';
@@ -332,6 +333,47 @@ describe('a store from schema version 2', () => {
     } finally {
       await new Promise((r) => srv.close(r));
       await v2.close();
+    }
+  });
+});
+
+describe('a first start stopped part way', () => {
+  test('continues at the next start until the whole gallery is indexed, then never again', async () => {
+    const dir = path.join(tmp, 'gallery-600'); // more than the indexer reads ahead (4 batches of 64)
+    let n = 0;
+    for await (const item of iterateImageSource(DEMO_GALLERY)) {
+      fs.mkdirSync(path.join(dir, item.label!), { recursive: true });
+      fs.writeFileSync(path.join(dir, item.label!, path.basename(item.path)), item.bytes);
+      if (++n === 600) break;
+    }
+    const store = path.join(tmp, 'store-resumed');
+    const quick = { store, model: modelFile, gallery: dir, progress: false, encodeWorkers: 0, warmUp: false } as const;
+    // A stop signal once the first batch is committed, as SIGTERM during `npm start`'s first indexing sends.
+    const stop = new AbortController();
+    const indexer = {
+      ...indexerModule,
+      indexSources: ((h, e, s, o) => indexerModule.indexSources(h, e, s, { ...o, onProgress: (p) => (o?.onProgress?.(p), p.indexed > 0 && stop.abort()) })) as typeof indexerModule.indexSources,
+    };
+    const first = await openServer({ ...quick, signal: stop.signal, indexer });
+    const partial = first.handle.store.count(first.encoder.modelId);
+    await first.close();
+    assert.ok(partial > 0 && partial < 600, `the first start stored ${partial} of 600`);
+
+    const second = await openServer(quick);
+    try {
+      assert.equal(second.handle.store.count(second.encoder.modelId), 600, 'every image of the gallery');
+      assert.equal(second.handle.hnsw.size, 600);
+      assert.deepEqual([second.gallery?.indexed, second.gallery?.duplicates], [600 - partial, partial]);
+      second.service.deleteImage(second.handle.hnsw.search(new Float32Array(second.encoder.dim).fill(1), 1)[0].id);
+    } finally {
+      await second.close();
+    }
+    const third = await openServer(quick);
+    try {
+      assert.equal(third.gallery, null, 'a finished gallery is not indexed again');
+      assert.equal(third.handle.store.count(third.encoder.modelId), 599, 'and an image deleted from it stays deleted');
+    } finally {
+      await third.close();
     }
   });
 });
