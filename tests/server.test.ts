@@ -1,11 +1,13 @@
 // API tests: the real app on a temporary store, with a small random-weight model (DEFAULT_CONFIG shapes) and a few
 // dozen CIFAR-10 test images from the bundled demo gallery, indexed through the server's own first-start path.
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import zlib from 'node:zlib';
 import Database from 'better-sqlite3';
@@ -17,6 +19,7 @@ import { DEFAULT_CONFIG, countFlops, countParams, parseSubmodel } from '../src/e
 import * as indexerModule from '../src/index/indexer.ts';
 import { ImageStore, contentHash } from '../src/index/store.ts';
 import { buildApp } from '../src/server/app.ts';
+import { toHttpError } from '../src/server/errors.ts';
 import { AddImagesResponse, EncodersResponse, SearchResponse, StatsResponse } from '../src/server/schemas.ts';
 import { type OpenedServer, DEMO_GALLERY, openServer } from '../src/server/server.ts';
 import { randomModel } from './helpers/model.ts';
@@ -413,6 +416,31 @@ describe('errors', () => {
     await expectError(call('GET', '/api/nothing-here'), 404, 'not_found');
   });
 
+  test('405 method_not_allowed: a method a route does not take, with an Allow header', async () => {
+    const cases: [string, string, string][] = [
+      ['PUT', '/api/images/1', 'GET, DELETE, HEAD, OPTIONS'],
+      ['POST', '/api/images/1/thumb', 'GET, HEAD, OPTIONS'],
+      ['GET', '/api/search', 'POST, OPTIONS'],
+      ['DELETE', '/api/images', 'POST, OPTIONS'],
+      ['PATCH', '/api/stats', 'GET, HEAD, OPTIONS'],
+      ['POST', '/api/encoders', 'GET, HEAD, OPTIONS'],
+      ['POST', '/healthz', 'GET, HEAD, OPTIONS'],
+      ['DELETE', '/api/openapi.json', 'GET, HEAD, OPTIONS'],
+    ];
+    for (const [method, url, allow] of cases) {
+      const res = await fetch(base + url, { method });
+      assert.equal(res.status, 405, `${method} ${url}`);
+      assert.equal(res.headers.get('allow'), allow, `${method} ${url}`);
+      const body = (await res.json()) as { error: { code: string; message: string } };
+      assert.equal(body.error.code, 'method_not_allowed');
+      assert.match(body.error.message, new RegExp(`^${method} is not allowed on ${url.replace(/\./g, '\\.')}; allowed: ${allow}$`));
+    }
+    const options = await fetch(base + '/api/images/1', { method: 'OPTIONS' });
+    assert.deepEqual([options.status, options.headers.get('allow')], [204, 'GET, DELETE, HEAD, OPTIONS']);
+    assert.equal((await fetch(base + '/api/images/999999', { method: 'HEAD' })).status, 404, 'HEAD is GET without a body');
+    await expectError(call('GET', '/api/nothing-here'), 404, 'not_found');
+  });
+
   test('413 payload_too_large: oversized bodies and a 50-megapixel image', async () => {
     // A file just over the limit: the upload limit stops it.
     const big = Buffer.alloc(MAX_UPLOAD + 1000, 0xff);
@@ -555,6 +583,81 @@ describe('uploaded bytes are data', () => {
       assert.match(csp, /script-src 'self'(;|$)/, url);
       assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/, url);
       assert.match(csp, /frame-ancestors 'none'/, url);
+    }
+  });
+});
+
+// ---- a full disk ------------------------------------------------------------------------------------------------
+
+/** Mounts a tmpfs of `mb` MB at a new folder (root only), or returns null. */
+function tinyDisk(mb: number): string | null {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-full-'));
+  if (spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${mb}m`, 'tmpfs', dir]).status === 0) return dir;
+  fs.rmSync(dir, { recursive: true });
+  return null;
+}
+
+describe('a full disk', () => {
+  test('ENOSPC and SQLITE_FULL, as Node and SQLite raise them, answer 507 insufficient_storage', () => {
+    let enospc: unknown;
+    try {
+      fs.writeFileSync('/dev/full', 'x'); // the kernel's always-full device
+    } catch (err) {
+      enospc = err;
+    }
+    assert.equal((enospc as NodeJS.ErrnoException).code, 'ENOSPC');
+    const db = new Database(':memory:');
+    let sqliteFull: unknown;
+    try {
+      db.pragma('max_page_count = 2'); // SQLite's own "database or disk is full"
+      db.exec('CREATE TABLE t (b BLOB)');
+      db.prepare('INSERT INTO t VALUES (?)').run(Buffer.alloc(100_000));
+    } catch (err) {
+      sqliteFull = err;
+    } finally {
+      db.close();
+    }
+    assert.equal((sqliteFull as { code?: string }).code, 'SQLITE_FULL');
+    for (const err of [enospc, sqliteFull, new Error('while storing', { cause: sqliteFull })]) {
+      const http = toHttpError(err, { maxUploadBytes: MAX_UPLOAD });
+      assert.deepEqual([http?.status, http?.code], [507, 'insufficient_storage']);
+      assert.match(http!.message, /out of disk space: nothing was stored/);
+    }
+  });
+
+  const disk = process.getuid?.() === 0 ? tinyDisk(16) : null;
+  test('an upload to a store on a full disk answers 507, stores nothing, and works once space is freed', { skip: disk ? false : 'mounting a tmpfs needs root' }, async () => {
+    const store = path.join(disk!, 'store');
+    const full = await openServer({ store, model: modelFile, gallery: null, progress: false, encodeWorkers: 0, warmUp: false, limits: { maxUploadBytes: 2 * 1024 * 1024 } });
+    const srv = buildApp(full.service).listen(0, '127.0.0.1');
+    try {
+      await new Promise((r) => srv.once('listening', r));
+      const at = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
+      const noise = await sharp(crypto.randomBytes(300 * 300 * 3), { raw: { width: 300, height: 300, channels: 3 } }).png().toBuffer(); // incompressible
+      // Fill the disk: whatever is left goes into one file.
+      const filler = path.join(disk!, 'filler');
+      const fd = fs.openSync(filler, 'w');
+      try {
+        for (const chunk = Buffer.alloc(1 << 20); ; ) fs.writeSync(fd, chunk);
+      } catch (err) {
+        assert.equal((err as NodeJS.ErrnoException).code, 'ENOSPC');
+      } finally {
+        fs.closeSync(fd);
+      }
+      const upload = () => fetch(`${at}/api/images`, { method: 'POST', body: form({ images: { bytes: noise, name: 'noise.png' } }) });
+      const res = await upload();
+      const body = (await res.json()) as { error: { code: string; message: string } };
+      assert.deepEqual([res.status, body.error.code], [507, 'insufficient_storage']);
+      assert.match(body.error.message, /out of disk space/);
+      assert.equal(full.handle.store.stats().images, 0, 'nothing stored');
+      assert.equal((await fetch(`${at}/healthz`)).status, 200, 'the server still answers');
+      fs.rmSync(filler);
+      assert.equal((await upload()).status, 201, 'and stores once there is space');
+    } finally {
+      await new Promise((r) => srv.close(r));
+      await full.close();
+      spawnSync('umount', [disk!]);
+      fs.rmSync(disk!, { recursive: true, force: true });
     }
   });
 });

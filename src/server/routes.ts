@@ -3,7 +3,7 @@
 import express, { type NextFunction, type Request, type RequestHandler, type Response, Router } from 'express';
 import multer from 'multer';
 import type { ZodType } from 'zod';
-import { HttpError, formatBytes } from './errors.ts';
+import { HttpError, formatBytes, methodNotAllowed } from './errors.ts';
 import { setImageType } from './headers.ts';
 import { IdPath, SearchParams, UploadParams } from './schemas.ts';
 import type { SearchService, Upload } from './service.ts';
@@ -54,6 +54,12 @@ export function apiRouter(service: SearchService): Router {
     res.json(service.deleteImage(id));
   });
 
+  r.all('/encoders', methodNotAllowed(['GET']));
+  r.all('/stats', methodNotAllowed(['GET']));
+  r.all('/search', methodNotAllowed(['POST']));
+  r.all('/images', methodNotAllowed(['POST']));
+  r.all('/images/:id', methodNotAllowed(['GET', 'DELETE']));
+  r.all('/images/:id/thumb', methodNotAllowed(['GET']));
   return r;
 }
 
