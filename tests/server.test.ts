@@ -587,6 +587,70 @@ describe('uploaded bytes are data', () => {
   });
 });
 
+// ---- upload memory ----------------------------------------------------------------------------------------------
+
+describe('upload memory', () => {
+  test('uploads beyond the memory budget get 503 with Retry-After before their body is read; every answer is definite', async () => {
+    const BUDGET = 6 * 1024 * 1024;
+    const small = await openServer({ store: path.join(tmp, 'store-budget'), model: modelFile, gallery: null, progress: false, encodeWorkers: 0, warmUp: false, limits: { maxUploadBytes: 1024 * 1024, maxFiles: 32, maxUploadMemoryBytes: BUDGET } });
+    const srv = buildApp(small.service).listen(0, '127.0.0.1');
+    try {
+      await new Promise((r) => srv.once('listening', r));
+      const at = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
+      const uploads = () => StatsResponse.parse(small.service.stats()).server.uploads;
+      // Noise PNGs of about 480 KB (incompressible), 8 to a request: about 4 MB a body, so one fits in the budget.
+      const noisy = () => sharp(crypto.randomBytes(400 * 400 * 3), { raw: { width: 400, height: 400, channels: 3 } }).png().toBuffer();
+      const files = await Promise.all(Array.from({ length: 8 }, () => noisy()));
+      const body = (i: number) => form({ images: files.map((bytes, j) => ({ bytes, name: `r${i}-${j}.png` })) });
+
+      // One upload streams (chunked, no length) most of its body and waits: its bytes are counted as they arrive.
+      const wire = new Request(`${at}/api/images`, { method: 'POST', body: body(0) });
+      const whole = Buffer.from(await wire.arrayBuffer());
+      let release!: () => void;
+      const released = new Promise<void>((r) => (release = r));
+      const stream = new ReadableStream<Uint8Array>({
+        async start(c) {
+          c.enqueue(new Uint8Array(whole.subarray(0, whole.length - 1000)));
+          await released;
+          c.enqueue(new Uint8Array(whole.subarray(whole.length - 1000)));
+          c.close();
+        },
+      });
+      const slow = fetch(`${at}/api/images`, { method: 'POST', body: stream, headers: { 'content-type': wire.headers.get('content-type')! }, duplex: 'half' } as RequestInit);
+      while (uploads().inFlightBytes < whole.length - 1000) await new Promise((r) => setTimeout(r, 20));
+
+      // Eight more at once, each with its length declared: no room, so 503 at once, each saying when to retry.
+      const busy = await Promise.all(Array.from({ length: 8 }, (_, i) => fetch(`${at}/api/images`, { method: 'POST', body: body(i + 1) })));
+      for (const res of busy) {
+        const json = (await res.json()) as { error: { code: string; message: string } };
+        assert.deepEqual([res.status, json.error.code], [503, 'service_unavailable']);
+        assert.match(json.error.message, /busy with other uploads .* retry in 2 s/);
+        assert.equal(res.headers.get('retry-after'), '2');
+      }
+      release();
+      const done = await slow;
+      assert.equal(done.status, 201, 'the upload that held the memory completes');
+      assert.equal(((await done.json()) as { images: unknown[] }).images.length, 8);
+      assert.equal(uploads().inFlightBytes, 0, 'its reservation ended with it');
+      const again = await fetch(`${at}/api/images`, { method: 'POST', body: body(9) });
+      assert.equal(again.status, 201, 'the next upload finds room');
+      await again.arrayBuffer();
+
+      // A chunked body larger than the whole budget is cut off while it streams: 413.
+      const big = new Request(`${at}/api/images`, { method: 'POST', body: form({ images: [...files, ...files].map((bytes, j) => ({ bytes, name: `b${j}.png` })) }) });
+      const over = await fetch(`${at}/api/images`, { method: 'POST', body: big.body, headers: { 'content-type': big.headers.get('content-type')! }, duplex: 'half' } as RequestInit);
+      assert.equal(over.status, 413);
+      assert.match(((await over.json()) as { error: { message: string } }).error.message, /over the server's upload memory of 6 MB/);
+      const figures = uploads();
+      assert.ok(figures.peakBytes <= BUDGET, `at most ${figures.peakBytes} bytes were held`);
+      assert.deepEqual([figures.inFlightBytes, figures.refused], [0, 9]);
+    } finally {
+      await new Promise((r) => srv.close(r));
+      await small.close();
+    }
+  });
+});
+
 // ---- a full disk ------------------------------------------------------------------------------------------------
 
 /** Mounts a tmpfs of `mb` MB at a new folder (root only), or returns null. */

@@ -95,8 +95,11 @@ export function errorMiddleware(limits: { maxUploadBytes: number }): ErrorReques
     } else if (http.status >= 500) {
       logger.warn({ code: http.code, url: req.originalUrl }, http.message);
     }
-    // A body left unread (a rejected upload) would otherwise keep the connection busy: close it after replying.
-    if (!req.complete) res.setHeader('Connection', 'close');
+    // A body left unread (a rejected upload) would otherwise keep the connection busy: close it after replying,
+    // unless the refusal asks for the body to be read and dropped (a client still sending would not see an answer
+    // on a closed connection; Node discards what it reads after the response).
+    if (!req.complete && !res.locals.drainBody) res.setHeader('Connection', 'close');
+    if (typeof http.details?.retryAfterSeconds === 'number') res.setHeader('Retry-After', String(http.details.retryAfterSeconds));
     const body: ErrorBody = { error: { code: http.code, message: http.message, ...(http.details ? { details: http.details } : {}) } };
     res.status(http.status).json(body);
   };

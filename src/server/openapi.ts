@@ -48,7 +48,7 @@ export function openApiDocument(limits: ServerLimits): Json {
   const file = (description: string) => ({ type: 'string', format: 'binary', contentMediaType: 'application/octet-stream', description });
   const withFiles = (base: Json, files: Json): Json => ({ ...base, properties: { ...(base.properties as Json), ...files } });
   const idParam = { name: 'id', in: 'path', required: true, schema: { type: 'integer', minimum: 1 } };
-  const limitText = `Uploads: at most ${limits.maxUploadBytes} bytes per file and ${limits.maxPixels} pixels per image (413 beyond either).`;
+  const limitText = `Uploads: at most ${limits.maxUploadBytes} bytes per file and ${limits.maxPixels} pixels per image (413 beyond either); at most ${limits.maxUploadMemoryBytes} upload bytes in memory over all requests (a request larger than that: 413; no room now: 503 with Retry-After).`;
 
   return {
     openapi: '3.1.0',
@@ -70,7 +70,7 @@ export function openApiDocument(limits: ServerLimits): Json {
               'application/json': { schema: ref('SearchParams') },
             },
           },
-          responses: { '200': { description: 'results and the cost actually spent', content: jsonContent('SearchResponse') }, ...errors('bad_request', 'not_found', 'payload_too_large', 'unsupported_media_type', 'undecodable_image') },
+          responses: { '200': { description: 'results and the cost actually spent', content: jsonContent('SearchResponse') }, ...errors('bad_request', 'not_found', 'payload_too_large', 'unsupported_media_type', 'undecodable_image', 'service_unavailable') },
         },
       },
       '/api/images': {
@@ -81,7 +81,7 @@ export function openApiDocument(limits: ServerLimits): Json {
             required: true,
             content: { 'multipart/form-data': { schema: withFiles(requests.UploadParams, { images: { type: 'array', items: file(`an image (${ACCEPTED_FORMATS_TEXT}; any other format gets 415)`), maxItems: limits.maxFiles } }) } },
           },
-          responses: { '201': { description: 'the stored images', content: jsonContent('AddImagesResponse') }, ...errors('bad_request', 'payload_too_large', 'unsupported_media_type', 'undecodable_image') },
+          responses: { '201': { description: 'the stored images', content: jsonContent('AddImagesResponse') }, ...errors('bad_request', 'payload_too_large', 'unsupported_media_type', 'undecodable_image', 'service_unavailable', 'insufficient_storage') },
         },
       },
       '/api/images/{id}': {

@@ -23,15 +23,17 @@ export function apiRouter(service: SearchService): Router {
   r.get('/encoders', (_req, res) => void res.json(service.encoders()));
   r.get('/stats', (_req, res) => void res.json(service.stats()));
 
-  r.post('/search', bodyLimit(maxUploadBytes + MULTIPART_OVERHEAD, `the upload limit of ${formatBytes(maxUploadBytes)}`), acceptBody(['multipart/form-data', 'application/json'], true), searchUpload, json, async (req, res) => {
+  // Each upload route: the body's limit, its type, a reservation in the server's upload memory, then the parser.
+  const admit = service.uploads.admit();
+  r.post('/search', bodyLimit(maxUploadBytes + MULTIPART_OVERHEAD, `the upload limit of ${formatBytes(maxUploadBytes)}`), acceptBody(['multipart/form-data', 'application/json'], true), admit, searchUpload, json, async (req, res) => {
     const params = parse(SearchParams, { ...req.query, ...req.body });
-    res.json(await service.search(params, uploadOf(req.file)));
+    res.json(await service.uploads.holdUntil(res, service.search(params, uploadOf(req.file))));
   });
 
-  r.post('/images', bodyLimit(maxUploadBytes * maxFiles + MULTIPART_OVERHEAD, `the upload limit of ${maxFiles} files of ${formatBytes(maxUploadBytes)}`), acceptBody(['multipart/form-data'], false), imagesUpload, async (req, res) => {
+  r.post('/images', bodyLimit(maxUploadBytes * maxFiles + MULTIPART_OVERHEAD, `the upload limit of ${maxFiles} files of ${formatBytes(maxUploadBytes)}`), acceptBody(['multipart/form-data'], false), admit, imagesUpload, async (req, res) => {
     const params = parse(UploadParams, { ...req.body });
     const files = (req.files as Express.Multer.File[] | undefined) ?? [];
-    res.status(201).json(await service.addImages(files.map((f) => uploadOf(f)!), params));
+    res.status(201).json(await service.uploads.holdUntil(res, service.addImages(files.map((f) => uploadOf(f)!), params)));
   });
 
   r.get('/images/:id', async (req, res) => {
