@@ -7,7 +7,6 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import zlib from 'node:zlib';
 import { after, before, test } from 'node:test';
 import { type Browser, chromium } from 'playwright-core';
 import sharp from 'sharp';
@@ -19,6 +18,7 @@ import { contentHash } from '../src/index/store.ts';
 import { buildApp } from '../src/server/app.ts';
 import { type OpenedServer, DEMO_GALLERY, openServer } from '../src/server/server.ts';
 import { randomModel } from './helpers/model.ts';
+import { pngChunk } from './helpers/png.ts';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-sync', '--disable-quic'];
@@ -175,14 +175,4 @@ function formOf(name: string, bytes: Buffer): FormData {
   const f = new FormData();
   f.append('images', new Blob([new Uint8Array(bytes)]), name);
   return f;
-}
-
-/** A PNG chunk: length, type, data, CRC over type and data. */
-function pngChunk(type: string, data: Buffer): Buffer {
-  const td = Buffer.concat([Buffer.from(type, 'ascii'), data]);
-  const out = Buffer.alloc(td.length + 8);
-  out.writeUInt32BE(data.length, 0);
-  td.copy(out, 4);
-  out.writeUInt32BE(zlib.crc32(td), td.length + 4);
-  return out;
 }

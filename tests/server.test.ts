@@ -23,6 +23,7 @@ import { toHttpError } from '../src/server/errors.ts';
 import { AddImagesResponse, EncodersResponse, SearchResponse, StatsResponse } from '../src/server/schemas.ts';
 import { type OpenedServer, DEMO_GALLERY, openServer } from '../src/server/server.ts';
 import { randomModel } from './helpers/model.ts';
+import { pngChunk } from './helpers/png.ts';
 
 const PER_CLASS = 4; // 40 gallery images
 const MAX_UPLOAD = 256 * 1024; // small upload limit, so that "too large" bodies stay cheap to send
@@ -147,20 +148,12 @@ function zipFile(name: string, content: string): Buffer {
 function png50Megapixels(): Buffer {
   const W = 10_000;
   const H = 5_000;
-  const chunk = (type: string, data: Buffer) => {
-    const td = Buffer.concat([Buffer.from(type, 'ascii'), data]);
-    const out = Buffer.alloc(td.length + 8);
-    out.writeUInt32BE(data.length, 0);
-    td.copy(out, 4);
-    out.writeUInt32BE(zlib.crc32(td), td.length + 4);
-    return out;
-  };
   const ihdr = Buffer.alloc(13);
   ihdr.writeUInt32BE(W, 0);
   ihdr.writeUInt32BE(H, 4);
   ihdr[8] = 8; // bit depth; colour type 0 (gray)
   const idat = zlib.deflateSync(Buffer.alloc((W + 1) * H), { level: 9 }); // filter byte + row, all zero
-  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr), chunk('IDAT', idat), chunk('IEND', Buffer.alloc(0))]);
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), pngChunk('IHDR', ihdr), pngChunk('IDAT', idat), pngChunk('IEND', Buffer.alloc(0))]);
 }
 
 // ---- the happy paths --------------------------------------------------------------------------------------------
