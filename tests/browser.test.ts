@@ -10,12 +10,15 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { type Browser, chromium } from 'playwright-core';
 import sharp from 'sharp';
+import { IMAGE_FORMATS } from '../src/data/formats.ts';
 import { iterateImageSource } from '../src/data/sources.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { DEFAULT_CONFIG, countFlops, parseSubmodel } from '../src/encoder/config.ts';
+import { contentHash } from '../src/index/store.ts';
 import { buildApp } from '../src/server/app.ts';
 import { type OpenedServer, DEMO_GALLERY, openServer } from '../src/server/server.ts';
 import { randomModel } from './helpers/model.ts';
+import { pngChunk } from './helpers/png.ts';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-sync', '--disable-quic'];
@@ -119,3 +122,57 @@ test('upload an image, change the query cost, get a grid of results, add an imag
   assert.deepEqual(pageErrors, [], 'no script errors on the page');
   await page.close();
 });
+
+test('no script runs from an uploaded file on the app\'s origin', async () => {
+  const page = await browser.newPage();
+  const dialogs: string[] = [];
+  page.on('dialog', (d) => {
+    dialogs.push(d.message());
+    void d.dismiss();
+  });
+  await page.goto(base + '/');
+  await page.locator('input[name="ffn"]').first().waitFor();
+
+  // The picker offers the accepted formats, the one list the server and `matvit index` use.
+  await page.waitForFunction(() => document.getElementById('formats')!.textContent !== '');
+  assert.equal(await page.locator('#formats').innerText(), 'JPEG, PNG, WebP, GIF, TIFF or AVIF');
+  assert.equal(await page.locator('#file').getAttribute('accept'), IMAGE_FORMATS.flatMap((f) => [f.contentType, ...f.extensions]).join(','));
+
+  // An SVG with a script, picked anyway: the server refuses it and the page says why.
+  const svg = Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32"><script>alert("svg ran in " + document.domain)</script></svg>');
+  await page.setInputFiles('#file', { name: 'x.svg', mimeType: 'image/svg+xml', buffer: svg });
+  await page.locator('#error').waitFor({ state: 'visible' });
+  assert.match(await page.locator('#error').innerText(), /x\.svg: not-image.*SVG is not accepted.*415 unsupported_media_type/);
+
+  // An SVG kept by an older version of the store, opened directly: a download, never a document.
+  const { id } = opened.handle.store.insertImageWithEmbedding(
+    { source: 'upload:old.svg', contentHash: contentHash(svg), width: 32, height: 32, format: 'svg', original: svg },
+    'an-older-model@1',
+    new Float32Array(8).fill(1),
+  );
+  const download = page.waitForEvent('download');
+  await page.goto(`${base}/api/images/${id}`).catch((err: Error) => assert.match(err.message, /download/i));
+  assert.equal((await download).suggestedFilename(), `image-${id}.bin`);
+
+  // A real PNG carrying HTML and script in a text chunk (a polyglot): accepted, and shown as an image only.
+  const png = await sharp({ create: { width: 32, height: 32, channels: 3, background: { r: 1, g: 2, b: 3 } } }).png().toBuffer();
+  const html = Buffer.from('<html><body><script>alert("png ran in " + document.domain)</script></body></html>');
+  const polyglot = Buffer.concat([png.subarray(0, 33), pngChunk('tEXt', Buffer.concat([Buffer.from('Comment\0'), html])), png.subarray(33)]);
+  const added = await fetch(`${base}/api/images`, { method: 'POST', body: formOf('poly.png', polyglot) });
+  assert.equal(added.status, 201);
+  const polyId = ((await added.json()) as { images: { id: number }[] }).images[0].id;
+  for (const url of [`/api/images/${polyId}`, `/api/images/${polyId}/thumb`]) {
+    const res = await page.goto(base + url);
+    assert.match(res!.headers()['content-type'], /^image\/(png|webp)$/);
+    assert.equal(await page.evaluate(() => document.contentType), res!.headers()['content-type'], 'rendered as an image document');
+    assert.equal(await page.evaluate(() => document.scripts.length), 0);
+  }
+  assert.deepEqual(dialogs, [], 'no script ran');
+  await page.close();
+});
+
+function formOf(name: string, bytes: Buffer): FormData {
+  const f = new FormData();
+  f.append('images', new Blob([new Uint8Array(bytes)]), name);
+  return f;
+}

@@ -4,6 +4,7 @@ import Database from 'better-sqlite3';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
 import { ExactIndex, HNSW_DEFAULTS, HnswIndex, recallAtK, sidecarPath } from '../src/index/hnsw.ts';
 import { type IndexHandle, addEmbeddings, closeIndex, deleteImages, openIndex } from '../src/index/service.ts';
@@ -320,10 +321,103 @@ describe('HNSW index', () => {
 
       fs.writeFileSync(ix.file, 'garbage');
       const st = fs.statSync(ix.file);
-      fs.writeFileSync(sidecarPath(ix.file), JSON.stringify({ ...side, indexFile: { bytes: st.size, mtimeMs: st.mtimeMs } }));
+      fs.writeFileSync(sidecarPath(ix.file), JSON.stringify({ ...side, indexFile: { bytes: st.size, mtimeMs: st.mtimeMs, crc32: zlib.crc32('garbage') } }));
       const corrupt = HnswIndex.open(store, MODEL, 32, ix.file);
       assert.equal(corrupt.rebuilt, true);
-      assert.match(corrupt.reason!, /unreadable/);
+      assert.match(corrupt.reason!, /damaged: it is 7 bytes long, shorter than its header/);
+    } finally {
+      store.close();
+    }
+  });
+
+  test('a block of the index file overwritten in place (same size and time) is detected by its checksum and rebuilt', () => {
+    const dir = newDir();
+    const vecs = randomVectors(2000, 32, 21);
+    let ix = openIndex(dir, MODEL, 32, { writer: true });
+    const ids = fill(ix, vecs);
+    const before = vecs.slice(0, 50).map((q) => ix.hnsw.search(q, 10).map((h) => h.id));
+    closeIndex(ix);
+    const side = JSON.parse(fs.readFileSync(sidecarPath(ix.file), 'utf8'));
+    assert.equal(side.indexFile.crc32, zlib.crc32(fs.readFileSync(ix.file)), 'the sidecar carries the checksum of the file');
+
+    // 4 KiB of other bytes in the middle of the file (the graph's links and vectors), its size and times restored
+    // (`touch -r`, as the issue reproduced it).
+    const stat = fs.statSync(ix.file);
+    const times = path.join(dir, 'times-of-index');
+    fs.writeFileSync(times, '');
+    assert.equal(spawnSync('touch', ['-r', ix.file, times]).status, 0);
+    const fd = fs.openSync(ix.file, 'r+');
+    const at = Math.floor(stat.size / 2);
+    const old = Buffer.alloc(4096);
+    fs.readSync(fd, old, 0, 4096, at);
+    const noise = Buffer.from(old.map((b) => b ^ (1 + ((b * 7919) % 255))));
+    fs.writeSync(fd, noise, 0, 4096, at);
+    fs.closeSync(fd);
+    assert.equal(spawnSync('touch', ['-r', times, ix.file]).status, 0);
+    assert.deepEqual([fs.statSync(ix.file).size, fs.statSync(ix.file).mtimeMs], [stat.size, stat.mtimeMs]);
+
+    const probe = ImageStore.open(dir);
+    try {
+      const reason = HnswIndex.mismatch(ix.file, { modelId: MODEL, dim: 32, generation: probe.generation(MODEL), count: 2000 });
+      assert.match(reason ?? 'accepted', /damaged: its checksum is/);
+    } finally {
+      probe.close();
+    }
+    ix = openIndex(dir, MODEL, 32, { writer: true });
+    try {
+      // Searching the damaged graph could crash the process; the rebuilt one finds every image itself.
+      assert.equal(ix.hnsw.size, 2000);
+      assert.deepEqual(vecs.slice(0, 50).map((q) => ix.hnsw.search(q, 10).map((h) => h.id)), before);
+      vecs.forEach((v, i) => assert.equal(ix.hnsw.search(v, 1)[0].id, ids[i]));
+    } finally {
+      closeIndex(ix);
+    }
+    const store = ImageStore.open(dir);
+    try {
+      assert.equal(HnswIndex.open(store, MODEL, 32, ix.file).rebuilt, false, 'the rebuilt index was saved with a new checksum');
+      const fresh = JSON.parse(fs.readFileSync(sidecarPath(ix.file), 'utf8'));
+      fs.writeFileSync(ix.file, Buffer.concat([fs.readFileSync(ix.file).subarray(0, at), noise, fs.readFileSync(ix.file).subarray(at + 4096)]));
+      const st = fs.statSync(ix.file);
+      fs.writeFileSync(sidecarPath(ix.file), JSON.stringify({ ...fresh, indexFile: { ...fresh.indexFile, mtimeMs: st.mtimeMs } }));
+      assert.match(HnswIndex.open(store, MODEL, 32, ix.file).reason!, /damaged: its checksum is [0-9a-f]+, its sidecar says [0-9a-f]+/);
+      const { crc32: _, ...noChecksum } = fresh.indexFile;
+      fs.writeFileSync(sidecarPath(ix.file), JSON.stringify({ ...fresh, indexFile: { ...noChecksum, mtimeMs: st.mtimeMs } }));
+      assert.match(HnswIndex.open(store, MODEL, 32, ix.file).reason!, /no checksum \(written by an older version\)/);
+    } finally {
+      store.close();
+    }
+  });
+
+  test('a save whose write fails (file size limit) keeps the previous index file and sidecar, and says so', () => {
+    const dir = newDir();
+    const vecs = randomVectors(3000, 32, 22);
+    const ix = openIndex(dir, MODEL, 32, { writer: true });
+    const ids = fill(ix, vecs);
+    closeIndex(ix);
+    const goodFile = fs.readFileSync(ix.file);
+    const goodSide = fs.readFileSync(sidecarPath(ix.file), 'utf8');
+    assert.ok(goodFile.length > 512 * 1024, `the index file (${goodFile.length} bytes) is larger than the limit below`);
+
+    // A child process whose files may not grow past 256 KiB: hnswlib's write is cut short, and it reports nothing.
+    const child = spawnSync('bash', ['-c', `ulimit -f 256 && exec "${process.execPath}" --import tsx tests/helpers/save-under-limit.ts "$@"`, 'save', dir, MODEL, '32', String(ids[0])], {
+      cwd: path.resolve(import.meta.dirname, '..'),
+      encoding: 'utf8',
+    });
+    assert.equal(child.status, 0, child.stderr);
+    const out = JSON.parse(child.stdout.trim().split('\n').at(-1)!);
+    assert.equal(out.error?.name, 'IndexSaveError');
+    assert.match(out.error.message, /could not save the HNSW index .*the file written is incomplete \(is the disk full\?\).*the previous index file is kept/);
+    assert.match(child.stdout + child.stderr, /the HNSW index was not saved; the previous file is kept/, 'logged');
+    assert.equal(out.lockReleased, true, 'the store was closed all the same');
+
+    assert.ok(fs.readFileSync(ix.file).equals(goodFile), 'the previous index file, byte for byte');
+    assert.equal(fs.readFileSync(sidecarPath(ix.file), 'utf8'), goodSide);
+    assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes('.tmp')), [], 'no temp file left');
+    const store = ImageStore.open(dir);
+    try {
+      const reopened = HnswIndex.open(store, MODEL, 32, ix.file);
+      assert.equal(reopened.rebuilt, false);
+      assert.equal(reopened.index.size, 3000);
     } finally {
       store.close();
     }

@@ -1,23 +1,29 @@
 // API tests: the real app on a temporary store, with a small random-weight model (DEFAULT_CONFIG shapes) and a few
 // dozen CIFAR-10 test images from the bundled demo gallery, indexed through the server's own first-start path.
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import zlib from 'node:zlib';
 import Database from 'better-sqlite3';
 import sharp from 'sharp';
-import { iterateImageSource } from '../src/data/sources.ts';
+import { IMAGE_FORMATS } from '../src/data/formats.ts';
+import { isImageName, iterateImageSource } from '../src/data/sources.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { DEFAULT_CONFIG, countFlops, countParams, parseSubmodel } from '../src/encoder/config.ts';
+import * as indexerModule from '../src/index/indexer.ts';
 import { ImageStore, contentHash } from '../src/index/store.ts';
 import { buildApp } from '../src/server/app.ts';
+import { toHttpError } from '../src/server/errors.ts';
 import { AddImagesResponse, EncodersResponse, SearchResponse, StatsResponse } from '../src/server/schemas.ts';
 import { type OpenedServer, DEMO_GALLERY, openServer } from '../src/server/server.ts';
 import { randomModel } from './helpers/model.ts';
+import { pngChunk } from './helpers/png.ts';
 
 const PER_CLASS = 4; // 40 gallery images
 const MAX_UPLOAD = 256 * 1024; // small upload limit, so that "too large" bodies stay cheap to send
@@ -142,20 +148,12 @@ function zipFile(name: string, content: string): Buffer {
 function png50Megapixels(): Buffer {
   const W = 10_000;
   const H = 5_000;
-  const chunk = (type: string, data: Buffer) => {
-    const td = Buffer.concat([Buffer.from(type, 'ascii'), data]);
-    const out = Buffer.alloc(td.length + 8);
-    out.writeUInt32BE(data.length, 0);
-    td.copy(out, 4);
-    out.writeUInt32BE(zlib.crc32(td), td.length + 4);
-    return out;
-  };
   const ihdr = Buffer.alloc(13);
   ihdr.writeUInt32BE(W, 0);
   ihdr.writeUInt32BE(H, 4);
   ihdr[8] = 8; // bit depth; colour type 0 (gray)
   const idat = zlib.deflateSync(Buffer.alloc((W + 1) * H), { level: 9 }); // filter byte + row, all zero
-  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr), chunk('IDAT', idat), chunk('IEND', Buffer.alloc(0))]);
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), pngChunk('IHDR', ihdr), pngChunk('IDAT', idat), pngChunk('IEND', Buffer.alloc(0))]);
 }
 
 // ---- the happy paths --------------------------------------------------------------------------------------------
@@ -335,6 +333,47 @@ describe('a store from schema version 2', () => {
   });
 });
 
+describe('a first start stopped part way', () => {
+  test('continues at the next start until the whole gallery is indexed, then never again', async () => {
+    const dir = path.join(tmp, 'gallery-600'); // more than the indexer reads ahead (4 batches of 64)
+    let n = 0;
+    for await (const item of iterateImageSource(DEMO_GALLERY)) {
+      fs.mkdirSync(path.join(dir, item.label!), { recursive: true });
+      fs.writeFileSync(path.join(dir, item.label!, path.basename(item.path)), item.bytes);
+      if (++n === 600) break;
+    }
+    const store = path.join(tmp, 'store-resumed');
+    const quick = { store, model: modelFile, gallery: dir, progress: false, encodeWorkers: 0, warmUp: false } as const;
+    // A stop signal once the first batch is committed, as SIGTERM during `npm start`'s first indexing sends.
+    const stop = new AbortController();
+    const indexer = {
+      ...indexerModule,
+      indexSources: ((h, e, s, o) => indexerModule.indexSources(h, e, s, { ...o, onProgress: (p) => (o?.onProgress?.(p), p.indexed > 0 && stop.abort()) })) as typeof indexerModule.indexSources,
+    };
+    const first = await openServer({ ...quick, signal: stop.signal, indexer });
+    const partial = first.handle.store.count(first.encoder.modelId);
+    await first.close();
+    assert.ok(partial > 0 && partial < 600, `the first start stored ${partial} of 600`);
+
+    const second = await openServer(quick);
+    try {
+      assert.equal(second.handle.store.count(second.encoder.modelId), 600, 'every image of the gallery');
+      assert.equal(second.handle.hnsw.size, 600);
+      assert.deepEqual([second.gallery?.indexed, second.gallery?.duplicates], [600 - partial, partial]);
+      second.service.deleteImage(second.handle.hnsw.search(new Float32Array(second.encoder.dim).fill(1), 1)[0].id);
+    } finally {
+      await second.close();
+    }
+    const third = await openServer(quick);
+    try {
+      assert.equal(third.gallery, null, 'a finished gallery is not indexed again');
+      assert.equal(third.handle.store.count(third.encoder.modelId), 599, 'and an image deleted from it stays deleted');
+    } finally {
+      await third.close();
+    }
+  });
+});
+
 // ---- errors -----------------------------------------------------------------------------------------------------
 
 describe('errors', () => {
@@ -367,6 +406,31 @@ describe('errors', () => {
     await expectError(call('GET', '/api/images/999999/thumb'), 404, 'not_found');
     await expectError(call('DELETE', '/api/images/999999'), 404, 'not_found');
     await expectError(call('POST', '/api/search', { id: 999999 }), 404, 'not_found');
+    await expectError(call('GET', '/api/nothing-here'), 404, 'not_found');
+  });
+
+  test('405 method_not_allowed: a method a route does not take, with an Allow header', async () => {
+    const cases: [string, string, string][] = [
+      ['PUT', '/api/images/1', 'GET, DELETE, HEAD, OPTIONS'],
+      ['POST', '/api/images/1/thumb', 'GET, HEAD, OPTIONS'],
+      ['GET', '/api/search', 'POST, OPTIONS'],
+      ['DELETE', '/api/images', 'POST, OPTIONS'],
+      ['PATCH', '/api/stats', 'GET, HEAD, OPTIONS'],
+      ['POST', '/api/encoders', 'GET, HEAD, OPTIONS'],
+      ['POST', '/healthz', 'GET, HEAD, OPTIONS'],
+      ['DELETE', '/api/openapi.json', 'GET, HEAD, OPTIONS'],
+    ];
+    for (const [method, url, allow] of cases) {
+      const res = await fetch(base + url, { method });
+      assert.equal(res.status, 405, `${method} ${url}`);
+      assert.equal(res.headers.get('allow'), allow, `${method} ${url}`);
+      const body = (await res.json()) as { error: { code: string; message: string } };
+      assert.equal(body.error.code, 'method_not_allowed');
+      assert.match(body.error.message, new RegExp(`^${method} is not allowed on ${url.replace(/\./g, '\\.')}; allowed: ${allow}$`));
+    }
+    const options = await fetch(base + '/api/images/1', { method: 'OPTIONS' });
+    assert.deepEqual([options.status, options.headers.get('allow')], [204, 'GET, DELETE, HEAD, OPTIONS']);
+    assert.equal((await fetch(base + '/api/images/999999', { method: 'HEAD' })).status, 404, 'HEAD is GET without a body');
     await expectError(call('GET', '/api/nothing-here'), 404, 'not_found');
   });
 
@@ -429,6 +493,231 @@ describe('errors', () => {
     const ok = await search({ image: { bytes: jpg(), name: 'q.jpg' } }, { ffn: 'S', k: '2' });
     assert.equal(ok.status, 200);
     assert.equal((await call('GET', '/healthz')).status, 200);
+  });
+});
+
+// ---- uploaded bytes are data, never active content ---------------------------------------------------------------
+
+/** An SVG whose script would run in the page's origin if it were served as image/svg+xml. */
+const SCRIPTED_SVG = Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32"><script>alert(document.domain)</script><rect width="32" height="32" fill="red"/></svg>');
+
+describe('uploaded bytes are data', () => {
+  test('an SVG upload is refused (415, naming the accepted formats) and stores nothing', async () => {
+    const before = await imageCount();
+    const up = await expectError(call('POST', '/api/images', form({ images: { bytes: SCRIPTED_SVG, name: 'x.svg' } })), 415, 'unsupported_media_type', /x\.svg: not-image.*SVG is not accepted; send JPEG, PNG, WebP, GIF, TIFF or AVIF/);
+    assert.equal(up.error.details.reason, 'not-image');
+    // Named .png and sent as image/png, it is still an SVG.
+    await expectError(call('POST', '/api/images', form({ images: { bytes: SCRIPTED_SVG, name: 'x.png' } })), 415, 'unsupported_media_type', /SVG is not accepted/);
+    await expectError(search({ image: { bytes: SCRIPTED_SVG, name: 'q.svg' } }), 415, 'unsupported_media_type', /SVG is not accepted/);
+    assert.equal(await imageCount(), before);
+  });
+
+  test('the page, the API and the CLI take one list of formats', async () => {
+    const stats = StatsResponse.parse((await call('GET', '/api/stats')).json);
+    assert.deepEqual(stats.formats.map((f) => f.label), ['JPEG', 'PNG', 'WebP', 'GIF', 'TIFF', 'AVIF']);
+    assert.deepEqual(stats.formats, IMAGE_FORMATS.map((f) => ({ ...f })));
+    for (const f of stats.formats) for (const ext of f.extensions) assert.ok(isImageName(`a${ext.toUpperCase()}`), `matvit index takes ${ext}`);
+    for (const other of ['a.svg', 'a.heic', 'a.html', 'a.pdf']) assert.ok(!isImageName(other), `matvit index skips ${other}`);
+    // Every accepted format decodes and is served back with its own image type.
+    const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: { r: 9, g: 99, b: 199 } } }).png().toBuffer();
+    for (const f of IMAGE_FORMATS) {
+      const bytes = await sharp(png).toFormat(f.name as 'png').toBuffer(); // sharp names each accepted format
+      const added = await call('POST', '/api/images', form({ images: { bytes, name: `a${f.extensions[0]}` } }));
+      assert.equal(added.status, 201, `${f.label}: ${JSON.stringify(added.json)}`);
+      const id = added.json.images[0].id;
+      const res = await fetch(`${base}/api/images/${id}`);
+      assert.equal(res.headers.get('content-type'), f.contentType);
+      await res.arrayBuffer();
+      await call('DELETE', `/api/images/${id}`);
+    }
+  });
+
+  test('originals and thumbnails go out with nosniff, a sandboxing CSP and an image type; JSON too', async () => {
+    const hit = (await search({ image: { bytes: gallery[3].bytes, name: 'q.jpg' } }, { k: '1' })).json.results[0];
+    for (const url of [hit.imageUrl, hit.thumbUrl, '/api/stats', '/api/images/999999']) {
+      const res = await fetch(base + url);
+      await res.arrayBuffer();
+      assert.equal(res.headers.get('x-content-type-options'), 'nosniff', url);
+      const csp = res.headers.get('content-security-policy') ?? '';
+      assert.match(csp, /default-src 'none'/, url);
+      assert.match(csp, /(^|; )sandbox(;|$)/, url);
+    }
+    assert.equal((await fetch(base + hit.imageUrl)).headers.get('content-type'), 'image/jpeg');
+    assert.equal((await fetch(base + hit.thumbUrl)).headers.get('content-type'), 'image/webp');
+  });
+
+  test('an SVG stored before SVGs were refused is served as a download, not as a document', async () => {
+    const { id } = opened.handle.store.insertImageWithEmbedding(
+      { source: 'upload:old.svg', contentHash: contentHash(SCRIPTED_SVG), width: 32, height: 32, format: 'svg', original: SCRIPTED_SVG },
+      'an-older-model@1', // not the served model: the HNSW index is not involved
+      new Float32Array(8).fill(1),
+    );
+    const res = await fetch(`${base}/api/images/${id}`);
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('content-type'), 'application/octet-stream');
+    assert.match(res.headers.get('content-disposition') ?? '', /^attachment/);
+    assert.equal(res.headers.get('x-content-type-options'), 'nosniff');
+    assert.match(res.headers.get('content-security-policy') ?? '', /sandbox/);
+    assert.ok(Buffer.from(await res.arrayBuffer()).equals(SCRIPTED_SVG), 'the bytes, unchanged');
+    // Its thumbnail is made by rasterising it: WebP pixels, no script.
+    const thumb = await fetch(`${base}/api/images/${id}/thumb`);
+    assert.equal(thumb.headers.get('content-type'), 'image/webp');
+    assert.equal((await sharp(Buffer.from(await thumb.arrayBuffer())).metadata()).format, 'webp');
+    opened.handle.store.deleteImages([id]);
+  });
+
+  test('the page runs only its own script: a CSP without inline script, and nosniff', async () => {
+    for (const url of ['/', '/app.js', '/style.css']) {
+      const res = await fetch(base + url);
+      await res.arrayBuffer();
+      assert.equal(res.headers.get('x-content-type-options'), 'nosniff', url);
+      const csp = res.headers.get('content-security-policy') ?? '';
+      assert.match(csp, /default-src 'none'/, url);
+      assert.match(csp, /script-src 'self'(;|$)/, url);
+      assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/, url);
+      assert.match(csp, /frame-ancestors 'none'/, url);
+    }
+  });
+});
+
+// ---- upload memory ----------------------------------------------------------------------------------------------
+
+describe('upload memory', () => {
+  test('uploads beyond the memory budget get 503 with Retry-After before their body is read; every answer is definite', async () => {
+    const BUDGET = 6 * 1024 * 1024;
+    const small = await openServer({ store: path.join(tmp, 'store-budget'), model: modelFile, gallery: null, progress: false, encodeWorkers: 0, warmUp: false, limits: { maxUploadBytes: 1024 * 1024, maxFiles: 32, maxUploadMemoryBytes: BUDGET } });
+    const srv = buildApp(small.service).listen(0, '127.0.0.1');
+    try {
+      await new Promise((r) => srv.once('listening', r));
+      const at = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
+      const uploads = () => StatsResponse.parse(small.service.stats()).server.uploads;
+      // Noise PNGs of about 480 KB (incompressible), 8 to a request: about 4 MB a body, so one fits in the budget.
+      const noisy = () => sharp(crypto.randomBytes(400 * 400 * 3), { raw: { width: 400, height: 400, channels: 3 } }).png().toBuffer();
+      const files = await Promise.all(Array.from({ length: 8 }, () => noisy()));
+      const body = (i: number) => form({ images: files.map((bytes, j) => ({ bytes, name: `r${i}-${j}.png` })) });
+
+      // One upload streams (chunked, no length) most of its body and waits: its bytes are counted as they arrive.
+      const wire = new Request(`${at}/api/images`, { method: 'POST', body: body(0) });
+      const whole = Buffer.from(await wire.arrayBuffer());
+      let release!: () => void;
+      const released = new Promise<void>((r) => (release = r));
+      const stream = new ReadableStream<Uint8Array>({
+        async start(c) {
+          c.enqueue(new Uint8Array(whole.subarray(0, whole.length - 1000)));
+          await released;
+          c.enqueue(new Uint8Array(whole.subarray(whole.length - 1000)));
+          c.close();
+        },
+      });
+      const slow = fetch(`${at}/api/images`, { method: 'POST', body: stream, headers: { 'content-type': wire.headers.get('content-type')! }, duplex: 'half' } as RequestInit);
+      while (uploads().inFlightBytes < whole.length - 1000) await new Promise((r) => setTimeout(r, 20));
+
+      // Eight more at once, each with its length declared: no room, so 503 at once, each saying when to retry.
+      const busy = await Promise.all(Array.from({ length: 8 }, (_, i) => fetch(`${at}/api/images`, { method: 'POST', body: body(i + 1) })));
+      for (const res of busy) {
+        const json = (await res.json()) as { error: { code: string; message: string } };
+        assert.deepEqual([res.status, json.error.code], [503, 'service_unavailable']);
+        assert.match(json.error.message, /busy with other uploads .* retry in 2 s/);
+        assert.equal(res.headers.get('retry-after'), '2');
+      }
+      release();
+      const done = await slow;
+      assert.equal(done.status, 201, 'the upload that held the memory completes');
+      assert.equal(((await done.json()) as { images: unknown[] }).images.length, 8);
+      assert.equal(uploads().inFlightBytes, 0, 'its reservation ended with it');
+      const again = await fetch(`${at}/api/images`, { method: 'POST', body: body(9) });
+      assert.equal(again.status, 201, 'the next upload finds room');
+      await again.arrayBuffer();
+
+      // A chunked body larger than the whole budget is cut off while it streams: 413.
+      const big = new Request(`${at}/api/images`, { method: 'POST', body: form({ images: [...files, ...files].map((bytes, j) => ({ bytes, name: `b${j}.png` })) }) });
+      const over = await fetch(`${at}/api/images`, { method: 'POST', body: big.body, headers: { 'content-type': big.headers.get('content-type')! }, duplex: 'half' } as RequestInit);
+      assert.equal(over.status, 413);
+      assert.match(((await over.json()) as { error: { message: string } }).error.message, /over the server's upload memory of 6 MB/);
+      const figures = uploads();
+      assert.ok(figures.peakBytes <= BUDGET, `at most ${figures.peakBytes} bytes were held`);
+      assert.deepEqual([figures.inFlightBytes, figures.refused], [0, 9]);
+    } finally {
+      await new Promise((r) => srv.close(r));
+      await small.close();
+    }
+  });
+});
+
+// ---- a full disk ------------------------------------------------------------------------------------------------
+
+/** Mounts a tmpfs of `mb` MB at a new folder (root only), or returns null. */
+function tinyDisk(mb: number): string | null {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-full-'));
+  if (spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${mb}m`, 'tmpfs', dir]).status === 0) return dir;
+  fs.rmSync(dir, { recursive: true });
+  return null;
+}
+
+describe('a full disk', () => {
+  test('ENOSPC and SQLITE_FULL, as Node and SQLite raise them, answer 507 insufficient_storage', () => {
+    let enospc: unknown;
+    try {
+      fs.writeFileSync('/dev/full', 'x'); // the kernel's always-full device
+    } catch (err) {
+      enospc = err;
+    }
+    assert.equal((enospc as NodeJS.ErrnoException).code, 'ENOSPC');
+    const db = new Database(':memory:');
+    let sqliteFull: unknown;
+    try {
+      db.pragma('max_page_count = 2'); // SQLite's own "database or disk is full"
+      db.exec('CREATE TABLE t (b BLOB)');
+      db.prepare('INSERT INTO t VALUES (?)').run(Buffer.alloc(100_000));
+    } catch (err) {
+      sqliteFull = err;
+    } finally {
+      db.close();
+    }
+    assert.equal((sqliteFull as { code?: string }).code, 'SQLITE_FULL');
+    for (const err of [enospc, sqliteFull, new Error('while storing', { cause: sqliteFull })]) {
+      const http = toHttpError(err, { maxUploadBytes: MAX_UPLOAD });
+      assert.deepEqual([http?.status, http?.code], [507, 'insufficient_storage']);
+      assert.match(http!.message, /out of disk space: nothing was stored/);
+    }
+  });
+
+  test('an upload to a store on a full disk answers 507, stores nothing, and works once space is freed', async (t) => {
+    // Mounted here, not when the suite is declared: a test left out by a name filter must not leave a mount behind.
+    const disk = process.getuid?.() === 0 ? tinyDisk(16) : null;
+    if (!disk) return t.skip('mounting a tmpfs needs root');
+    const store = path.join(disk, 'store');
+    const full = await openServer({ store, model: modelFile, gallery: null, progress: false, encodeWorkers: 0, warmUp: false, limits: { maxUploadBytes: 2 * 1024 * 1024 } });
+    const srv = buildApp(full.service).listen(0, '127.0.0.1');
+    try {
+      await new Promise((r) => srv.once('listening', r));
+      const at = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
+      const noise = await sharp(crypto.randomBytes(300 * 300 * 3), { raw: { width: 300, height: 300, channels: 3 } }).png().toBuffer(); // incompressible
+      // Fill the disk: whatever is left goes into one file.
+      const filler = path.join(disk, 'filler');
+      const fd = fs.openSync(filler, 'w');
+      try {
+        for (const chunk = Buffer.alloc(1 << 20); ; ) fs.writeSync(fd, chunk);
+      } catch (err) {
+        assert.equal((err as NodeJS.ErrnoException).code, 'ENOSPC');
+      } finally {
+        fs.closeSync(fd);
+      }
+      const upload = () => fetch(`${at}/api/images`, { method: 'POST', body: form({ images: { bytes: noise, name: 'noise.png' } }) });
+      const res = await upload();
+      const body = (await res.json()) as { error: { code: string; message: string } };
+      assert.deepEqual([res.status, body.error.code], [507, 'insufficient_storage']);
+      assert.match(body.error.message, /out of disk space/);
+      assert.equal(full.handle.store.stats().images, 0, 'nothing stored');
+      assert.equal((await fetch(`${at}/healthz`)).status, 200, 'the server still answers');
+      fs.rmSync(filler);
+      assert.equal((await upload()).status, 201, 'and stores once there is space');
+    } finally {
+      await new Promise((r) => srv.close(r));
+      await full.close();
+      spawnSync('umount', [disk]);
+      fs.rmSync(disk, { recursive: true, force: true });
+    }
   });
 });
 

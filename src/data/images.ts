@@ -2,6 +2,7 @@
 // size x size sRGB pixels, EXIF-oriented, alpha flattened onto white, centre-cropped to a square. Keeping this in
 // one function is what makes query embeddings comparable with indexed ones.
 import sharp, { type Metadata } from 'sharp';
+import { ACCEPTED_FORMATS_TEXT, acceptedFormat, recordedFormat } from './formats.ts';
 
 export type ImageDecodeReason = 'empty' | 'not-image' | 'corrupt' | 'too-large' | 'unreadable';
 
@@ -26,7 +27,7 @@ export interface DecodedImage {
   pixels: Uint8Array; // size*size*3, HWC, RGB
   width: number; // original width after EXIF rotation
   height: number;
-  format: string; // sharp's format name: jpeg, png, webp, gif, tiff, heif...
+  format: string; // one of IMAGE_FORMATS' names (formats.ts): jpeg, png, webp, gif, tiff, avif
 }
 
 export const DEFAULT_MAX_PIXELS = 40_000_000;
@@ -50,6 +51,10 @@ export async function decodeImage(bytes: Buffer, size: number, opts: { maxPixels
     const msg = firstLine(err);
     throw /unsupported image format/i.test(msg) ? new ImageDecodeError('not-image') : new ImageDecodeError('corrupt', msg);
   }
+  // Only the accepted formats: an SVG (script, external references) or any format the page does not offer is
+  // refused before a pixel is decoded.
+  const format = recordedFormat(meta.format ?? 'unknown', bytes);
+  if (!acceptedFormat(format)) throw new ImageDecodeError('not-image', `${format.toUpperCase()} is not accepted; send ${ACCEPTED_FORMATS_TEXT}`);
   const width = meta.autoOrient?.width ?? meta.width;
   const height = meta.autoOrient?.height ?? meta.height;
   if (!width || !height) throw new ImageDecodeError('corrupt', 'no dimensions in the header');
@@ -67,7 +72,7 @@ export async function decodeImage(bytes: Buffer, size: number, opts: { maxPixels
       .toColourspace('srgb');
     if (width !== size || height !== size) img = img.resize(size, size, { fit: 'cover', position: 'centre' });
     const { data, info } = await img.raw().toBuffer({ resolveWithObject: true });
-    return { pixels: toRgb(data, info.channels, size), width, height, format: meta.format };
+    return { pixels: toRgb(data, info.channels, size), width, height, format };
   } catch (err) {
     const msg = firstLine(err);
     if (/pixel limit/i.test(msg)) throw new ImageDecodeError('too-large', msg);

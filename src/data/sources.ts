@@ -5,14 +5,13 @@ import path from 'node:path';
 import { pipeline } from 'node:stream';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
+import { IMAGE_EXTENSIONS } from './formats.ts';
 
 export interface SourceItem {
   path: string; // file path, or `archive.tar.gz:member/path` for archive members
   label?: string; // name of the parent folder (class), when there is one
   bytes: Buffer;
 }
-
-export const IMAGE_EXTENSIONS = new Set(['.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif', '.tiff', '.avif']);
 
 export const isImageName = (name: string) => IMAGE_EXTENSIONS.has(path.extname(name).toLowerCase());
 export const isArchiveName = (name: string) => /\.(tar\.gz|tgz|tar)$/i.test(name);

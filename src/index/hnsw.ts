@@ -1,9 +1,11 @@
 // Approximate nearest-neighbour search: an hnswlib-node adapter over L2-normalised vectors (inner product = cosine).
 // HNSW labels are the store's image ids. The index file is a cache of the store's embeddings, checked against the
-// store through a JSON sidecar and rebuilt from SQLite whenever it does not match.
+// store through a JSON sidecar (which also carries the file's checksum) and rebuilt from SQLite whenever it does
+// not match.
 import fs from 'node:fs';
 import hnswlib from 'hnswlib-node';
 import { logger } from '../log.ts';
+import { durableRename, fsyncFile, scanIndexFile, writeFileDurably } from './hnsw-file.ts';
 import type { ImageStore } from './store.ts';
 
 const { HierarchicalNSW } = hnswlib;
@@ -36,7 +38,13 @@ export interface Sidecar {
   efConstruction: number;
   // The index file this sidecar describes: a reader racing a writer's save must not pair an old sidecar with a
   // new index file (or the reverse).
-  indexFile: { bytes: number; mtimeMs: number };
+  // crc32: of the whole file, checked on every open (a corrupted file would crash the first search).
+  indexFile: { bytes: number; mtimeMs: number; crc32: number };
+}
+
+/** A save that did not complete: the previous index file and sidecar are untouched. */
+export class IndexSaveError extends Error {
+  override name = 'IndexSaveError';
 }
 
 export interface SearchHit {
@@ -166,6 +174,10 @@ export class HnswIndex {
     if (side.indexFile?.bytes !== stat.size || side.indexFile?.mtimeMs !== stat.mtimeMs) {
       return 'the index file is not the one its sidecar describes (size or modification time differ)';
     }
+    if (typeof side.indexFile.crc32 !== 'number') return 'its sidecar has no checksum (written by an older version)';
+    const scan = scanIndexFile(file, { dim: want.dim, M: side.M ?? HNSW_DEFAULTS.M });
+    if (scan.problem) return `the index file is damaged: ${scan.problem}`;
+    if (scan.crc32 !== side.indexFile.crc32) return `the index file is damaged: its checksum is ${scan.crc32.toString(16)}, its sidecar says ${side.indexFile.crc32.toString(16)}`;
     return null;
   }
 
@@ -260,13 +272,25 @@ export class HnswIndex {
   }
 
   /**
-   * Writes the index file, then its sidecar (each atomically: temp file + rename). A crash between the two leaves
-   * an old sidecar whose generation no longer matches the store, so the next open rebuilds rather than trusts it.
+   * Replaces the index file and then its sidecar, each durably (temp file, fsync, rename, fsync of the folder). The
+   * new index file is checked before it replaces the old one: hnswlib reports no write error, so a full disk would
+   * otherwise leave a short file in its place. A failed save throws IndexSaveError and leaves the previous file
+   * and sidecar as they were. Between the two renames a crash leaves the old sidecar, whose size, time and checksum
+   * do not describe the new file, so the next open rebuilds rather than trusts it.
    */
   save(file: string): void {
     const tmp = `${file}.${process.pid}.tmp`;
-    this.native.writeIndexSync(tmp);
-    fs.renameSync(tmp, file);
+    let scan;
+    try {
+      this.native.writeIndexSync(tmp);
+      fsyncFile(tmp);
+      scan = scanIndexFile(tmp, { dim: this.dim, M: this.M });
+      if (scan.problem) throw new Error(`the file written is incomplete (is the disk full?): ${scan.problem}`);
+      durableRename(tmp, file);
+    } catch (err) {
+      fs.rmSync(tmp, { force: true });
+      throw new IndexSaveError(`could not save the HNSW index to ${file}: ${(err as Error).message}; the previous index file is kept`);
+    }
     const stat = fs.statSync(file);
     const side: Sidecar = {
       modelId: this.modelId,
@@ -275,10 +299,13 @@ export class HnswIndex {
       dim: this.dim,
       M: this.M,
       efConstruction: this.efConstruction,
-      indexFile: { bytes: stat.size, mtimeMs: stat.mtimeMs },
+      indexFile: { bytes: stat.size, mtimeMs: stat.mtimeMs, crc32: scan.crc32 },
     };
-    fs.writeFileSync(`${sidecarPath(file)}.tmp`, `${JSON.stringify(side, null, 2)}\n`);
-    fs.renameSync(`${sidecarPath(file)}.tmp`, sidecarPath(file));
+    try {
+      writeFileDurably(sidecarPath(file), `${JSON.stringify(side, null, 2)}\n`);
+    } catch (err) {
+      throw new IndexSaveError(`saved the HNSW index to ${file} but not its sidecar (${(err as Error).message}): the next open rebuilds it from the store`);
+    }
   }
 
   /** 'live', 'deleted' (marked, slot not yet reused) or 'absent'. hnswlib only tells us through its exceptions. */

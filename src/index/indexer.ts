@@ -18,7 +18,6 @@ import { type DecodedImage, DEFAULT_MAX_PIXELS, ImageDecodeError, decodeImage } 
 import { isArchiveName, iterateImageSource, listImageSource } from '../data/sources.ts';
 import type { Encoder } from '../encoder/runtime.ts';
 import { logger } from '../log.ts';
-import { recordedFormat } from './formats.ts';
 import { OffThreadEncoder } from './offthread.ts';
 import { UPLOAD_PREFIX, needsCopy } from './originals.ts';
 import { PlainJpegDecoder } from './plain-jpeg.ts';
@@ -186,7 +185,7 @@ class Indexing {
         contentHash: r.hash,
         width: r.decoded.width,
         height: r.decoded.height,
-        format: recordedFormat(r.decoded.format, r.bytes),
+        format: r.decoded.format,
         label: r.label,
         metadata: r.metadata,
         original: needsCopy(r.path) ? r.bytes : undefined,

@@ -5,8 +5,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { NotFoundError } from '../errors.ts';
+import { acceptedFormat } from '../data/formats.ts';
 import { DEFAULT_MAX_PIXELS } from '../data/images.ts';
-import { formatInfo } from './formats.ts';
 import type { IndexHandle } from './service.ts';
 import { contentHash } from './store.ts';
 import { thumbnailFromBytes, thumbnailOnRequest } from './thumbnails.ts';
@@ -29,7 +29,8 @@ const isPlainFile = (source: string) => path.isAbsolute(source) && !/\.(tar\.gz|
 export async function getOriginal(handle: IndexHandle, id: number): Promise<{ bytes: Buffer; contentType: string }> {
   const row = handle.store.getImage(id);
   if (!row) throw new NotFoundError(`no image with id ${id}`);
-  const contentType = formatInfo(row.format).contentType;
+  // A format no longer accepted (an SVG stored before it was refused) is served as bytes to download, never rendered.
+  const contentType = acceptedFormat(row.format)?.contentType ?? 'application/octet-stream';
   const kept = handle.store.getOriginal(id);
   if (kept) return { bytes: kept, contentType };
   if (!needsCopy(row.source)) {

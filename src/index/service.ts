@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { MatViTConfig } from '../encoder/config.ts';
 import { logger } from '../log.ts';
-import { type HnswOptions, HnswIndex, sidecarPath } from './hnsw.ts';
+import { type HnswOptions, HnswIndex, IndexSaveError, sidecarPath } from './hnsw.ts';
 import { type InsertResult, type NewImage, ImageStore, StoreError } from './store.ts';
 
 export interface OpenIndexOptions {
@@ -107,20 +107,32 @@ export function isStale(ix: IndexHandle): boolean {
   return ix.store.generation(ix.modelId) !== ix.hnsw.generation;
 }
 
-/** Writes the HNSW file and its sidecar (writers only). */
-export function saveIndex(ix: IndexHandle): void {
-  if (!ix.store.writer || ix.broken) return;
-  ix.hnsw.save(ix.file);
+/**
+ * Writes the HNSW file and its sidecar (writers only). A save that fails (a full disk) keeps the previous file, is
+ * logged, and returns the error: the store holds every change, so the index is simply rebuilt at the next open.
+ */
+export function saveIndex(ix: IndexHandle): IndexSaveError | null {
+  if (!ix.store.writer || ix.broken) return null;
+  try {
+    ix.hnsw.save(ix.file);
+  } catch (err) {
+    if (!(err instanceof IndexSaveError)) throw err;
+    logger.error({ file: ix.file, err: err.message }, 'the HNSW index was not saved; the previous file is kept and the next open rebuilds it from the store');
+    return err;
+  }
   ix.unsaved = 0;
+  return null;
 }
 
-/** Saves pending changes (writers) and closes the store, releasing the writer lock. */
+/** Saves pending changes (writers) and closes the store, releasing the writer lock; then throws a failed save. */
 export function closeIndex(ix: IndexHandle): void {
+  let failed: IndexSaveError | null = null;
   try {
-    if (ix.unsaved > 0) saveIndex(ix);
+    if (ix.unsaved > 0) failed = saveIndex(ix);
   } finally {
     ix.store.close();
   }
+  if (failed) throw failed;
 }
 
 function markBroken(ix: IndexHandle, err: unknown): void {

@@ -299,6 +299,11 @@ export class ImageStore {
     return this.stmts.getState.get(configKey(modelId))?.value ?? null;
   }
 
+  /** A value recorded with setState (e.g. how far a job got), or null. */
+  state(key: string): string | null {
+    return this.stmts.getState.get(`state:${key}`)?.value ?? null;
+  }
+
   stats(): StoreStats {
     const images = this.db.prepare('SELECT count(*) AS n, count(label) AS labelled FROM images').get() as { n: number; labelled: number };
     const models = (this.db.prepare('SELECT model_id, count(*) AS n FROM embeddings GROUP BY model_id ORDER BY model_id').all() as { model_id: string; n: number }[]).map(
@@ -323,6 +328,12 @@ export class ImageStore {
   }
 
   // ---- writes (writer lock required) -------------------------------------------------------------------------
+
+  /** Records a value under `key` (kept apart from the store's own bookkeeping keys). */
+  setState(key: string, value: string): void {
+    this.assertWriter();
+    this.stmts.setState.run(`state:${key}`, value);
+  }
 
   /** Records the config (JSON text) of the model whose embeddings are stored under `modelId`, e.g. to cost queries. */
   recordModelConfig(modelId: string, configJson: string): void {

@@ -55,6 +55,7 @@ export function registerServeCommand(program: Command): void {
     .option('--max-upload-mb <x>', `largest uploaded file, in MB (default: ${DEFAULT_LIMITS.maxUploadBytes / 1024 / 1024})`, megabytes)
     .option('--max-pixels <n>', 'largest image, in pixels (width x height)', positiveInt, DEFAULT_LIMITS.maxPixels)
     .option('--max-files <n>', 'files per upload request', positiveInt, DEFAULT_LIMITS.maxFiles)
+    .option('--upload-memory-mb <x>', `upload bytes held in memory at once, over all requests, in MB; beyond it 503 (default: ${DEFAULT_LIMITS.maxUploadMemoryBytes / 1024 / 1024})`, megabytes)
     .option('--encode-workers <n>', 'worker threads that encode queries off the event loop (0: on the main thread)', nonNegativeInt, DEFAULT_ENCODE_WORKERS)
     .action(async (opts) => {
       const listen = { port: opts.port ?? envPort(), host: opts.host ?? (process.env.HOST || '127.0.0.1') };
@@ -71,7 +72,7 @@ export function registerServeCommand(program: Command): void {
         model: opts.model,
         gallery: typeof opts.gallery === 'string' ? opts.gallery : opts.gallery === false ? null : undefined, // true: the default
         defaultFfn: opts.ffn,
-        limits: { maxUploadBytes: opts.maxUploadMb ?? DEFAULT_LIMITS.maxUploadBytes, maxPixels: opts.maxPixels, maxFiles: opts.maxFiles },
+        limits: { maxUploadBytes: opts.maxUploadMb ?? DEFAULT_LIMITS.maxUploadBytes, maxPixels: opts.maxPixels, maxFiles: opts.maxFiles, maxUploadMemoryBytes: opts.uploadMemoryMb ?? DEFAULT_LIMITS.maxUploadMemoryBytes },
         encodeWorkers: opts.encodeWorkers,
         signal: stop.signal,
       });
@@ -93,6 +94,7 @@ export function registerServeCommand(program: Command): void {
       });
       server.requestTimeout = 60_000; // a client that stops sending its body cannot hold a connection forever
       server.headersTimeout = 20_000;
+      server.keepAliveTimeout = 15_000; // a refused upload's body is read and dropped after the answer: a busy client may pause longer than the default 5 s
       const addr = server.address() as AddressInfo;
       const loopback = addr.address === '127.0.0.1' || addr.address === '::1';
       const url = `http://${loopback ? 'localhost' : addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}/`;

@@ -12,10 +12,12 @@ import { logger } from '../log.ts';
 export const ERROR_CODES = {
   bad_request: 400,
   not_found: 404,
+  method_not_allowed: 405,
   payload_too_large: 413,
   unsupported_media_type: 415,
   undecodable_image: 422,
   service_unavailable: 503,
+  insufficient_storage: 507,
   internal_error: 500,
 } as const;
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -70,6 +72,7 @@ export function toHttpError(err: unknown, limits: { maxUploadBytes: number }): H
     if (err.code === 'LIMIT_UNEXPECTED_FILE') return new HttpError('bad_request', `unexpected file field "${err.field}" (or too many files)`);
     return new HttpError('bad_request', `bad multipart body: ${err.message}${err.field ? ` (field "${err.field}")` : ''}`);
   }
+  if (isDiskFull(err)) return new HttpError('insufficient_storage', 'the server is out of disk space: nothing was stored; try again once space is freed on the server');
   // body-parser (express.json) and busboy (multer) errors carry these.
   const e = err as { type?: string; status?: number; message?: string; expose?: boolean };
   if (e?.type === 'entity.too.large') return new HttpError('payload_too_large', 'the request body is too large');
@@ -92,10 +95,32 @@ export function errorMiddleware(limits: { maxUploadBytes: number }): ErrorReques
     } else if (http.status >= 500) {
       logger.warn({ code: http.code, url: req.originalUrl }, http.message);
     }
-    // A body left unread (a rejected upload) would otherwise keep the connection busy: close it after replying.
-    if (!req.complete) res.setHeader('Connection', 'close');
+    // A body left unread (a rejected upload) would otherwise keep the connection busy: close it after replying,
+    // unless the refusal asks for the body to be read and dropped (a client still sending would not see an answer
+    // on a closed connection; Node discards what it reads after the response).
+    if (!req.complete && !res.locals.drainBody) res.setHeader('Connection', 'close');
+    if (typeof http.details?.retryAfterSeconds === 'number') res.setHeader('Retry-After', String(http.details.retryAfterSeconds));
     const body: ErrorBody = { error: { code: http.code, message: http.message, ...(http.details ? { details: http.details } : {}) } };
     res.status(http.status).json(body);
+  };
+}
+
+// A full disk as Node (ENOSPC, or EDQUOT over quota) and SQLite (SQLITE_FULL) report it, also when wrapped as a cause.
+const DISK_FULL_CODES = new Set(['ENOSPC', 'EDQUOT', 'SQLITE_FULL']);
+function isDiskFull(err: unknown): boolean {
+  for (let e = err as { code?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 5; e = e.cause as typeof e, depth++) {
+    if (typeof e.code === 'string' && DISK_FULL_CODES.has(e.code)) return true;
+  }
+  return false;
+}
+
+/** For a path's other methods: 405 with an Allow header (OPTIONS: 204 with the same header). */
+export function methodNotAllowed(methods: string[]): RequestHandler {
+  const allow = [...methods, ...(methods.includes('GET') ? ['HEAD'] : []), 'OPTIONS'].join(', ');
+  return (req, res, next) => {
+    res.set('Allow', allow);
+    if (req.method === 'OPTIONS') return void res.status(204).end();
+    next(new HttpError('method_not_allowed', `${req.method} is not allowed on ${req.originalUrl.split('?')[0]}; allowed: ${allow}`, { allow }));
   };
 }
 

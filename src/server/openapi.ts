@@ -1,6 +1,7 @@
 // The OpenAPI 3.1 document served at /api/openapi.json, generated from the same zod schemas the routes parse with
 // (requests as their input side, responses as their output side), so it cannot drift from the handlers.
 import { z } from 'zod';
+import { ACCEPTED_FORMATS_TEXT, IMAGE_FORMATS } from '../data/formats.ts';
 import { ERROR_CODES, ErrorBody, type ErrorCode } from './errors.ts';
 import * as S from './schemas.ts';
 import type { ServerLimits } from './service.ts';
@@ -47,7 +48,7 @@ export function openApiDocument(limits: ServerLimits): Json {
   const file = (description: string) => ({ type: 'string', format: 'binary', contentMediaType: 'application/octet-stream', description });
   const withFiles = (base: Json, files: Json): Json => ({ ...base, properties: { ...(base.properties as Json), ...files } });
   const idParam = { name: 'id', in: 'path', required: true, schema: { type: 'integer', minimum: 1 } };
-  const limitText = `Uploads: at most ${limits.maxUploadBytes} bytes per file and ${limits.maxPixels} pixels per image (413 beyond either).`;
+  const limitText = `Uploads: at most ${limits.maxUploadBytes} bytes per file and ${limits.maxPixels} pixels per image (413 beyond either); at most ${limits.maxUploadMemoryBytes} upload bytes in memory over all requests (a request larger than that: 413; no room now: 503 with Retry-After).`;
 
   return {
     openapi: '3.1.0',
@@ -65,11 +66,11 @@ export function openApiDocument(limits: ServerLimits): Json {
           requestBody: {
             required: true,
             content: {
-              'multipart/form-data': { schema: withFiles(requests.SearchParams, { image: file('the query image (JPEG, PNG, WebP, GIF, TIFF, AVIF)') }) },
+              'multipart/form-data': { schema: withFiles(requests.SearchParams, { image: file(`the query image (${ACCEPTED_FORMATS_TEXT}; any other format gets 415)`) }) },
               'application/json': { schema: ref('SearchParams') },
             },
           },
-          responses: { '200': { description: 'results and the cost actually spent', content: jsonContent('SearchResponse') }, ...errors('bad_request', 'not_found', 'payload_too_large', 'unsupported_media_type', 'undecodable_image') },
+          responses: { '200': { description: 'results and the cost actually spent', content: jsonContent('SearchResponse') }, ...errors('bad_request', 'not_found', 'payload_too_large', 'unsupported_media_type', 'undecodable_image', 'service_unavailable') },
         },
       },
       '/api/images': {
@@ -78,9 +79,9 @@ export function openApiDocument(limits: ServerLimits): Json {
           summary: 'Index one or more uploaded images (multipart field "images", repeatable) with XL; all or nothing',
           requestBody: {
             required: true,
-            content: { 'multipart/form-data': { schema: withFiles(requests.UploadParams, { images: { type: 'array', items: file('an image'), maxItems: limits.maxFiles } }) } },
+            content: { 'multipart/form-data': { schema: withFiles(requests.UploadParams, { images: { type: 'array', items: file(`an image (${ACCEPTED_FORMATS_TEXT}; any other format gets 415)`), maxItems: limits.maxFiles } }) } },
           },
-          responses: { '201': { description: 'the stored images', content: jsonContent('AddImagesResponse') }, ...errors('bad_request', 'payload_too_large', 'unsupported_media_type', 'undecodable_image') },
+          responses: { '201': { description: 'the stored images', content: jsonContent('AddImagesResponse') }, ...errors('bad_request', 'payload_too_large', 'unsupported_media_type', 'undecodable_image', 'service_unavailable', 'insufficient_storage') },
         },
       },
       '/api/images/{id}': {
@@ -88,7 +89,7 @@ export function openApiDocument(limits: ServerLimits): Json {
           operationId: 'getImage',
           summary: 'The original image as it was indexed',
           parameters: [idParam],
-          responses: { '200': { description: 'the image bytes', content: { 'image/*': { schema: file('image') } } }, ...errors('bad_request', 'not_found') },
+          responses: { '200': { description: 'the image bytes, with their format\'s type (an original in a format no longer accepted: application/octet-stream, as an attachment)', content: Object.fromEntries([...IMAGE_FORMATS.map((f) => f.contentType), 'application/octet-stream'].map((t) => [t, { schema: file('image') }])) }, ...errors('bad_request', 'not_found') },
         },
         delete: {
           operationId: 'deleteImage',

@@ -3,7 +3,8 @@
 import express, { type NextFunction, type Request, type RequestHandler, type Response, Router } from 'express';
 import multer from 'multer';
 import type { ZodType } from 'zod';
-import { HttpError, formatBytes } from './errors.ts';
+import { HttpError, formatBytes, methodNotAllowed } from './errors.ts';
+import { setImageType } from './headers.ts';
 import { IdPath, SearchParams, UploadParams } from './schemas.ts';
 import type { SearchService, Upload } from './service.ts';
 
@@ -22,28 +23,32 @@ export function apiRouter(service: SearchService): Router {
   r.get('/encoders', (_req, res) => void res.json(service.encoders()));
   r.get('/stats', (_req, res) => void res.json(service.stats()));
 
-  r.post('/search', bodyLimit(maxUploadBytes + MULTIPART_OVERHEAD, `the upload limit of ${formatBytes(maxUploadBytes)}`), acceptBody(['multipart/form-data', 'application/json'], true), searchUpload, json, async (req, res) => {
+  // Each upload route: the body's limit, its type, a reservation in the server's upload memory, then the parser.
+  const admit = service.uploads.admit();
+  r.post('/search', bodyLimit(maxUploadBytes + MULTIPART_OVERHEAD, `the upload limit of ${formatBytes(maxUploadBytes)}`), acceptBody(['multipart/form-data', 'application/json'], true), admit, searchUpload, json, async (req, res) => {
     const params = parse(SearchParams, { ...req.query, ...req.body });
-    res.json(await service.search(params, uploadOf(req.file)));
+    res.json(await service.uploads.holdUntil(res, service.search(params, uploadOf(req.file))));
   });
 
-  r.post('/images', bodyLimit(maxUploadBytes * maxFiles + MULTIPART_OVERHEAD, `the upload limit of ${maxFiles} files of ${formatBytes(maxUploadBytes)}`), acceptBody(['multipart/form-data'], false), imagesUpload, async (req, res) => {
+  r.post('/images', bodyLimit(maxUploadBytes * maxFiles + MULTIPART_OVERHEAD, `the upload limit of ${maxFiles} files of ${formatBytes(maxUploadBytes)}`), acceptBody(['multipart/form-data'], false), admit, imagesUpload, async (req, res) => {
     const params = parse(UploadParams, { ...req.body });
     const files = (req.files as Express.Multer.File[] | undefined) ?? [];
-    res.status(201).json(await service.addImages(files.map((f) => uploadOf(f)!), params));
+    res.status(201).json(await service.uploads.holdUntil(res, service.addImages(files.map((f) => uploadOf(f)!), params)));
   });
 
   r.get('/images/:id', async (req, res) => {
     const { id } = parse(IdPath, req.params);
     const { bytes, contentType } = await service.original(id);
-    res.type(contentType).set('Cache-Control', 'private, max-age=3600').send(bytes);
+    setImageType(res, contentType, id);
+    res.set('Cache-Control', 'private, max-age=3600').send(bytes);
   });
 
   r.get('/images/:id/thumb', async (req, res) => {
     const { id } = parse(IdPath, req.params);
     const webp = await service.thumbnail(id); // before any header is set: a 404 must go out as JSON
     // send() adds an ETag and answers a matching If-None-Match with 304.
-    res.type('image/webp').set('Cache-Control', 'public, max-age=3600').send(webp);
+    setImageType(res, 'image/webp', id);
+    res.set('Cache-Control', 'public, max-age=3600').send(webp);
   });
 
   r.delete('/images/:id', (req, res) => {
@@ -51,6 +56,12 @@ export function apiRouter(service: SearchService): Router {
     res.json(service.deleteImage(id));
   });
 
+  r.all('/encoders', methodNotAllowed(['GET']));
+  r.all('/stats', methodNotAllowed(['GET']));
+  r.all('/search', methodNotAllowed(['POST']));
+  r.all('/images', methodNotAllowed(['POST']));
+  r.all('/images/:id', methodNotAllowed(['GET', 'DELETE']));
+  r.all('/images/:id/thumb', methodNotAllowed(['GET']));
   return r;
 }
 

@@ -143,12 +143,18 @@ export const StatsResponse = z
     indexed: z.number().int().describe('vectors in the HNSW index'),
     hnsw: z.object({ M: z.number(), efConstruction: z.number(), ef: z.number(), capacity: z.number() }),
     dbBytes: z.number(),
-    limits: z.object({ maxUploadBytes: z.number(), maxPixels: z.number(), maxFiles: z.number() }),
+    limits: z.object({ maxUploadBytes: z.number(), maxPixels: z.number(), maxFiles: z.number(), maxUploadMemoryBytes: z.number() }),
+    formats: z
+      .array(z.object({ name: z.string(), label: z.string(), extensions: z.array(z.string()), contentType: z.string() }))
+      .describe('the image formats uploads may be in (any other gets 415), as the page and `matvit index` take them'),
     server: z.object({
       uptimeSec: z.number(),
       searches: z.number().int(),
       batches: z.object({ count: z.number().int(), meanSize: z.number(), maxSize: z.number().int() }),
       eventLoopUtilization: z.number().describe('fraction of time the JS thread was busy since the last stats call'),
+      uploads: z
+        .object({ inFlightBytes: z.number(), peakBytes: z.number(), capacityBytes: z.number(), refused: z.number().int() })
+        .describe('upload bytes held in memory now and at most, the budget, and requests refused for want of room (503/413)'),
     }),
   })
   ;

@@ -24,7 +24,7 @@ export const DEMO_GALLERY = path.join(projectRoot, 'datasets/cifar10-test.tar.gz
 export interface OpenServerOptions {
   store: string;
   model?: string; // checkpoint (default: the shipped model)
-  gallery?: string | null; // indexed when the store has nothing for this model; null: never
+  gallery?: string | null; // indexed when the store has nothing for this model (continued if that was cut short); null: never
   limits?: Partial<ServerLimits>;
   defaultFfn?: string;
   maxBatch?: number; // largest batch the query batcher sends to onnxruntime
@@ -61,8 +61,14 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
   let gallery: OpenedServer['gallery'] = null;
   let pool: PooledEncoder | null = null;
   try {
-    if (handle.store.count(encoder.modelId) === 0 && opts.gallery !== null) {
+    // The gallery is marked done only once it was indexed to the end: a first start stopped part way (a stop signal,
+    // a full disk) continues at the next start, where the images already stored are skipped as duplicates.
+    const galleryKey = `gallery:${encoder.modelId}`;
+    const galleryState = handle.store.state(galleryKey);
+    if (opts.gallery !== null && (galleryState === 'indexing' || (galleryState === null && handle.store.count(encoder.modelId) === 0))) {
+      handle.store.setState(galleryKey, 'indexing');
       gallery = await indexGallery(handle, ckpt, modelPath, opts.gallery ?? DEMO_GALLERY, indexer.indexSources, opts);
+      if (!opts.signal?.aborted) handle.store.setState(galleryKey, 'done');
     }
     const calibration = loadCalibration(modelPath, { modelId: encoder.modelId, config: encoder.config });
     const workers = opts.encodeWorkers ?? DEFAULT_ENCODE_WORKERS;
@@ -74,10 +80,16 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
       const t0 = Date.now();
       const uniform = service.encoderSpecs().filter((s) => !s.includes(','));
       await service.warmUp(uniform);
-      logger.info({ ms: Date.now() - t0, encoders: service.encoders().encoders.map((e) => `${e.spec} ${e.encodeMs} ms`) }, 'query encoders ready');
-      // Calibrated Mix'n'Match entries: timed in the background, the page shows them as they arrive.
+      const timed = (specs: string[]) => service.encoders().encoders.filter((e) => specs.includes(e.spec)).map((e) => `${e.spec} ${e.encodeMs} ms`);
+      logger.info({ ms: Date.now() - t0, encoders: timed(uniform) }, 'query encoders ready');
+      // Calibrated Mix'n'Match entries: timed in the background (logged when done), the page shows them as they arrive.
       const rest = service.encoderSpecs().filter((s) => s.includes(','));
-      if (rest.length) void service.warmUp(rest).catch((err) => logger.warn({ err: (err as Error).message }, 'timing the calibrated encoders failed'));
+      if (rest.length) {
+        void service.warmUp(rest).then(
+          () => logger.info({ encoders: timed(rest) }, "Mix'n'Match query encoders timed"),
+          (err) => logger.warn({ err: (err as Error).message }, 'timing the calibrated encoders failed'),
+        );
+      }
     }
     return {
       service,
@@ -108,13 +120,14 @@ async function indexGallery(
   indexSources: IndexSources,
   opts: OpenServerOptions,
 ): Promise<OpenedServer['gallery']> {
+  const stored = handle.store.count(handle.modelId);
   const others = handle.store.stats().models.filter((m) => m.modelId !== handle.modelId && m.embeddings > 0);
-  if (others.length) {
+  if (others.length && stored === 0) {
     logger.warn({ store: handle.store.dir, model: handle.modelId, others: others.map((m) => m.modelId) }, 'the store has no embeddings for this model (it changed since the store was built): indexing the demo gallery again; images added by upload need `matvit reindex`');
   }
   let total = 0;
   for await (const _ of listImageSource(source)) total++;
-  logger.info({ source, images: total, store: handle.store.dir }, 'first start: indexing the demo gallery');
+  logger.info({ source, images: total, alreadyStored: stored, store: handle.store.dir }, stored ? 'continuing to index the demo gallery (an earlier first start stopped part way)' : 'first start: indexing the demo gallery');
   const indexEncoder = new Encoder(ckpt, modelPath, { threads: await indexerModule.defaultEncoderThreads() }); // both cores only when idle
   const bar = opts.progress === false ? null : new Progress(total, 0, 1, 'img', 5_000);
   try {

@@ -3,6 +3,7 @@
 // each. Its collaborators (index handle, encoder, batcher, indexer and search functions) are injected.
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { IMAGE_FORMATS } from '../data/formats.ts';
 import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError, decodeImage } from '../data/images.ts';
 import type { EncodeBatcher } from '../encoder/batcher.ts';
 import { type Calibration, type CalibrationEntry, pickEncoder } from '../encoder/budget.ts';
@@ -13,15 +14,19 @@ import type { IndexHandle } from '../index/service.ts';
 import { UPLOAD_PREFIX } from '../index/originals.ts';
 import { deleteImages } from '../index/service.ts';
 import { HttpError, decodeFailure } from './errors.ts';
+import { UploadBudget } from './upload-budget.ts';
 import type { AddImagesResponse, EncodersResponse, SearchParams, SearchResponse, StatsResponse, UploadParams } from './schemas.ts';
 
 export interface ServerLimits {
   maxUploadBytes: number; // per uploaded file (and, times maxFiles, per request body)
   maxPixels: number; // decoded width x height; larger images are rejected before decoding
   maxFiles: number; // files per POST /api/images
+  maxUploadMemoryBytes: number; // upload bytes held in memory at once over all requests (upload-budget.ts)
 }
 
-export const DEFAULT_LIMITS: ServerLimits = { maxUploadBytes: 20 * 1024 * 1024, maxPixels: DEFAULT_MAX_PIXELS, maxFiles: 32 };
+// 256 MB of uploads in memory: with the encoders and decoding beside it the server stays under 1 GB RSS
+// (scripts/bench-upload-memory.ts); a request larger than that (32 files of 19 MB) gets 413.
+export const DEFAULT_LIMITS: ServerLimits = { maxUploadBytes: 20 * 1024 * 1024, maxPixels: DEFAULT_MAX_PIXELS, maxFiles: 32, maxUploadMemoryBytes: 256 * 1024 * 1024 };
 
 export interface Upload {
   name: string;
@@ -85,6 +90,7 @@ export function displayName(source: string): string {
 
 export class SearchService {
   readonly limits: ServerLimits;
+  readonly uploads: UploadBudget; // the upload bytes in memory, over all requests
   readonly defaultFfn: string;
   private readonly xlFlops: number;
   private readonly measured = new Map<string, number>(); // spec -> median batch-1 encode ms, measured at start
@@ -98,6 +104,7 @@ export class SearchService {
 
   constructor(private readonly deps: ServiceDeps) {
     this.limits = { ...DEFAULT_LIMITS, ...deps.limits };
+    this.uploads = new UploadBudget(this.limits.maxUploadMemoryBytes);
     this.defaultFfn = deps.encoder.submodel(deps.defaultFfn ?? 'XL').spec;
     const c = deps.encoder.config;
     this.xlFlops = countFlops(c, deps.encoder.submodel('XL').widths);
@@ -302,11 +309,13 @@ export class SearchService {
       hnsw: { M: hnsw.M, efConstruction: hnsw.efConstruction, ef: hnsw.getEf(), capacity: hnsw.capacity },
       dbBytes: s.dbBytes,
       limits: { ...this.limits },
+      formats: IMAGE_FORMATS.map((f) => ({ ...f })),
       server: {
         uptimeSec: round((performance.now() - this.started) / 1000, 1),
         searches: this.searches,
         batches: { count: b.count, meanSize: b.count ? round(b.images / b.count, 2) : 0, maxSize: b.max },
         eventLoopUtilization: round(elu.utilization, 4),
+        uploads: this.uploads.figures,
       },
     };
   }

@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const els = {
-  stats: $('stats'), dropzone: $('dropzone'), file: $('file'), preview: $('preview'), encoders: $('encoders'),
+  stats: $('stats'), formats: $('formats'), dropzone: $('dropzone'), file: $('file'), preview: $('preview'), encoders: $('encoders'),
   k: $('k'), search: $('search'), add: $('add'), error: $('error'), status: $('status'), results: $('results'), hint: $('results-hint'),
 };
 
@@ -80,9 +80,17 @@ async function loadStats() {
   try {
     const s = await api('/api/stats');
     els.stats.textContent = `${s.indexed.toLocaleString()} images indexed · model ${s.modelId}`;
+    showFormats(s.formats);
   } catch {
     els.stats.textContent = 'Stats unavailable';
   }
+}
+
+/** The formats the server accepts (the one list in src/data/formats.ts): the picker offers those only. */
+function showFormats(formats) {
+  const labels = formats.map((f) => f.label);
+  els.formats.textContent = labels.length > 1 ? `${labels.slice(0, -1).join(', ')} or ${labels.at(-1)}` : labels.join('');
+  els.file.accept = formats.flatMap((f) => [f.contentType, ...f.extensions]).join(',');
 }
 
 // ---- choosing the query ----------------------------------------------------------------------------------------

@@ -1,0 +1,44 @@
+// The image formats matvit accepts, in one list: the decoder rejects every other format (SVG, HEIC, raw pixels...)
+// before decoding, the folder walk of `matvit index` takes these extensions, the page advertises these (it reads the
+// list from GET /api/stats), and the server serves stored originals with these content types only. None of them can
+// carry script a browser would run when served with its own content type and nosniff.
+
+export interface ImageFormat {
+  name: string; // as recorded in the store: sharp's format name, with AVIF told apart from HEIC
+  label: string; // as shown to users
+  extensions: string[]; // file name extensions, lower case, with the dot
+  contentType: string; // served as
+}
+
+export const IMAGE_FORMATS: readonly ImageFormat[] = [
+  { name: 'jpeg', label: 'JPEG', extensions: ['.jpg', '.jpeg'], contentType: 'image/jpeg' },
+  { name: 'png', label: 'PNG', extensions: ['.png'], contentType: 'image/png' },
+  { name: 'webp', label: 'WebP', extensions: ['.webp'], contentType: 'image/webp' },
+  { name: 'gif', label: 'GIF', extensions: ['.gif'], contentType: 'image/gif' },
+  { name: 'tiff', label: 'TIFF', extensions: ['.tif', '.tiff'], contentType: 'image/tiff' },
+  { name: 'avif', label: 'AVIF', extensions: ['.avif'], contentType: 'image/avif' },
+];
+
+const BY_NAME = new Map(IMAGE_FORMATS.map((f) => [f.name, f]));
+
+/** The accepted format recorded as `name`, or undefined (not accepted, e.g. 'svg' or 'heif'). */
+export const acceptedFormat = (name: string): ImageFormat | undefined => BY_NAME.get(name);
+
+/** Every accepted extension (".jpg", ...). */
+export const IMAGE_EXTENSIONS: ReadonlySet<string> = new Set(IMAGE_FORMATS.flatMap((f) => f.extensions));
+
+/** Content types the server may send stored originals as; anything else goes out as an attachment. */
+export const SERVABLE_IMAGE_TYPES: ReadonlySet<string> = new Set(IMAGE_FORMATS.map((f) => f.contentType));
+
+/** "JPEG, PNG, WebP, GIF, TIFF or AVIF". */
+export const ACCEPTED_FORMATS_TEXT = `${IMAGE_FORMATS.slice(0, -1).map((f) => f.label).join(', ')} or ${IMAGE_FORMATS.at(-1)!.label}`;
+
+/**
+ * The format name to record for decoded bytes. sharp calls both AVIF and HEIC "heif"; the ISO-BMFF brand at bytes
+ * 8-11 tells them apart, so that an AVIF original is served as image/avif.
+ */
+export function recordedFormat(sharpFormat: string, bytes: Uint8Array): string {
+  if (sharpFormat !== 'heif' || bytes.length < 12) return sharpFormat;
+  const brand = String.fromCharCode(bytes[8], bytes[9], bytes[10], bytes[11]);
+  return brand === 'avif' || brand === 'avis' ? 'avif' : 'heif';
+}
