@@ -24,7 +24,8 @@ import { parseArgs } from 'node:util';
 import { loadLabelledPixels } from '../src/data/labelled.ts';
 import { DEFAULT_MODEL_PATH } from '../src/encoder/checkpoint.ts';
 import { Encoder } from '../src/encoder/runtime.ts';
-import { ExactIndex, HNSW_DEFAULTS, type SearchHit, recallAtK } from '../src/index/hnsw.ts';
+import { ExactSearch, type TopK, recallAtK, topKFromHits } from '../src/index/exact-search.ts';
+import { HNSW_DEFAULTS } from '../src/index/hnsw.ts';
 import { DEFAULT_BATCH_SIZE, defaultEncoderThreads, indexSources } from '../src/index/indexer.ts';
 import { OffThreadEncoder } from '../src/index/offthread.ts';
 import { addEmbeddings, openIndex } from '../src/index/service.ts';
@@ -237,10 +238,16 @@ async function embeddings(encoder: Encoder) {
 async function benchHnsw(encoder: Encoder) {
   const { db, queries } = await embeddings(encoder);
   const efs = args.efs.split(',').map(Number);
-  const exact = new ExactIndex(encoder.dim, db.length);
-  db.forEach((v, i) => exact.add(i + 1, v));
+  const flat = (vs: Float32Array[]) => {
+    const m = new Float32Array(vs.length * encoder.dim);
+    vs.forEach((v, i) => m.set(v, i * encoder.dim));
+    return m;
+  };
   const t0 = performance.now();
-  const truth = Object.fromEntries(Object.entries(queries).map(([spec, qs]) => [spec, qs.map((q) => exact.search(q, K))])) as Record<string, SearchHit[][]>;
+  const exact = await ExactSearch.create(flat(db), db.length, encoder.dim, { k: K, threads });
+  const truth: Record<string, TopK> = {};
+  for (const [spec, qs] of Object.entries(queries)) truth[spec] = await exact.search(flat(qs), qs.length);
+  await exact.release();
   console.log(`exact top-${K} of ${Object.values(queries).flat().length} queries over ${db.length} vectors: ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
   const builds = [];
@@ -271,7 +278,7 @@ async function benchHnsw(encoder: Encoder) {
           ms.push(performance.now() - s);
           return hits;
         });
-        row[`recall${spec}`] = recallAtK(found, truth[spec], K);
+        row[`recall${spec}`] = recallAtK(topKFromHits(found, K, (id) => id - 1), truth[spec], K); // the store gives row i id i + 1
         row[`medianMs${spec}`] = median(ms);
       }
       rows.push(row);

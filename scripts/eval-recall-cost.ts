@@ -1,21 +1,29 @@
 // npm run eval [-- --model models/matvit-cifar10/model.safetensors --db ../shared/datasets/cifar10/train.tar.gz
-//   --queries ../shared/datasets/cifar10/test.tar.gz --task all|recall|copies|own --mixnmatch-queries 5000
-//   --baselines models/baseline-S,models/baseline-M --limit 300 --seed 0 --threads 2 --out reports/cifar10]
+//   --queries ../shared/datasets/cifar10/test.tar.gz --task all|recall|self|copies|own --mixnmatch-queries 5000
+//   --baselines models/baseline-S,models/baseline-M --compare models/matvit-cifar10-v2 --self-queries 1000
+//   --limit 300 --seed 0 --threads 2 --out reports/cifar10]
 // Recall-vs-cost evaluation of every query encoder (uniform S/M/L/XL, the monotone Mix'n'Match lists, any
-// independently trained baselines) against a database encoded once with XL, an HNSW ef sweep, and the
-// near-duplicate task (edits in scripts/copies-edits.json). Writes results.json, results.csv, summary.md and
-// recall-vs-cost.svg under reports/<name>/, and the Pareto frontier as <model dir>/calibration.json (full runs).
-// --task own (same-encoder search: each granularity and baseline encodes database and queries) writes
-// reports/cifar10-own.
+// independently trained baselines) against a database encoded once with XL, an HNSW ef sweep, self-retrieval
+// (stored images find their own XL entry) and the near-duplicate task (edits in scripts/copies-edits.json). Writes
+// results.json, results.csv, summary.md and recall-vs-cost.svg under reports/<name>/, and the Pareto frontier as
+// <model dir>/calibration.json (full runs). --task own (same-encoder search: each granularity and baseline encodes
+// database and queries) writes reports/cifar10-own. --compare MODEL measures a second MatViT (file or folder) the
+// same way in the same run, into the same report (reports/<name>-compare by default; the calibration stays the
+// evaluated model's).
 // Quick look: npm run eval -- --limit 300 --threads 1   (writes reports/cifar10-limit300, no calibration)
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import fs from 'node:fs';
 import { DEFAULT_MODEL_PATH } from '../src/encoder/checkpoint.ts';
-import { DEFAULT_HNSW_EFS, DEFAULT_MIXNMATCH_QUERIES, type Task, evaluateRecallCost } from '../src/eval/recall-cost.ts';
+import { DEFAULT_MIXNMATCH_QUERIES, evaluateRecallCost } from '../src/eval/recall-cost.ts';
+import { DEFAULT_TASKS, TASKS, type Task } from '../src/eval/result.ts';
+import { DEFAULT_HNSW_EFS } from '../src/eval/task-hnsw.ts';
+import { DEFAULT_SELF_QUERIES } from '../src/eval/task-self.ts';
 
-const usage = `usage: npm run eval -- [--model FILE] [--db SOURCE] [--queries SOURCE] [--task all|recall|copies|own]
-  [--baselines PATH[,PATH]] [--mixnmatch LIST ...] [--mixnmatch-queries N] [--limit N] [--seed N] [--threads N]
+const usage = `usage: npm run eval -- [--model FILE] [--compare MODEL] [--db SOURCE] [--queries SOURCE]
+  [--task all|${TASKS.join('|')}[,...]] [--baselines PATH[,PATH]] [--mixnmatch LIST ...] [--mixnmatch-queries N]
+  [--self-queries ${DEFAULT_SELF_QUERIES}] [--limit N] [--seed N] [--threads N]
   [--latency-runs N] [--hnsw-ef ${DEFAULT_HNSW_EFS.join(',')}] [--hnsw-queries N] [--no-hnsw] [--copies-edits FILE] [--copies-originals N]
   [--name NAME | --out DIR] [--calibration auto|yes|no] [--batch N] [--quiet]`;
 
@@ -29,12 +37,14 @@ try {
   parsed = parseArgs({
     options: {
       model: { type: 'string', default: DEFAULT_MODEL_PATH },
+      compare: { type: 'string' },
       db: { type: 'string' },
       queries: { type: 'string' },
       task: { type: 'string', default: 'all' },
       baselines: { type: 'string', multiple: true },
       mixnmatch: { type: 'string', multiple: true },
       'mixnmatch-queries': { type: 'string', default: String(DEFAULT_MIXNMATCH_QUERIES) },
+      'self-queries': { type: 'string', default: String(DEFAULT_SELF_QUERIES) },
       limit: { type: 'string' },
       seed: { type: 'string', default: '0' },
       threads: { type: 'string', default: String(Math.min(2, os.cpus().length)) },
@@ -67,25 +77,30 @@ const int = (name: string, v: string | undefined, min = 0): number | undefined =
   if (!Number.isInteger(n) || n < min) fail(`--${name} must be an integer >= ${min}, got "${v}"`);
   return n;
 };
-const TASKS: Task[] = ['recall', 'copies', 'own'];
-const tasks: Task[] = a.task === 'all' ? ['recall', 'copies'] : TASKS.includes(a.task as Task) ? [a.task as Task] : fail(`--task must be all, ${TASKS.join(', ')}, got "${a.task}"`);
+const tasks: Task[] = a.task === 'all' ? DEFAULT_TASKS : a.task!.split(',').map((t) => (TASKS.includes(t as Task) ? (t as Task) : fail(`--task must be all or a list of ${TASKS.join(', ')}, got "${a.task}"`)));
+// A model folder stands for its model.safetensors, as --baselines takes it.
+const modelFile = (p: string) => (fs.statSync(p, { throwIfNoEntry: false })?.isDirectory() ? path.join(p, 'model.safetensors') : p);
+const compare = a.compare === undefined ? undefined : modelFile(a.compare);
+if (compare !== undefined && !fs.existsSync(compare)) fail(`--compare: no model at ${compare}`);
 const limit = int('limit', a.limit, 1);
 const efs = a['hnsw-ef']!.split(',').map((x) => int('hnsw-ef', x.trim(), 1)!);
 if (!['auto', 'yes', 'no'].includes(a.calibration!)) fail(`--calibration must be auto, yes or no, got "${a.calibration}"`);
 // The own task alone gets its own folder, so that it never replaces the full report.
-const name = a.name ?? `cifar10${tasks.length === 1 && tasks[0] === 'own' ? '-own' : ''}${limit !== undefined ? `-limit${limit}` : ''}`;
+const name = a.name ?? `cifar10${tasks.length === 1 && tasks[0] === 'own' ? '-own' : ''}${compare ? '-compare' : ''}${limit !== undefined ? `-limit${limit}` : ''}`;
 const outDir = path.resolve(a.out ?? path.join(import.meta.dirname, '..', 'reports', name));
 const writeCalibration = a.calibration === 'yes' || (a.calibration === 'auto' && limit === undefined && tasks.includes('recall'));
 
 try {
   const r = await evaluateRecallCost({
-    modelPath: a.model,
+    modelPath: modelFile(a.model!),
+    compare,
     db: a.db,
     queries: a.queries,
     tasks,
     baselines: a.baselines?.flatMap((b) => b.split(',')).filter(Boolean),
     mixnmatch: a.mixnmatch,
     mixnmatchQueries: int('mixnmatch-queries', a['mixnmatch-queries'], 1),
+    selfQueries: int('self-queries', a['self-queries'], 1),
     limit,
     seed: int('seed', a.seed),
     threads: int('threads', a.threads, 1),

@@ -10,7 +10,7 @@ import { loadModel } from '../src/encoder/checkpoint.ts';
 import { loadLabelledPixels } from '../src/data/labelled.ts';
 import { METRICS_FILE, MODEL_FILE, STATE_FILE, evaluateTop1 } from '../src/train/trainer.ts';
 import { formatSeconds } from '../src/progress.ts';
-import type { RecallCostResult } from '../src/eval/recall-cost.ts';
+import type { RecallCostResult } from '../src/eval/result.ts';
 
 const { values: args } = parseArgs({
   options: {

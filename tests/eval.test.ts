@@ -9,14 +9,17 @@ import { iterateImageSource } from '../src/data/sources.ts';
 import { type Calibration, BudgetError, defaultCalibration, loadCalibration, pickEncoder } from '../src/encoder/budget.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { TINY_CONFIG } from '../src/encoder/config.ts';
-import { ExactSearch, bruteForceTopK, mergeRows, selectRows } from '../src/eval/exact-search.ts';
-import { labelCounts, meanAveragePrecision, neighbourRecall, oneNnAccuracy, paretoFrontier } from '../src/eval/metrics.ts';
-import { type RecallCostResult, evaluateRecallCost } from '../src/eval/recall-cost.ts';
+import { ExactSearch, bruteForceTopK, mergeRows, recallAtK, selectRows } from '../src/index/exact-search.ts';
+import { editImage, loadEdits, parseEdits } from '../src/eval/copies.ts';
+import { labelCounts, meanAveragePrecision, oneNnAccuracy, paretoFrontier } from '../src/eval/metrics.ts';
+import { evaluateRecallCost } from '../src/eval/recall-cost.ts';
+import type { RecallCostResult } from '../src/eval/result.ts';
 import { mulberry32 } from '../src/train/rng.ts';
 import { randomModel } from './helpers/model.ts';
 
-const CIFAR_TEST = path.resolve(import.meta.dirname, '../../shared/datasets/cifar10/test.tar.gz');
-const skip = !fs.existsSync(CIFAR_TEST) && 'CIFAR-10 not found';
+// The bundled demo gallery: the 10,000 CIFAR-10 test images, one folder per class.
+const CIFAR_TEST = path.resolve(import.meta.dirname, '../datasets/cifar10-test.tar.gz');
+const EDITS_FILE = path.resolve(import.meta.dirname, '../scripts/copies-edits.json');
 
 /** 160 images spread over all ten classes (every 62nd of the class-sorted archive), split into 120 + 40. */
 async function cifarSample(): Promise<{ db: LabelledPixels; queries: LabelledPixels }> {
@@ -38,26 +41,32 @@ async function cifarSample(): Promise<{ db: LabelledPixels; queries: LabelledPix
 
 let dir: string;
 let modelPath: string;
+let comparePath: string;
 let result: RecallCostResult;
 const MNM = ['S,M', 'S,XL', 'M,L'];
 
 before(async () => {
-  if (skip) return;
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-eval-'));
   modelPath = path.join(dir, 'models/matvit-tiny/model.safetensors');
   fs.mkdirSync(path.dirname(modelPath), { recursive: true });
   saveModel(modelPath, TINY_CONFIG, (await randomModel(TINY_CONFIG, 3)).tensors, { trained_granularities: 'S,M,L,XL', 'train.step': '7' });
+  // The compared model: another MatViT (another seed, as a retrained version would be) beside the first.
+  comparePath = path.join(dir, 'models/matvit-tiny-v2/model.safetensors');
+  fs.mkdirSync(path.dirname(comparePath), { recursive: true });
+  saveModel(comparePath, TINY_CONFIG, (await randomModel(TINY_CONFIG, 5)).tensors, { trained_granularities: 'S,M,L,XL', 'train.step': '9' });
   const baseline = path.join(dir, 'models/baseline-S/model.safetensors');
   fs.mkdirSync(path.dirname(baseline), { recursive: true });
   saveModel(baseline, TINY_CONFIG, (await randomModel(TINY_CONFIG, 4)).tensors, { trained_granularities: 'S', 'train.step': '5' });
   const { db, queries } = await cifarSample();
   result = await evaluateRecallCost({
     modelPath,
+    compare: comparePath,
     db,
     queries,
     mixnmatch: MNM,
     mixnmatchQueries: 25, // fewer than the 40 queries: exercises the subset path
-    tasks: ['recall', 'copies', 'own'],
+    selfQueries: 50, // of the 120 stored images
+    tasks: ['recall', 'self', 'copies', 'own'],
     latencyRuns: 3,
     hnsw: { efs: [10, 32] },
     copies: {
@@ -71,6 +80,7 @@ before(async () => {
 });
 
 after(() => dir && fs.rmSync(dir, { recursive: true, force: true }));
+
 
 test('exact search (onnxruntime MatMul + TopK) equals brute force, across chunks', async () => {
   const rand = mulberry32(5);
@@ -89,8 +99,8 @@ test('exact search (onnxruntime MatMul + TopK) equals brute force, across chunks
 test('metrics on a hand-made case; the Pareto frontier keeps strictly better points', () => {
   const found = { n: 2, k: 3, indices: Int32Array.from([0, 1, 2, 3, 4, 5]), scores: new Float32Array(6) };
   const truth = { n: 2, k: 3, indices: Int32Array.from([0, 2, 9, 5, 6, 7]), scores: new Float32Array(6) };
-  assert.equal(neighbourRecall(found, truth, 1), 0.5);
-  assert.equal(neighbourRecall(found, truth, 3), 3 / 6);
+  assert.equal(recallAtK(found, truth, 1), 0.5);
+  assert.equal(recallAtK(found, truth, 3), 3 / 6);
   const dbLabels = [1, 0, 1, 2, 2, 0, 0, 0, 0, 0];
   assert.equal(oneNnAccuracy(found, dbLabels, [1, 2]), 1);
   // query 0: relevant at ranks 1 and 3 -> (1 + 2/3) / min(3, 2); query 1: rank 1, 2 -> (1 + 1) / min(3, 2)
@@ -110,7 +120,7 @@ test('mergeRows puts the rows of a partition back in place, and refuses gaps and
   assert.throws(() => mergeRows([{ topk: selectRows(whole, a), rows: a }, { topk: selectRows(whole, a), rows: a }], n), /given twice/);
 });
 
-test('recall-vs-cost on a tiny model: XL against itself is exact, every metric in [0, 1]', { skip }, () => {
+test('recall-vs-cost on a tiny model: XL against itself is exact, every metric in [0, 1]', () => {
   const xl = result.encoders.find((e) => e.id === 'XL')!;
   assert.equal(xl.all!.recall1, 1);
   assert.equal(xl.all!.recall10, 1);
@@ -138,15 +148,95 @@ test('recall-vs-cost on a tiny model: XL against itself is exact, every metric i
   assert.deepEqual(result.hnsw!.rows.map((h) => `${h.encoder}@${h.ef}`), ['XL@10', 'XL@32', 'S@10', 'S@32']);
 });
 
-test('copies task: recall per edit, the unedited copy found by XL', { skip }, () => {
+test('self-retrieval: XL finds every stored image it encodes as its own entry; every query encoder is measured', () => {
+  assert.deepEqual(result.self, { seed: result.self!.seed, queries: 50 });
+  for (const model of [result, result.compare!]) {
+    const xl = model.encoders.find((e) => e.id === 'XL')!.self!;
+    assert.equal(xl.queries, 50);
+    assert.equal(xl.recall1, 1, `${model.label}: XL self-retrieval`);
+    for (const e of model.encoders) {
+      assert.ok(e.self, `${model.label} ${e.id} has no self-retrieval`);
+      assert.ok(e.self.recall1 >= 0 && e.self.recall1 <= e.self.recall10 && e.self.recall10 <= 1, `${e.id}: ${JSON.stringify(e.self)}`);
+    }
+  }
+  // the baseline embeds in its own space: its queries do not find their own XL entries the way XL's do
+  assert.ok(result.encoders.find((e) => e.id === 'baseline-S')!.self!.recall1 < 1);
+});
+
+test('--compare: both models measured on the same data, every measure, in one report and one table', () => {
+  const cmp = result.compare!;
+  assert.ok(cmp, 'the compared model is in the result');
+  assert.deepEqual([result.label, cmp.label], ['matvit-tiny', 'matvit-tiny-v2']);
+  assert.equal(cmp.modelId, 'matvit-tiny-v2/model.safetensors@9');
+  assert.deepEqual(cmp.encoders.map((e) => e.id).sort(), result.encoders.map((e) => e.id).sort());
+  for (const e of cmp.encoders) {
+    assert.ok(e.common && e.self && (e.family !== 'uniform' || (e.own && e.copies)), `${e.id} of the compared model misses a measure`);
+    if (e.family === 'uniform' && e.spec === 'XL') assert.equal(e.all!.recall10, 1);
+  }
+  // different weights give different results: the compare run measured the second model, not the first again
+  const acc = (r: { encoders: typeof cmp.encoders }) => r.encoders.map((e) => e.common!.accuracy + e.self!.recall1);
+  assert.notDeepEqual(acc(cmp), acc(result));
+  assert.ok(cmp.frontier.length >= 1 && cmp.hnsw!.rows.length === 4);
+  const md = fs.readFileSync(result.files!.summary, 'utf8');
+  const encoderTable = md.slice(md.indexOf('## Query encoders'), md.indexOf('## Pareto frontier'));
+  assert.match(encoderTable, /\| `matvit-tiny` \| uniform \| `XL` \|/);
+  assert.match(encoderTable, /\| `matvit-tiny-v2` \| uniform \| `XL` \|/);
+  const headline = md.slice(md.indexOf('## Headline figures'), md.indexOf('## Query encoders'));
+  for (const w of ['S', 'M', 'L', 'XL']) for (const m of ['matvit-tiny', 'matvit-tiny-v2']) assert.match(headline, new RegExp(`\\| \`${m}\` \\| \`${w}\` \\|`));
+  const csv = fs.readFileSync(result.files!.csv, 'utf8').trim().split('\n');
+  assert.equal(csv.length, 1 + result.encoders.length + cmp.encoders.length);
+  assert.equal(csv.filter((l) => l.startsWith('matvit-tiny-v2,')).length, cmp.encoders.length);
+});
+
+test('copies task: recall per edit, the unedited copy found by XL', () => {
   assert.equal(result.copies!.copies, 8 * 3);
   const xl = result.encoders.find((e) => e.id === 'XL')!.copies!;
   assert.deepEqual(Object.keys(xl).sort(), ['all', 'crop-flip', 'identical', 'jpeg']);
   assert.ok(xl.identical.recall1 >= 0.875, `XL finds the unedited original (${xl.identical.recall1})`);
   for (const e of result.encoders.filter((x) => x.copies)) for (const r of Object.values(e.copies!)) assert.ok(r.recall1 >= 0 && r.recall1 <= r.recall10 && r.recall10 <= 1);
+  // the summary's headline: the mean over edit types and the hardest edit, per width
+  const worst = Object.entries(xl).filter(([n]) => n !== 'all').sort((a, b) => a[1].recall1 - b[1].recall1)[0];
+  const md = fs.readFileSync(result.files!.summary, 'utf8');
+  assert.match(md, new RegExp(`\\| \`matvit-tiny\` \\| \`XL\` \\| 1\\.000 \\| 1\\.0000 \\| 1\\.0000 \\|[^\\n]*\\| ${worst[0]} \\(${worst[1].recall1.toFixed(3)}\\) \\|`));
 });
 
-test('own task: each granularity and baseline searches a database it encoded; for XL that is the XL database', { skip }, () => {
+test('every edit of scripts/copies-edits.json keeps a valid image, deterministic in its seed', async () => {
+  const edits = loadEdits(EDITS_FILE);
+  const names = edits.edits.map((e) => e.name);
+  for (const n of ['identical', 'jpeg-q10', 'jpeg-q30', 'crop-50', 'crop-75', 'rotate-10', 'grayscale', 'colour-jitter', 'blur', 'scale-down-up', 'pad-aspect', 'caption-bar']) assert.ok(names.includes(n), `${n} is listed`);
+  let original: Uint8Array | undefined;
+  for await (const item of iterateImageSource(CIFAR_TEST)) {
+    original = (await decodeImage(item.bytes, 32)).pixels;
+    break;
+  }
+  const img = original!;
+  for (const edit of edits.edits) {
+    const copy = await editImage(img, 32, edit, 11);
+    assert.equal(copy.length, 32 * 32 * 3, edit.name);
+    assert.deepEqual(await editImage(img, 32, edit, 11), copy, `${edit.name} is deterministic for a seed`);
+    const mean = copy.reduce((a, b) => a + b, 0) / copy.length;
+    const sd = Math.sqrt(copy.reduce((a, b) => a + (b - mean) ** 2, 0) / copy.length);
+    assert.ok(sd > 5, `${edit.name} left an image (standard deviation ${sd.toFixed(1)})`);
+    if (edit.name === 'identical') assert.deepEqual(copy, img);
+    else assert.notDeepEqual(copy, img, `${edit.name} changes the image`);
+  }
+  const byName = (n: string) => edits.edits.find((e) => e.name === n)!;
+  const px = (a: Uint8Array, x: number, y: number) => Array.from(a.subarray((y * 32 + x) * 3, (y * 32 + x) * 3 + 3));
+  // the caption bar covers the bottom row with its background and ink only
+  const captioned = await editImage(img, 32, byName('caption-bar'), 11);
+  const bottom = Array.from({ length: 32 }, (_, x) => px(captioned, x, 31).join(','));
+  assert.ok(bottom.every((c) => c === '0,0,0' || c === '255,255,255'), bottom.join(' '));
+  // padding survives decodeImage's centre crop to a square: the corners are the black border
+  const padded = await editImage(img, 32, byName('pad-aspect'), 11);
+  for (const [x, y] of [[0, 0], [31, 0], [0, 31], [31, 31]]) assert.ok(Math.max(...px(padded, x, y)) < 16, `corner ${x},${y}: ${px(padded, x, y)}`);
+  const gray = await editImage(img, 32, byName('grayscale'), 11);
+  for (let i = 0; i < gray.length; i += 3) assert.ok(gray[i] === gray[i + 1] && gray[i] === gray[i + 2]);
+  assert.notDeepEqual(await editImage(img, 32, byName('colour-jitter'), 12), await editImage(img, 32, byName('colour-jitter'), 11), 'ranges are drawn per seed');
+  assert.throws(() => parseEdits({ seed: 1, originals: 1, edits: [{ name: 'bar', ops: [{ op: 'caption', height: 0.2, ink: 'white' }] }] }), /#rrggbb/);
+  assert.throws(() => parseEdits({ seed: 1, originals: 1, edits: [{ name: 'x', ops: [{ op: 'sepia' }] }] }));
+});
+
+test('own task: each granularity and baseline searches a database it encoded; for XL that is the XL database', () => {
   const byId = new Map(result.encoders.map((e) => [e.id, e]));
   assert.deepEqual(result.encoders.filter((e) => e.own).map((e) => e.id).sort(), ['L', 'M', 'S', 'XL', 'baseline-S']);
   assert.equal(byId.get('XL')!.own!.accuracy, byId.get('XL')!.all!.accuracy);
@@ -155,7 +245,7 @@ test('own task: each granularity and baseline searches a database it encoded; fo
   assert.match(fs.readFileSync(path.join(dir, 'report/summary.md'), 'utf8'), /## Same-encoder search[\s\S]*\| baseline \| `baseline-S` \|/);
 });
 
-test('the frontier is monotone and becomes the calibration that pickEncoder reads', { skip }, () => {
+test('the frontier is monotone and becomes the calibration that pickEncoder reads', () => {
   const front = result.frontier.map((id) => result.encoders.find((e) => e.id === id)!);
   assert.ok(front.length >= 1);
   assert.ok(front.every((e) => e.family !== 'baseline'));
@@ -192,21 +282,22 @@ test('the frontier is monotone and becomes the calibration that pickEncoder read
   assert.equal(pickEncoder(cal).spec, front[front.length - 1].spec);
 });
 
-test('report files: results.json, one CSV row per encoder, summary.md, SVG plot', { skip }, () => {
+test('report files: results.json, one CSV row per encoder, summary.md, SVG plot', () => {
   const files = result.files!;
   for (const f of Object.values(files)) assert.ok(fs.statSync(f).size > 0, f);
   const csv = fs.readFileSync(files.csv, 'utf8').trim().split('\n');
-  assert.equal(csv.length, 1 + result.encoders.length);
-  const ids = csv.slice(1).map((l) => l.match(/^[^,]*,("(?:[^"]|"")*"|[^,]*)/)![1].replace(/^"|"$/g, ''));
+  assert.equal(csv.length, 1 + result.encoders.length + result.compare!.encoders.length);
+  const rows = csv.slice(1).filter((l) => l.startsWith('matvit-tiny,'));
+  const ids = rows.map((l) => l.match(/^[^,]*,[^,]*,("(?:[^"]|"")*"|[^,]*)/)![1].replace(/^"|"$/g, ''));
   assert.deepEqual(ids.sort(), result.encoders.map((e) => e.id).sort());
   assert.match(fs.readFileSync(files.plot, 'utf8'), /^<svg[^>]*>/);
   const md = fs.readFileSync(files.summary, 'utf8');
-  assert.match(md, /\| `XL` \|/);
+  assert.match(md, /\| `matvit-tiny` \| uniform \| `XL` \|/);
   assert.match(md, /seeded subset of 25 of the 40 queries/);
   assert.equal(JSON.parse(fs.readFileSync(files.json, 'utf8')).encoders.length, result.encoders.length);
 });
 
-test('deterministic in the seed: a second run gives the same retrieval metrics', { skip }, async () => {
+test('deterministic in the seed: a second run gives the same retrieval metrics', async () => {
   const { db, queries } = await cifarSample();
   const again = await evaluateRecallCost({ modelPath, db, queries, tasks: ['recall'], mixnmatch: MNM, mixnmatchQueries: 25, latencyRuns: 0, hnsw: false, progress: false, seed: 1 });
   const strip = (r: RecallCostResult) => r.encoders.map((e) => ({ id: e.id, all: e.all, common: e.common }));

@@ -1,7 +1,7 @@
 // A result's Pareto frontier as the calibration file that src/encoder/budget.ts reads.
 import path from 'node:path';
 import { type Calibration, CALIBRATION_VERSION, type CalibrationEntry } from '../encoder/budget.ts';
-import type { RecallCostResult } from './recall-cost.ts';
+import type { RecallCostResult } from './result.ts';
 
 /** The calibration file's content: the frontier entries of a result. */
 export function toCalibration(r: RecallCostResult): Calibration {

@@ -1,15 +1,19 @@
-// The near-duplicate task: seeded edited copies (JPEG re-compression, crops, flips, small rotations, colour
-// changes, blur) of held-out images, made with sharp from the decoded pixels and decoded back through the one
-// image preprocessing (decodeImage), so a copy reaches the encoder exactly as an uploaded file would.
+// The near-duplicate task's copies: seeded edited copies (JPEG re-compression, crops, flips, small rotations, colour
+// changes, blur, down-then-up scaling, padding to another aspect ratio, a caption bar) of held-out images, made with
+// sharp from the decoded pixels and decoded back through the one image preprocessing (decodeImage), so a copy reaches
+// the encoder exactly as an uploaded file would. The edits are data: scripts/copies-edits.json.
 import fs from 'node:fs';
 import sharp, { type Sharp } from 'sharp';
 import { z } from 'zod';
 import { decodeImage } from '../data/images.ts';
 import { mixSeed, mulberry32 } from '../train/rng.ts';
-import type { TopK } from './exact-search.ts';
+import type { TopK } from '../index/exact-search.ts';
+import { type TargetRecall, targetRecall } from './metrics.ts';
 
 /** A fixed value, or a [min, max] range drawn uniformly for each copy. */
 const Param = z.union([z.number(), z.tuple([z.number(), z.number()]).refine(([a, b]) => a <= b, 'range must be [min, max]')]);
+
+const HexColour = z.string().regex(/^#[0-9a-f]{6}$/i, 'a colour is #rrggbb');
 
 const Op = z.discriminatedUnion('op', [
   z.object({ op: z.literal('jpeg'), quality: Param }), // 1..100
@@ -19,6 +23,12 @@ const Op = z.discriminatedUnion('op', [
   z.object({ op: z.literal('modulate'), brightness: Param.optional(), saturation: Param.optional(), hue: Param.optional() }), // multipliers; hue in degrees
   z.object({ op: z.literal('blur'), sigma: Param }), // Gaussian sigma in pixels, >= 0.3
   z.object({ op: z.literal('grayscale') }),
+  z.object({ op: z.literal('contrast'), factor: Param }), // pixel values scaled about mid-grey
+  z.object({ op: z.literal('scale'), factor: Param }), // down to this fraction of the side, then back up
+  // the image centred on a canvas of another aspect ratio (width / height), its height `fill` of the canvas's
+  z.object({ op: z.literal('pad'), aspect: Param, fill: Param, background: z.string().default('#000000') }),
+  // a bar across the image (a share `height` of it) holding glyph-like marks, as a caption or watermark strip
+  z.object({ op: z.literal('caption'), height: Param, position: z.enum(['top', 'bottom']).default('bottom'), background: HexColour.default('#000000'), ink: HexColour.default('#ffffff') }),
 ]);
 
 export const EditsFile = z.object({
@@ -97,7 +107,51 @@ async function applyOp(r: Raw, op: EditOp, draw: (p: z.infer<typeof Param>) => n
       return toRaw(fromRaw(r).blur(Math.max(0.3, draw(op.sigma))));
     case 'grayscale':
       return toRaw(fromRaw(r).grayscale());
+    case 'contrast': {
+      const f = Math.max(0, draw(op.factor));
+      return toRaw(fromRaw(r).linear(f, 128 * (1 - f)));
+    }
+    case 'scale': {
+      const f = Math.min(1, Math.max(0.05, draw(op.factor)));
+      const small = await toRaw(fromRaw(r).resize(Math.max(1, Math.round(r.width * f)), Math.max(1, Math.round(r.height * f)), { fit: 'fill' }));
+      return toRaw(fromRaw(small).resize(r.width, r.height, { fit: 'fill' }));
+    }
+    case 'pad': {
+      const fill = Math.min(1, Math.max(0.1, draw(op.fill)));
+      const height = Math.ceil(r.height / fill);
+      const width = Math.max(r.width, Math.round(height * Math.max(0.1, draw(op.aspect))));
+      const left = Math.floor((width - r.width) / 2);
+      const top = Math.floor((height - r.height) / 2);
+      return toRaw(fromRaw(r).extend({ left, right: width - r.width - left, top, bottom: height - r.height - top, background: op.background }));
+    }
+    case 'caption': {
+      const h = Math.max(1, Math.round(r.height * Math.min(1, Math.max(0, draw(op.height)))));
+      const bar = captionBar(r.width, h, hexColour(op.background), hexColour(op.ink), rand);
+      const top = op.position === 'top' ? 0 : r.height - h;
+      return toRaw(fromRaw(r).composite([{ input: bar, raw: { width: r.width, height: h, channels: 3 }, left: 0, top }]));
+    }
   }
+}
+
+/** A width x height RGB bar of `background` with a line of glyph-like ink marks (1-2 px strokes, gaps of 1 px). */
+function captionBar(width: number, height: number, background: number[], ink: number[], rand: () => number): Buffer {
+  const bar = Buffer.alloc(width * height * 3);
+  for (let i = 0; i < width * height; i++) bar.set(background, i * 3);
+  const y0 = Math.floor(height / 4);
+  const y1 = Math.max(y0 + 1, Math.ceil((3 * height) / 4));
+  for (let x = 1; x < width - 1; ) {
+    const stroke = 1 + Math.floor(rand() * 2);
+    const top = y0 + Math.floor(rand() * Math.max(1, (y1 - y0) / 2)); // letters of varying height
+    for (let dx = 0; dx < stroke && x + dx < width - 1; dx++) for (let y = top; y < y1; y++) bar.set(ink, (y * width + x + dx) * 3);
+    x += stroke + 1 + (rand() < 0.2 ? 2 : 0); // now and then a space between words
+  }
+  return bar;
+}
+
+function hexColour(c: string): number[] {
+  const m = /^#([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(c);
+  if (!m) throw new Error(`colour "${c}" is not #rrggbb`);
+  return [1, 2, 3].map((i) => parseInt(m[i], 16));
 }
 
 /** One edited copy of a size x size x 3 image, decoded back to size x size x 3 by decodeImage. */
@@ -142,28 +196,10 @@ export async function makeCopies(pixels: Uint8Array, size: number, originals: Ar
   return out;
 }
 
-export interface CopyRecall {
-  queries: number;
-  recall1: number; // the original is the top result
-  recall10: number; // the original is among the top 10 (top k when k < 10)
-}
-
 /** Recall of the original per edit (and 'all'): `target[i]` is the database row of copy i's original. */
-export function copiesRecall(found: TopK, target: Int32Array, editOf: Int32Array, editNames: string[]): Record<string, CopyRecall> {
-  const k = Math.min(10, found.k);
-  const hits1 = new Float64Array(editNames.length);
-  const hitsK = new Float64Array(editNames.length);
-  const counts = new Float64Array(editNames.length);
-  for (let q = 0; q < found.n; q++) {
-    const e = editOf[q];
-    counts[e]++;
-    const row = found.indices.subarray(q * found.k, q * found.k + k);
-    if (row[0] === target[q]) hits1[e]++;
-    if (row.includes(target[q])) hitsK[e]++;
-  }
-  const out: Record<string, CopyRecall> = {};
-  editNames.forEach((name, e) => (out[name] = { queries: counts[e], recall1: hits1[e] / counts[e], recall10: hitsK[e] / counts[e] }));
-  const total = counts.reduce((a, b) => a + b, 0);
-  out.all = { queries: total, recall1: hits1.reduce((a, b) => a + b, 0) / total, recall10: hitsK.reduce((a, b) => a + b, 0) / total };
+export function copiesRecall(found: TopK, target: Int32Array, editOf: Int32Array, editNames: string[]): Record<string, TargetRecall> {
+  const out: Record<string, TargetRecall> = {};
+  editNames.forEach((name, e) => (out[name] = targetRecall(found, target, Int32Array.from({ length: found.n }, (_, q) => q).filter((q) => editOf[q] === e))));
+  out.all = targetRecall(found, target);
   return out;
 }

@@ -2,8 +2,8 @@
 // several ef with queries from one encoder; recall@k against exact search and the median time per query.
 import hnswlib from 'hnswlib-node';
 import { HNSW_DEFAULTS } from '../index/hnsw.ts';
-import type { TopK } from './exact-search.ts';
-import { median, neighbourRecall } from './metrics.ts';
+import { type TopK, recallAtK } from '../index/exact-search.ts';
+import { median } from './metrics.ts';
 
 export interface HnswParams {
   M: number;
@@ -60,8 +60,8 @@ export function hnswSweep(index: hnswlib.HierarchicalNSW, encoder: string, queri
       encoder,
       ef,
       queries: n,
-      recall10: neighbourRecall(found, exact, k),
-      recall10VsXl: neighbourRecall(found, xlTruth, k),
+      recall10: recallAtK(found, exact, k),
+      recall10VsXl: recallAtK(found, xlTruth, k),
       medianMs: median(ms),
       meanMs: ms.reduce((a, b) => a + b, 0) / Math.max(1, n),
     });

@@ -1,23 +1,7 @@
-// Retrieval metrics over TopK lists: neighbour recall against a ground truth, 1-NN label accuracy, mAP@k with
-// class labels, agreement of top-1 labels, and the Pareto frontier of cost against quality.
-import type { TopK } from './exact-search.ts';
-
-/**
- * Mean over queries of |found top k ∩ truth top k| / k. Row i of `found` is compared with row i of `truth`
- * (pass selectRows(truth, subset) when found covers a subset of the queries).
- */
-export function neighbourRecall(found: TopK, truth: TopK, k: number): number {
-  if (found.n !== truth.n) throw new RangeError(`found has ${found.n} queries, truth ${truth.n}`);
-  if (k > found.k || k > truth.k) throw new RangeError(`recall@${k} needs ${k} results per query (found ${found.k}, truth ${truth.k})`);
-  if (found.n === 0) return NaN;
-  let hits = 0;
-  for (let q = 0; q < found.n; q++) {
-    const t = truth.indices.subarray(q * truth.k, q * truth.k + k);
-    const f = found.indices.subarray(q * found.k, q * found.k + k);
-    for (let i = 0; i < k; i++) if (t.includes(f[i])) hits++;
-  }
-  return hits / (found.n * k);
-}
+// Retrieval metrics over TopK lists: 1-NN label accuracy, mAP@k with class labels, agreement of top-1 labels, and
+// the Pareto frontier of cost against quality. Neighbour recall against a ground truth is recallAtK, beside the exact
+// search in src/index/exact-search.ts.
+import type { TopK } from '../index/exact-search.ts';
 
 /** Fraction of queries whose top-1 database item has the query's label. Queries labelled -1 count as misses. */
 export function oneNnAccuracy(found: TopK, dbLabels: ArrayLike<number>, queryLabels: ArrayLike<number>): number {
@@ -70,13 +54,29 @@ export function top1LabelAgreement(a: TopK, b: TopK, dbLabels: ArrayLike<number>
   return same / a.n;
 }
 
-/** Fraction of queries whose top-1 database item is the same item under both result lists. */
-export function top1Agreement(a: TopK, b: TopK): number {
-  if (a.n !== b.n) throw new RangeError(`${a.n} vs ${b.n} queries`);
-  if (a.n === 0) return NaN;
-  let same = 0;
-  for (let q = 0; q < a.n; q++) if (a.indices[q * a.k] === b.indices[q * b.k]) same++;
-  return same / a.n;
+export interface TargetRecall {
+  queries: number;
+  recall1: number; // the target is the top result
+  recall10: number; // the target is among the top 10 (top k when k < 10)
+}
+
+/**
+ * How often each query finds its one known target (`target[q]`, a database row): at rank 1 and within the top 10.
+ * `rows`: only these queries (default every query).
+ */
+export function targetRecall(found: TopK, target: ArrayLike<number>, rows?: ArrayLike<number>): TargetRecall {
+  if (target.length !== found.n) throw new RangeError(`${target.length} targets for ${found.n} queries`);
+  const k = Math.min(10, found.k);
+  const n = rows ? rows.length : found.n;
+  let hits1 = 0;
+  let hitsK = 0;
+  for (let i = 0; i < n; i++) {
+    const q = rows ? rows[i] : i;
+    const top = found.indices.subarray(q * found.k, q * found.k + k);
+    if (top[0] === target[q]) hits1++;
+    if (top.includes(target[q])) hitsK++;
+  }
+  return { queries: n, recall1: hits1 / n, recall10: hitsK / n };
 }
 
 function checkLabels(found: TopK, queryLabels: ArrayLike<number>): void {

@@ -1,10 +1,12 @@
-// Exact (brute-force) inner-product search for evaluation: the database is a constant of an onnxruntime graph
-// (MatMul, then TopK), queries go through in chunks, and only the top k of each query is kept. With L2-normalised
-// vectors the inner product is the cosine similarity. Databases over SHARD_ROWS rows are split into several
-// graphs (protobuf caps a model at 2 GB) whose per-shard top k are merged.
+// Exact (brute-force) inner-product search, the reference HNSW and query encoders are measured against, and recall@k.
+// One implementation for the evaluation (src/eval), the HNSW benchmark and the index tests: the database is a
+// constant of an onnxruntime graph (MatMul, then TopK), queries go through in chunks, and only the top k of each
+// query is kept. With L2-normalised vectors the inner product is the cosine similarity. Databases over SHARD_ROWS
+// rows are split into several graphs (protobuf caps a model at 2 GB) whose per-shard top k are merged.
 import * as ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
 import { GraphBuilder } from '../onnx/graph.ts';
+import type { SearchHit } from './hnsw.ts';
 
 /** The k best database rows of each of n queries, best first: row q's results are [q*k, (q+1)*k). */
 export interface TopK {
@@ -138,7 +140,7 @@ export function mergeRows(parts: { topk: TopK; rows: ArrayLike<number> }[], n: n
   return out;
 }
 
-/** Brute force in plain JS, for tests of the graph: the same contract as ExactSearch.search. */
+/** Brute force in plain JS, the reference for tests of the graph: the same contract as ExactSearch.search. */
 export function bruteForceTopK(db: Float32Array, rows: number, dim: number, queries: Float32Array, n: number, k: number): TopK {
   k = Math.min(k, rows);
   const out: TopK = { n, k, indices: new Int32Array(n * k), scores: new Float32Array(n * k) };
@@ -157,4 +159,35 @@ export function bruteForceTopK(db: Float32Array, rows: number, dim: number, quer
     }
   }
   return out;
+}
+
+/** Result lists of an index search (HNSW) as a TopK over database rows; `row` maps an id to its row. */
+export function topKFromHits(lists: SearchHit[][], k: number, row: (id: number) => number = (id) => id): TopK {
+  const n = lists.length;
+  const out: TopK = { n, k, indices: new Int32Array(n * k).fill(-1), scores: new Float32Array(n * k).fill(-Infinity) };
+  lists.forEach((hits, q) => {
+    if (hits.length < k) throw new RangeError(`query ${q} has ${hits.length} results, fewer than k = ${k}`);
+    for (let j = 0; j < k; j++) {
+      out.indices[q * k + j] = row(hits[j].id);
+      out.scores[q * k + j] = hits[j].score;
+    }
+  });
+  return out;
+}
+
+/**
+ * Recall@k: mean over queries of |found top k ∩ truth top k| / k. Row i of `found` is compared with row i of `truth`
+ * (pass selectRows(truth, subset) when found covers a subset of the queries).
+ */
+export function recallAtK(found: TopK, truth: TopK, k: number): number {
+  if (found.n !== truth.n) throw new RangeError(`found has ${found.n} queries, truth ${truth.n}`);
+  if (k > found.k || k > truth.k) throw new RangeError(`recall@${k} needs ${k} results per query (found ${found.k}, truth ${truth.k})`);
+  if (found.n === 0) return NaN;
+  let hits = 0;
+  for (let q = 0; q < found.n; q++) {
+    const t = truth.indices.subarray(q * truth.k, q * truth.k + k);
+    const f = found.indices.subarray(q * found.k, q * found.k + k);
+    for (let i = 0; i < k; i++) if (t.includes(f[i])) hits++;
+  }
+  return hits / (found.n * k);
 }
