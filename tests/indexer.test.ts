@@ -5,11 +5,12 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { execFileSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import zlib from 'node:zlib';
 import sharp from 'sharp';
 import tar from 'tar-stream';
-import { decodeImage } from '../src/data/images.ts';
+import { MAX_IMAGE_BYTES, decodeImage } from '../src/data/images.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { TINY_CONFIG } from '../src/encoder/config.ts';
 import { Encoder } from '../src/encoder/runtime.ts';
@@ -128,6 +129,16 @@ async function makeFolder(dir: string): Promise<Fixture> {
   const dangling = path.join(dir, 'bad/dangling.jpg');
   fs.symlinkSync(path.join(dir, 'bad/no-such-target.jpg'), dangling);
   bad.set(dangling, 'unreadable');
+  // Not regular files: reading them used to wait for a writer (FIFO) or read for ever (/dev/zero) with the store locked.
+  const fifo = path.join(dir, 'bad/pipe.jpg');
+  execFileSync('mkfifo', [fifo]);
+  bad.set(fifo, 'unreadable');
+  const zero = path.join(dir, 'bad/zero.jpg');
+  fs.symlinkSync('/dev/zero', zero);
+  bad.set(zero, 'unreadable');
+  const oversized = put('bad/oversized.png', Buffer.alloc(0));
+  fs.truncateSync(oversized, MAX_IMAGE_BYTES + 1); // sparse: over the limit without taking the disk space
+  bad.set(oversized, 'too-large');
   put('notes.txt', Buffer.from('not an image extension: ignored in folders'));
   return { dir, good, bad, duplicates: 1 };
 }
@@ -153,7 +164,7 @@ describe('indexSources', () => {
   });
   after(() => handle.close());
 
-  test('indexes every good image, names every bad file with its reason, stores identical content once', async () => {
+  test('indexes every good image, names every bad file with its reason, stores identical content once', { timeout: 60_000 }, async () => {
     const progress: number[] = [];
     const r = await indexSources(handle, encoder, [fx.dir], { batchSize: 4, onProgress: (p) => progress.push(p.done) });
     const unique = new Set([...fx.good.values()].map(contentHash)).size;
@@ -164,6 +175,10 @@ describe('indexSources', () => {
     const failed = new Map(r.failed.map((f) => [f.path, f.reason]));
     assert.deepEqual([...failed.keys()].sort(), [...fx.bad.keys()].sort());
     for (const [p, kind] of fx.bad) assert.match(failed.get(p)!, new RegExp(`^${kind}: `), p);
+    assert.match(failed.get(path.join(fx.dir, 'bad/pipe.jpg'))!, /not a regular file: a FIFO/);
+    assert.match(failed.get(path.join(fx.dir, 'bad/zero.jpg'))!, /not a regular file: a character device/);
+    assert.match(failed.get(path.join(fx.dir, 'bad/oversized.png'))!, new RegExp(`${MAX_IMAGE_BYTES + 1} bytes, over the limit of ${MAX_IMAGE_BYTES}`));
+    assert.deepEqual(r.unread, []);
     assert.equal(progress.at(-1), unique + fx.duplicates + fx.bad.size);
 
     assert.equal(handle.store.count(encoder.modelId), unique);
