@@ -15,8 +15,7 @@ import { type RecallCostResult, evaluateRecallCost } from '../src/eval/recall-co
 import { mulberry32 } from '../src/train/rng.ts';
 import { randomModel } from './helpers/model.ts';
 
-const CIFAR_TEST = path.resolve(import.meta.dirname, '../../shared/datasets/cifar10/test.tar.gz');
-const skip = !fs.existsSync(CIFAR_TEST) && 'CIFAR-10 not found';
+const CIFAR_TEST = path.resolve(import.meta.dirname, '../datasets/cifar10-test.tar.gz'); // bundled
 
 /** 160 images spread over all ten classes (every 62nd of the class-sorted archive), split into 120 + 40. */
 async function cifarSample(): Promise<{ db: LabelledPixels; queries: LabelledPixels }> {
@@ -42,7 +41,6 @@ let result: RecallCostResult;
 const MNM = ['S,M', 'S,XL', 'M,L'];
 
 before(async () => {
-  if (skip) return;
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-eval-'));
   modelPath = path.join(dir, 'models/matvit-tiny/model.safetensors');
   fs.mkdirSync(path.dirname(modelPath), { recursive: true });
@@ -110,7 +108,7 @@ test('mergeRows puts the rows of a partition back in place, and refuses gaps and
   assert.throws(() => mergeRows([{ topk: selectRows(whole, a), rows: a }, { topk: selectRows(whole, a), rows: a }], n), /given twice/);
 });
 
-test('recall-vs-cost on a tiny model: XL against itself is exact, every metric in [0, 1]', { skip }, () => {
+test('recall-vs-cost on a tiny model: XL against itself is exact, every metric in [0, 1]', () => {
   const xl = result.encoders.find((e) => e.id === 'XL')!;
   assert.equal(xl.all!.recall1, 1);
   assert.equal(xl.all!.recall10, 1);
@@ -138,7 +136,7 @@ test('recall-vs-cost on a tiny model: XL against itself is exact, every metric i
   assert.deepEqual(result.hnsw!.rows.map((h) => `${h.encoder}@${h.ef}`), ['XL@10', 'XL@32', 'S@10', 'S@32']);
 });
 
-test('copies task: recall per edit, the unedited copy found by XL', { skip }, () => {
+test('copies task: recall per edit, the unedited copy found by XL', () => {
   assert.equal(result.copies!.copies, 8 * 3);
   const xl = result.encoders.find((e) => e.id === 'XL')!.copies!;
   assert.deepEqual(Object.keys(xl).sort(), ['all', 'crop-flip', 'identical', 'jpeg']);
@@ -146,7 +144,7 @@ test('copies task: recall per edit, the unedited copy found by XL', { skip }, ()
   for (const e of result.encoders.filter((x) => x.copies)) for (const r of Object.values(e.copies!)) assert.ok(r.recall1 >= 0 && r.recall1 <= r.recall10 && r.recall10 <= 1);
 });
 
-test('own task: each granularity and baseline searches a database it encoded; for XL that is the XL database', { skip }, () => {
+test('own task: each granularity and baseline searches a database it encoded; for XL that is the XL database', () => {
   const byId = new Map(result.encoders.map((e) => [e.id, e]));
   assert.deepEqual(result.encoders.filter((e) => e.own).map((e) => e.id).sort(), ['L', 'M', 'S', 'XL', 'baseline-S']);
   assert.equal(byId.get('XL')!.own!.accuracy, byId.get('XL')!.all!.accuracy);
@@ -155,7 +153,7 @@ test('own task: each granularity and baseline searches a database it encoded; fo
   assert.match(fs.readFileSync(path.join(dir, 'report/summary.md'), 'utf8'), /## Same-encoder search[\s\S]*\| baseline \| `baseline-S` \|/);
 });
 
-test('the frontier is monotone and becomes the calibration that pickEncoder reads', { skip }, () => {
+test('the frontier is monotone and becomes the calibration that pickEncoder reads', () => {
   const front = result.frontier.map((id) => result.encoders.find((e) => e.id === id)!);
   assert.ok(front.length >= 1);
   assert.ok(front.every((e) => e.family !== 'baseline'));
@@ -192,7 +190,7 @@ test('the frontier is monotone and becomes the calibration that pickEncoder read
   assert.equal(pickEncoder(cal).spec, front[front.length - 1].spec);
 });
 
-test('report files: results.json, one CSV row per encoder, summary.md, SVG plot', { skip }, () => {
+test('report files: results.json, one CSV row per encoder, summary.md, SVG plot', () => {
   const files = result.files!;
   for (const f of Object.values(files)) assert.ok(fs.statSync(f).size > 0, f);
   const csv = fs.readFileSync(files.csv, 'utf8').trim().split('\n');
@@ -206,7 +204,7 @@ test('report files: results.json, one CSV row per encoder, summary.md, SVG plot'
   assert.equal(JSON.parse(fs.readFileSync(files.json, 'utf8')).encoders.length, result.encoders.length);
 });
 
-test('deterministic in the seed: a second run gives the same retrieval metrics', { skip }, async () => {
+test('deterministic in the seed: a second run gives the same retrieval metrics', async () => {
   const { db, queries } = await cifarSample();
   const again = await evaluateRecallCost({ modelPath, db, queries, tasks: ['recall'], mixnmatch: MNM, mixnmatchQueries: 25, latencyRuns: 0, hnsw: false, progress: false, seed: 1 });
   const strip = (r: RecallCostResult) => r.encoders.map((e) => ({ id: e.id, all: e.all, common: e.common }));
