@@ -235,6 +235,8 @@ describe('exit codes', () => {
     const cases: [string[], RegExp][] = [
       [['search', q, '--bogus'], /unknown option '--bogus'/],
       [['search', q, '--k', '0'], /--k/],
+      [['search', q, '--k', '101'], /k must be an integer from 1 to 100/], // the API's limits (src/index/limits.ts)
+      [['search', q, '--ef', '2001'], /ef must be an integer from 1 to 2000/],
       [['search', path.join(tmp, 'missing.jpg')], /cannot read query image .*no such file/],
       [['search', text, '--model', model], /not-image/],
       [['search', q, '--ffn', 'Q', '--model', model], /Q/],

@@ -16,6 +16,7 @@ import { TINY_CONFIG } from '../src/encoder/config.ts';
 import { Encoder } from '../src/encoder/runtime.ts';
 import { NotFoundError, UsageError } from '../src/errors.ts';
 import { defaultEncoderThreads, getOriginal, getThumbnail, indexBuffers, indexSources } from '../src/index/indexer.ts';
+import { MAX_EF, MAX_K } from '../src/index/limits.ts';
 import { searchById, searchByPixels } from '../src/index/search.ts';
 import { type IndexHandle, deleteImages, openIndex } from '../src/index/service.ts';
 import Database from 'better-sqlite3';
@@ -362,6 +363,10 @@ describe('search', () => {
       await assert.rejects(searchByPixels(h, encode, pixels, { ffn: 'Q' }), { name: 'ConfigError' });
       await assert.rejects(searchByPixels(h, encode, pixels, { k: 0 }), UsageError);
       await assert.rejects(searchByPixels(h, encode, pixels, { ef: 1.5 }), UsageError);
+      // One set of limits for the library, the CLI and the API (limits.ts): k up to 100, ef up to 2000.
+      assert.equal((await searchByPixels(h, encode, pixels, { k: MAX_K, ef: MAX_EF })).results.length, Math.min(MAX_K, h.hnsw.size));
+      await assert.rejects(searchByPixels(h, encode, pixels, { k: MAX_K + 1 }), /k must be an integer from 1 to 100, got 101/);
+      await assert.rejects(searchById(h, 1, { ef: MAX_EF + 1 }), /ef must be an integer from 1 to 2000, got 2001/);
 
       const byId = await searchById(h, res.results[0].id, { k: 4 });
       assert.equal(byId.results.length, 4);

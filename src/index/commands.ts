@@ -6,6 +6,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import { UsageError } from '../errors.ts';
 import type { Encoder } from '../encoder/runtime.ts';
 import type { IndexReport } from './indexer.ts';
+import { DEFAULT_K, MAX_EF, MAX_K } from './limits.ts';
 import type { SearchResponse } from './search.ts';
 
 /** Exit codes of the store commands (also listed in each command's --help). */
@@ -106,11 +107,11 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
     .description('find the images most similar to IMAGE (or to stored image --id)')
     .argument('[image]', 'query image file')
     .option('--id <n>', 'query with a stored image instead of a file', positiveInt('id'))
-    .option('--k <n>', 'results', positiveInt('k', 1000), 10)
+    .option('--k <n>', 'results', positiveInt('k', MAX_K), DEFAULT_K)
     .option('--ffn <spec>', "query encoder: S | M | L | XL | a per-layer list such as 'S,S,M,M,L,XL' (default XL)")
     .option('--budget <fraction>', "pick the query encoder by cost: at most this fraction of XL's FLOPs", positiveNumber)
     .option('--max-encode-ms <ms>', 'pick the query encoder by measured encode time', positiveNumber)
-    .option('--ef <n>', 'HNSW search beam width (default: the index default, shown by matvit stats)', positiveInt('ef', 10_000))
+    .option('--ef <n>', 'HNSW search beam width (default: the index default, shown by matvit stats)', positiveInt('ef', MAX_EF))
     .option('--json', 'print {"results": [{id, score, label, path}], "cost": {ffn, flops, encodeMs, searchMs}}')
     .addHelpText('after', EXIT_HELP)
     .action(async (image: string | undefined, opts: CommonOptions & { id?: number; k: number; ffn?: string; budget?: number; maxEncodeMs?: number; ef?: number }) => {
