@@ -64,7 +64,7 @@ async function* iterate(source: string, withBytes: boolean, opts: WalkOptions): 
     yield* iterateArchive(source, withBytes);
   } else {
     // Given explicitly: yield it even if it is not an image, so that the caller reports it as bad.
-    yield { path: source, bytes: withBytes ? await readImageFile(source) : undefined };
+    yield { path: source, bytes: withBytes ? await readItem(source) : undefined };
   }
 }
 
@@ -87,7 +87,7 @@ async function* iterateFolder(root: string, dir: string, withBytes: boolean, opt
       // Symlinked directories are not followed (no cycles); symlinked files are read through. A FIFO or device
       // named like an image is yielded too, so that reading it fails by name (readImageFile) instead of silently.
       const label = dir === root ? undefined : path.basename(dir);
-      yield { path: full, label, bytes: withBytes ? await readImageFile(full) : undefined };
+      yield { path: full, label, bytes: withBytes ? await readItem(full) : undefined };
     }
   }
 }
@@ -165,6 +165,15 @@ export async function readImageFile(file: string, maxBytes = MAX_IMAGE_BYTES): P
     throw new ImageDecodeError('unreadable', describeFsError(err));
   } finally {
     await handle.close();
+  }
+}
+
+/** readImageFile for a walk's item: its error names the file, since it ends the walk (a training set must be whole). */
+async function readItem(file: string): Promise<Buffer> {
+  try {
+    return await readImageFile(file);
+  } catch (err) {
+    throw new Error(`cannot read "${file}": ${(err as Error).message}`);
   }
 }
 
