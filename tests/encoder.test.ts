@@ -4,11 +4,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { tf } from '../src/encoder/backend.ts';
-import { saveModel, loadModel } from '../src/encoder/checkpoint.ts';
+import { defaultCalibration, loadCalibration } from '../src/encoder/budget.ts';
+import { loadModel, readModelConfig, saveModel } from '../src/encoder/checkpoint.ts';
 import { ConfigError, DEFAULT_CONFIG, GRANULARITIES, TINY_CONFIG, countFlops, countParams, monotoneSubmodels, parseSubmodel } from '../src/encoder/config.ts';
 import { paramShapes } from '../src/encoder/layout.ts';
 import { forward } from '../src/encoder/matvit.ts';
-import { CheckpointError, decodeSafetensors, encodeSafetensors } from '../src/encoder/safetensors.ts';
+import { CheckpointError, decodeSafetensors, encodeSafetensors, saveSafetensors } from '../src/encoder/safetensors.ts';
 import { randomModel } from './helpers/model.ts';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-enc-'));
@@ -81,11 +82,22 @@ test('checkpoints round-trip, and bad files get errors that name the problem', a
   assert.equal(back.metadata.note, 'x');
   for (const [k, t] of Object.entries(tensors)) assert.deepEqual(back.params[k].data, t.data);
 
+  // The header alone gives the config (what the budget's default calibration needs): loadModel's, by one parser.
+  assert.deepEqual(readModelConfig(file), c);
+  assert.equal(loadCalibration(file).xlFlops, defaultCalibration(c).xlFlops, 'the default calibration is the checkpoint\'s config');
+  assert.notEqual(defaultCalibration(c).xlFlops, defaultCalibration().xlFlops);
+
   const bytes = fs.readFileSync(file);
   fs.writeFileSync(file, bytes.subarray(0, bytes.length - 100));
   assert.throws(() => loadModel(file), (e: Error) => e instanceof CheckpointError && /truncated/.test(e.message));
+  assert.deepEqual(readModelConfig(file), c, 'the weights are not read');
   fs.writeFileSync(file, bytes.subarray(0, 5));
   assert.throws(() => loadModel(file), /truncated/);
+  assert.throws(() => readModelConfig(file), /truncated/);
+  fs.writeFileSync(file, bytes.subarray(0, 40));
+  assert.throws(() => readModelConfig(file), /truncated or not a safetensors file: header claims \d+ bytes, file has 32/);
+  saveSafetensors(file, tensors, { format: 'other/1' });
+  assert.throws(() => readModelConfig(file), /is not a MatViT checkpoint \(format "other\/1"/);
 
   // wrong dtype
   const f16 = encodeSafetensors({ a: { shape: [2], data: new Float32Array(2) } }).toString('latin1').replace('"F32"', '"F16"');

@@ -2,7 +2,7 @@
 // rerun (every image indexed exactly once, and searchable), `search --json`, `rm`, `stats`, `reindex`, a deleted
 // HNSW file rebuilt from SQLite with the same results, and exit codes with one-line messages.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -30,9 +30,26 @@ interface Run {
   stderr: string;
 }
 
-function matvit(args: string[], opts: { onSpawn?: (pid: number, kill: () => void) => void; store?: string } = {}): Promise<Run> {
+/**
+ * A command prefix under which file permissions bind: tests run as root, whose capabilities (CAP_DAC_OVERRIDE,
+ * CAP_DAC_READ_SEARCH) ignore them, so root runs the command with every capability dropped (setpriv), staying uid 0
+ * (it can still use its own files). Null when that is not possible here.
+ */
+function withoutCapabilities(): string[] | null {
+  if (process.getuid?.() !== 0) return [];
+  const prefix = ['setpriv', '--bounding-set=-all', '--inh-caps=-all'];
+  try {
+    execFileSync(prefix[0], [...prefix.slice(1), 'true'], { stdio: 'ignore' });
+    return prefix;
+  } catch {
+    return null;
+  }
+}
+
+function matvit(args: string[], opts: { onSpawn?: (pid: number, kill: () => void) => void; store?: string; prefix?: string[] } = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], {
+    const [command, ...pre] = [...(opts.prefix ?? []), process.execPath];
+    const child = spawn(command, [...pre, '--import', 'tsx', 'src/cli.ts', ...args], {
       cwd: root,
       env: { ...process.env, NODE_ENV: 'test', MATVIT_STORE: opts.store ?? store },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -218,12 +235,18 @@ describe('exit codes', () => {
     const cases: [string[], RegExp][] = [
       [['search', q, '--bogus'], /unknown option '--bogus'/],
       [['search', q, '--k', '0'], /--k/],
+      [['search', q, '--k', '101'], /k must be an integer from 1 to 100/], // the API's limits (src/index/limits.ts)
+      [['search', q, '--ef', '2001'], /ef must be an integer from 1 to 2000/],
       [['search', path.join(tmp, 'missing.jpg')], /cannot read query image .*no such file/],
       [['search', text, '--model', model], /not-image/],
       [['search', q, '--ffn', 'Q', '--model', model], /Q/],
       [['search', '--id', '77777', '--model', model], /no image with id 77777/],
       [['index', path.join(tmp, 'nowhere')], /no such file or directory/],
       [['search', q, '--store', path.join(tmp, 'empty-store')], /no image store/],
+      // Only index and serve create a store: a mistyped --store is named, and nothing is created there.
+      [['rm', '5', '--store', path.join(tmp, 'TYPO'), '--model', model], /no image store in ".*TYPO"/],
+      [['stats', '--store', path.join(tmp, 'TYPO')], /no image store in ".*TYPO"/],
+      [['reindex', '--store', path.join(tmp, 'TYPO'), '--model', model], /no image store in ".*TYPO"/],
       [['search', q, '--ffn', 'S', '--budget', '0.5'], /--ffn or --budget/],
       [['search', q, '--budget', '2', '--model', model], /budget must be a fraction/],
     ];
@@ -235,6 +258,8 @@ describe('exit codes', () => {
       assert.match(r.stderr, cases[i][1]);
       assert.equal(r.stdout, '');
     });
+    assert.ok(!fs.existsSync(path.join(tmp, 'TYPO')), 'no store (nor folder) created by rm, stats or reindex');
+    assert.ok(!fs.existsSync(path.join(tmp, 'empty-store')), 'nor by search');
   });
 
   test('index exits 3 when nothing could be indexed, listing every bad file; 0 when some could', async () => {
@@ -252,5 +277,54 @@ describe('exit codes', () => {
     const some = await matvit(['index', bad, '--model', model], { store: other });
     assert.equal(some.code, 0, some.stderr);
     assert.match(some.stdout, /indexed 1, skipped as duplicates 0, failed 2/);
+  });
+
+  test('a FIFO and a link to /dev/zero are refused by name at once; the job goes on and exits 0', { timeout: 60_000 }, async () => {
+    const dir = path.join(tmp, 'special');
+    fs.mkdirSync(dir);
+    const fifo = path.join(dir, 'pipe.jpg');
+    execFileSync('mkfifo', [fifo]);
+    const zero = path.join(dir, 'zero.jpg');
+    fs.symlinkSync('/dev/zero', zero);
+    const good = path.join(images, 'class3', '0003.jpg');
+    const r = await matvit(['index', fifo, zero, good, '--model', model, '--json'], { store: path.join(tmp, 'special-store') });
+    assert.equal(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    assert.equal(report.indexed, 1);
+    assert.deepEqual(report.failed, [
+      { path: fifo, reason: 'unreadable: the file could not be read (not a regular file: a FIFO)' },
+      { path: zero, reason: 'unreadable: the file could not be read (not a regular file: a character device)' },
+    ]);
+  });
+
+  const unprivileged = withoutCapabilities();
+  test('an unreadable sub-folder is reported; its siblings are indexed; exit 5', { skip: unprivileged === null && 'cannot drop root\'s capabilities here (setpriv)' }, async () => {
+    // src/{a,b,c} with b unreadable: the walk used to end at b (c skipped silently, the error naming src, exit 0).
+    const src = path.join(tmp, 'walk');
+    const copies: Record<string, string[]> = { a: ['class0/0004.jpg', 'class0/0008.jpg'], b: ['class1/0005.jpg', 'class1/0009.jpg'], c: ['class2/0006.jpg', 'class2/0010.jpg'] };
+    for (const [sub, files] of Object.entries(copies)) {
+      fs.mkdirSync(path.join(src, sub), { recursive: true });
+      for (const f of files) fs.copyFileSync(path.join(images, f), path.join(src, sub, path.basename(f)));
+    }
+    const walkStore = path.join(tmp, 'walk-store');
+    fs.chmodSync(path.join(src, 'b'), 0o000);
+    try {
+      const r = await matvit(['index', src, '--model', model], { store: walkStore, prefix: unprivileged! });
+      assert.equal(r.code, 5, r.stderr);
+      assert.match(r.stdout, /indexed 4, skipped as duplicates 0, failed 0/);
+      assert.match(r.stdout, new RegExp(`could not read .*\\n  ${path.join(src, 'b')}: permission denied`));
+      const json = await matvit(['index', src, '--model', model, '--json'], { store: walkStore, prefix: unprivileged! });
+      assert.equal(json.code, 5, json.stderr);
+      assert.deepEqual(JSON.parse(json.stdout).unread, [{ path: path.join(src, 'b'), reason: 'permission denied' }]);
+    } finally {
+      fs.chmodSync(path.join(src, 'b'), 0o755);
+    }
+    const rows = new Database(path.join(walkStore, 'store.sqlite'), { readonly: true });
+    try {
+      const sources = (rows.prepare('SELECT source FROM images ORDER BY source').all() as { source: string }[]).map((x) => path.relative(src, x.source));
+      assert.deepEqual(sources, ['a/0004.jpg', 'a/0008.jpg', 'c/0006.jpg', 'c/0010.jpg']);
+    } finally {
+      rows.close();
+    }
   });
 });

@@ -5,16 +5,18 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { execFileSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import zlib from 'node:zlib';
 import sharp from 'sharp';
 import tar from 'tar-stream';
-import { decodeImage } from '../src/data/images.ts';
+import { MAX_IMAGE_BYTES, decodeImage } from '../src/data/images.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { TINY_CONFIG } from '../src/encoder/config.ts';
 import { Encoder } from '../src/encoder/runtime.ts';
 import { NotFoundError, UsageError } from '../src/errors.ts';
 import { defaultEncoderThreads, getOriginal, getThumbnail, indexBuffers, indexSources } from '../src/index/indexer.ts';
+import { MAX_EF, MAX_K } from '../src/index/limits.ts';
 import { searchById, searchByPixels } from '../src/index/search.ts';
 import { type IndexHandle, deleteImages, openIndex } from '../src/index/service.ts';
 import Database from 'better-sqlite3';
@@ -128,6 +130,16 @@ async function makeFolder(dir: string): Promise<Fixture> {
   const dangling = path.join(dir, 'bad/dangling.jpg');
   fs.symlinkSync(path.join(dir, 'bad/no-such-target.jpg'), dangling);
   bad.set(dangling, 'unreadable');
+  // Not regular files: reading them used to wait for a writer (FIFO) or read for ever (/dev/zero) with the store locked.
+  const fifo = path.join(dir, 'bad/pipe.jpg');
+  execFileSync('mkfifo', [fifo]);
+  bad.set(fifo, 'unreadable');
+  const zero = path.join(dir, 'bad/zero.jpg');
+  fs.symlinkSync('/dev/zero', zero);
+  bad.set(zero, 'unreadable');
+  const oversized = put('bad/oversized.png', Buffer.alloc(0));
+  fs.truncateSync(oversized, MAX_IMAGE_BYTES + 1); // sparse: over the limit without taking the disk space
+  bad.set(oversized, 'too-large');
   put('notes.txt', Buffer.from('not an image extension: ignored in folders'));
   return { dir, good, bad, duplicates: 1 };
 }
@@ -153,7 +165,7 @@ describe('indexSources', () => {
   });
   after(() => handle.close());
 
-  test('indexes every good image, names every bad file with its reason, stores identical content once', async () => {
+  test('indexes every good image, names every bad file with its reason, stores identical content once', { timeout: 60_000 }, async () => {
     const progress: number[] = [];
     const r = await indexSources(handle, encoder, [fx.dir], { batchSize: 4, onProgress: (p) => progress.push(p.done) });
     const unique = new Set([...fx.good.values()].map(contentHash)).size;
@@ -164,6 +176,10 @@ describe('indexSources', () => {
     const failed = new Map(r.failed.map((f) => [f.path, f.reason]));
     assert.deepEqual([...failed.keys()].sort(), [...fx.bad.keys()].sort());
     for (const [p, kind] of fx.bad) assert.match(failed.get(p)!, new RegExp(`^${kind}: `), p);
+    assert.match(failed.get(path.join(fx.dir, 'bad/pipe.jpg'))!, /not a regular file: a FIFO/);
+    assert.match(failed.get(path.join(fx.dir, 'bad/zero.jpg'))!, /not a regular file: a character device/);
+    assert.match(failed.get(path.join(fx.dir, 'bad/oversized.png'))!, new RegExp(`${MAX_IMAGE_BYTES + 1} bytes, over the limit of ${MAX_IMAGE_BYTES}`));
+    assert.deepEqual(r.unread, []);
     assert.equal(progress.at(-1), unique + fx.duplicates + fx.bad.size);
 
     assert.equal(handle.store.count(encoder.modelId), unique);
@@ -347,6 +363,10 @@ describe('search', () => {
       await assert.rejects(searchByPixels(h, encode, pixels, { ffn: 'Q' }), { name: 'ConfigError' });
       await assert.rejects(searchByPixels(h, encode, pixels, { k: 0 }), UsageError);
       await assert.rejects(searchByPixels(h, encode, pixels, { ef: 1.5 }), UsageError);
+      // One set of limits for the library, the CLI and the API (limits.ts): k up to 100, ef up to 2000.
+      assert.equal((await searchByPixels(h, encode, pixels, { k: MAX_K, ef: MAX_EF })).results.length, Math.min(MAX_K, h.hnsw.size));
+      await assert.rejects(searchByPixels(h, encode, pixels, { k: MAX_K + 1 }), /k must be an integer from 1 to 100, got 101/);
+      await assert.rejects(searchById(h, 1, { ef: MAX_EF + 1 }), /ef must be an integer from 1 to 2000, got 2001/);
 
       const byId = await searchById(h, res.results[0].id, { k: 4 });
       assert.equal(byId.results.length, 4);

@@ -4,7 +4,8 @@
 // uniform granularities ordered by FLOPs.
 import fs from 'node:fs';
 import path from 'node:path';
-import { DEFAULT_CONFIG, GRANULARITIES, type MatViTConfig, countFlops, countParams, parseSubmodel, validateConfig } from './config.ts';
+import { readModelConfig } from './checkpoint.ts';
+import { DEFAULT_CONFIG, GRANULARITIES, type MatViTConfig, countFlops, countParams, parseSubmodel } from './config.ts';
 import { writeFileAtomic } from './safetensors.ts';
 
 export const CALIBRATION_FILE = 'calibration.json';
@@ -160,22 +161,10 @@ function describeRequest({ budget, maxEncodeMs }: BudgetRequest): string {
 
 const fmt = (x: number) => x.toFixed(3);
 
-/** The model config from a checkpoint's safetensors header, without reading the weights; null if unreadable. */
+/** The model config from a checkpoint's header (not its weights); null if unreadable. */
 function readConfig(modelPath: string): MatViTConfig | null {
   try {
-    const fd = fs.openSync(modelPath, 'r');
-    try {
-      const len = Buffer.alloc(8);
-      fs.readSync(fd, len, 0, 8, 0);
-      const n = Number(len.readBigUInt64LE());
-      if (n <= 0 || n > 100_000_000) return null;
-      const header = Buffer.alloc(n);
-      fs.readSync(fd, header, 0, n, 8);
-      const meta = JSON.parse(header.toString('utf8')).__metadata__;
-      return validateConfig(JSON.parse(meta.config));
-    } finally {
-      fs.closeSync(fd);
-    }
+    return readModelConfig(modelPath);
   } catch {
     return null;
   }

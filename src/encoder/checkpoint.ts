@@ -4,7 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type MatViTConfig, ConfigError, validateConfig } from './config.ts';
 import { paramShapes } from './layout.ts';
-import { CheckpointError, type TensorMap, loadSafetensors, saveSafetensors } from './safetensors.ts';
+import { CheckpointError, type TensorMap, loadSafetensors, readSafetensorsMetadata, saveSafetensors } from './safetensors.ts';
 
 export const FORMAT = 'matvit/1';
 const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -24,13 +24,7 @@ export function saveModel(file: string, config: MatViTConfig, params: TensorMap,
 /** Loads and validates a model checkpoint. `requireHead` is for training; embedding models need no head. */
 export function loadModel(file: string, { requireHead = false } = {}): ModelCheckpoint {
   const { tensors, metadata } = loadSafetensors(file);
-  if (metadata.format !== FORMAT) throw new CheckpointError(`${file} is not a MatViT checkpoint (format "${metadata.format ?? 'missing'}", expected "${FORMAT}")`);
-  let config: MatViTConfig;
-  try {
-    config = validateConfig(JSON.parse(metadata.config));
-  } catch (err) {
-    throw new CheckpointError(`${file}: invalid model config: ${err instanceof ConfigError ? err.message : 'not JSON'}`);
-  }
+  const config = configOf(metadata, file);
   const params: TensorMap = {};
   for (const [name, shape] of paramShapes(config, true)) {
     const t = tensors[name];
@@ -45,4 +39,18 @@ export function loadModel(file: string, { requireHead = false } = {}): ModelChec
   }
   const { format: _f, config: _c, ...rest } = metadata;
   return { config, params, metadata: rest };
+}
+
+/** A checkpoint's model config, read from its header alone (not the weights). Throws CheckpointError. */
+export function readModelConfig(file: string): MatViTConfig {
+  return configOf(readSafetensorsMetadata(file), file);
+}
+
+function configOf(metadata: Record<string, string>, file: string): MatViTConfig {
+  if (metadata.format !== FORMAT) throw new CheckpointError(`${file} is not a MatViT checkpoint (format "${metadata.format ?? 'missing'}", expected "${FORMAT}")`);
+  try {
+    return validateConfig(JSON.parse(metadata.config));
+  } catch (err) {
+    throw new CheckpointError(`${file}: invalid model config: ${err instanceof ConfigError ? err.message : 'not JSON'}`);
+  }
 }

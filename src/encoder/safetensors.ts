@@ -39,36 +39,62 @@ export function encodeSafetensors(tensors: TensorMap, metadata: Record<string, s
   return out;
 }
 
-export function decodeSafetensors(buf: Buffer, source = 'checkpoint'): { tensors: TensorMap; metadata: Record<string, string> } {
-  if (buf.length < 8) throw new CheckpointError(`${source} is truncated: ${buf.length} bytes, not even a header length`);
-  const headerLen = Number(buf.readBigUInt64LE(0));
-  if (headerLen > buf.length - 8) throw new CheckpointError(`${source} is truncated or not a safetensors file: header claims ${headerLen} bytes, file has ${buf.length - 8}`);
-  let header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] } | Record<string, string>>;
+type TensorEntry = { dtype: string; shape: number[]; data_offsets: [number, number] };
+
+/**
+ * The one parser of a safetensors header. `head` holds the file's first bytes (at least the whole header),
+ * `fileBytes` is the whole file's length (to tell a truncated file from a header that lies).
+ */
+function parseHeader(head: Buffer, fileBytes: number, source: string): { metadata: Record<string, string>; tensors: [string, TensorEntry][]; dataStart: number } {
+  if (fileBytes < 8) throw new CheckpointError(`${source} is truncated: ${fileBytes} bytes, not even a header length`);
+  const headerLen = Number(head.readBigUInt64LE(0));
+  if (headerLen > fileBytes - 8) throw new CheckpointError(`${source} is truncated or not a safetensors file: header claims ${headerLen} bytes, file has ${fileBytes - 8}`);
+  let header: Record<string, TensorEntry | Record<string, string>>;
   try {
-    header = JSON.parse(buf.subarray(8, 8 + headerLen).toString('utf8'));
+    header = JSON.parse(head.subarray(8, 8 + headerLen).toString('utf8'));
   } catch {
     throw new CheckpointError(`${source} is not a safetensors file: its header is not valid JSON`);
   }
-  const dataStart = 8 + headerLen;
+  const { __metadata__: metadata = {}, ...tensors } = header;
+  return { metadata: metadata as Record<string, string>, tensors: Object.entries(tensors) as [string, TensorEntry][], dataStart: 8 + headerLen };
+}
+
+export function decodeSafetensors(buf: Buffer, source = 'checkpoint'): { tensors: TensorMap; metadata: Record<string, string> } {
+  const header = parseHeader(buf, buf.length, source);
   const tensors: TensorMap = {};
-  let metadata: Record<string, string> = {};
-  for (const [name, entry] of Object.entries(header)) {
-    if (name === '__metadata__') {
-      metadata = entry as Record<string, string>;
-      continue;
-    }
-    const { dtype, shape, data_offsets } = entry as { dtype: string; shape: number[]; data_offsets: [number, number] };
+  for (const [name, { dtype, shape, data_offsets }] of header.tensors) {
     if (dtype !== 'F32') throw new CheckpointError(`${source}: tensor ${name} has dtype ${dtype}; only F32 is supported`);
     const [begin, end] = data_offsets;
     const n = shape.reduce((a, b) => a * b, 1);
     if (end - begin !== n * 4) throw new CheckpointError(`${source}: tensor ${name} of shape [${shape}] needs ${n * 4} bytes but spans ${end - begin}`);
-    if (dataStart + end > buf.length) throw new CheckpointError(`${source} is truncated: tensor ${name} ends at byte ${dataStart + end} of ${buf.length}`);
+    if (header.dataStart + end > buf.length) throw new CheckpointError(`${source} is truncated: tensor ${name} ends at byte ${header.dataStart + end} of ${buf.length}`);
     // Copy into an aligned buffer: the data section of a Buffer may not be 4-byte aligned.
     const data = new Float32Array(n);
-    Buffer.from(data.buffer).set(buf.subarray(dataStart + begin, dataStart + end));
+    Buffer.from(data.buffer).set(buf.subarray(header.dataStart + begin, header.dataStart + end));
     tensors[name] = { shape, data };
   }
-  return { tensors, metadata };
+  return { tensors, metadata: header.metadata };
+}
+
+/** The "__metadata__" map of a safetensors file, reading only its header (not the weights). */
+export function readSafetensorsMetadata(file: string): Record<string, string> {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (err) {
+    throw new CheckpointError(`cannot read checkpoint ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+  }
+  try {
+    const fileBytes = fs.fstatSync(fd).size;
+    const len = Buffer.alloc(8);
+    fs.readSync(fd, len, 0, 8, 0);
+    const headerLen = fileBytes < 8 ? 0 : Math.min(Number(len.readBigUInt64LE(0)), fileBytes - 8); // parseHeader reports a lie
+    const head = Buffer.alloc(8 + headerLen);
+    fs.readSync(fd, head, 0, head.length, 0);
+    return parseHeader(head, fileBytes, file).metadata;
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 export function writeFileAtomic(file: string, data: Buffer | string): void {

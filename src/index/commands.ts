@@ -6,6 +6,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import { UsageError } from '../errors.ts';
 import type { Encoder } from '../encoder/runtime.ts';
 import type { IndexReport } from './indexer.ts';
+import { DEFAULT_K, MAX_EF, MAX_K } from './limits.ts';
 import type { SearchResponse } from './search.ts';
 
 /** Exit codes of the store commands (also listed in each command's --help). */
@@ -15,6 +16,7 @@ export const EXIT = {
   usage: 2, // bad flags or arguments, a missing file, an undecodable query image, an unknown id or FFN spec
   nothingIndexed: 3, // `index`: no image found, or every file failed
   storeBusy: 4, // another process is writing the store (an indexing job): retry when it is done
+  incomplete: 5, // `index`: a folder or archive could not be read (whole, or past some point); the rest was indexed
   interrupted: 130, // stopped by Ctrl-C / SIGTERM; everything committed before is kept
 } as const;
 
@@ -67,8 +69,9 @@ export function registerIndexCommands(program: Command): void {
       `
 Images already indexed with the same model (same content) are skipped, so a rerun after Ctrl-C or a crash indexes
 only the rest. Bad files are listed with their reason and never stop the job.
-${EXIT_HELP} 3: nothing could be indexed (no image found, or every file failed); 130: interrupted (what was
-committed is kept). Some files failing still exits 0: they are listed in the summary.`,
+${EXIT_HELP} 3: nothing could be indexed (no image found, or every file failed); 5: a folder or archive could
+not be read (whole, or past some point: listed, everything else is indexed); 130: interrupted (what was committed
+is kept). Some files failing still exits 0: they are listed in the summary.`,
     )
     .action(async (paths: string[], opts: CommonOptions & { batchSize: number; threads?: number }) => {
       for (const p of paths) if (!fs.existsSync(p)) throw new UsageError(`no such file or directory: ${p}`);
@@ -97,18 +100,18 @@ committed is kept). Some files failing still exits 0: they are listed in the sum
       const interrupted = stop.signal.aborted;
       if (opts.json) console.log(JSON.stringify({ ...report, interrupted }));
       else printSummary(report, interrupted);
-      process.exitCode = interrupted ? EXIT.interrupted : report.indexed + report.duplicates === 0 ? EXIT.nothingIndexed : EXIT.ok;
+      process.exitCode = interrupted ? EXIT.interrupted : report.unread.length > 0 ? EXIT.incomplete : report.indexed + report.duplicates === 0 ? EXIT.nothingIndexed : EXIT.ok;
     });
 
   storeCommand(program, 'search')
     .description('find the images most similar to IMAGE (or to stored image --id)')
     .argument('[image]', 'query image file')
     .option('--id <n>', 'query with a stored image instead of a file', positiveInt('id'))
-    .option('--k <n>', 'results', positiveInt('k', 1000), 10)
+    .option('--k <n>', 'results', positiveInt('k', MAX_K), DEFAULT_K)
     .option('--ffn <spec>', "query encoder: S | M | L | XL | a per-layer list such as 'S,S,M,M,L,XL' (default XL)")
     .option('--budget <fraction>', "pick the query encoder by cost: at most this fraction of XL's FLOPs", positiveNumber)
     .option('--max-encode-ms <ms>', 'pick the query encoder by measured encode time', positiveNumber)
-    .option('--ef <n>', 'HNSW search beam width (default: the index default, shown by matvit stats)', positiveInt('ef', 10_000))
+    .option('--ef <n>', 'HNSW search beam width (default: the index default, shown by matvit stats)', positiveInt('ef', MAX_EF))
     .option('--json', 'print {"results": [{id, score, label, path}], "cost": {ffn, flops, encodeMs, searchMs}}')
     .addHelpText('after', EXIT_HELP)
     .action(async (image: string | undefined, opts: CommonOptions & { id?: number; k: number; ffn?: string; budget?: number; maxEncodeMs?: number; ef?: number }) => {
@@ -147,7 +150,7 @@ committed is kept). Some files failing still exits 0: they are listed in the sum
     .action(async (ids: number[], opts: CommonOptions) => {
       const encoder = await loadEncoder(opts.model, 1);
       const { deleteImages, openIndex } = await import('./service.ts');
-      const handle = await withStore(() => openIndex(opts.store, encoder.modelId, encoder.dim, { writer: true, config: encoder.config }));
+      const handle = await withStore(() => openIndex(requireStore(opts.store), encoder.modelId, encoder.dim, { writer: true, config: encoder.config }));
       let removed: number[];
       try {
         removed = deleteImages(handle, ids);
@@ -202,7 +205,7 @@ async function modelIdOrNull(model: string | undefined): Promise<string | null> 
   }
 }
 
-/** The store folder, which must already hold a store (reading commands never create one). */
+/** The store folder, which must already hold a store: only `index` and `serve` create one. */
 function requireStore(dir: string): string {
   if (!fs.existsSync(path.join(dir, 'store.sqlite'))) throw new UsageError(`no image store in "${dir}": index images first (matvit index PATH --store ${dir})`);
   return dir;
@@ -276,8 +279,9 @@ function progressReporter() {
 function printSummary(r: IndexReport, interrupted: boolean): void {
   const rate = r.seconds > 0 ? (r.indexed + r.duplicates) / r.seconds : 0;
   const lines = [`${interrupted ? 'interrupted: ' : ''}indexed ${r.indexed}, skipped as duplicates ${r.duplicates}, failed ${r.failed.length} (${r.seconds.toFixed(1)} s, ${rate.toFixed(0)} images/s)`];
-  if (r.indexed + r.duplicates + r.failed.length === 0) lines.push('no images found');
+  if (r.indexed + r.duplicates + r.failed.length + r.unread.length === 0) lines.push('no images found');
   if (r.failed.length) lines.push('failed:', ...r.failed.map((f) => `  ${f.path}: ${f.reason}`));
+  if (r.unread.length) lines.push('could not read (the images in these were not indexed):', ...r.unread.map((u) => `  ${u.path}: ${u.reason}`));
   console.log(lines.join('\n'));
 }
 

@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { type DecodedImage, DEFAULT_MAX_PIXELS, ImageDecodeError, decodeImage } from '../data/images.ts';
-import { isArchiveName, iterateImageSource, listImageSource } from '../data/sources.ts';
+import { SourceReadError, describeFsError, isArchiveName, iterateImageSource, listImageSource, readImageFile } from '../data/sources.ts';
 import type { Encoder } from '../encoder/runtime.ts';
 import { logger } from '../log.ts';
 import { OffThreadEncoder } from './offthread.ts';
@@ -46,6 +46,8 @@ export interface IndexReport {
   indexed: number; // images given an embedding by this call (new images, or known images new to this model)
   duplicates: number; // items whose content was already indexed for this model (before, or earlier in this call)
   failed: { path: string; reason: string }[]; // reason starts with its kind: empty, not-image, corrupt, too-large, unreadable
+  /** Folders and archives that could not be read (whole, or past some point): the images in them were not indexed. */
+  unread: { path: string; reason: string }[];
   ids: number[]; // ids of the indexed images, in source order (duplicates not included)
   seconds: number;
   encodeSeconds?: number; // time the encoder spent running the model (diagnostics: seconds minus this is waiting)
@@ -54,8 +56,6 @@ export interface IndexReport {
 export type BufferResult = { id: number; created: boolean } | { name: string; error: ImageDecodeError };
 
 export const DEFAULT_BATCH_SIZE = 64;
-/** Files larger than this are not read (a 40-megapixel image is far smaller in any supported format). */
-export const MAX_FILE_BYTES = 256 * 1024 * 1024;
 const WINDOW_BATCHES = 4; // batches read and decoding ahead of the encoder
 const MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024;
 const UPLOAD_CONCURRENCY = 8; // decodes in flight for indexBuffers
@@ -225,7 +225,7 @@ export async function indexSources(handle: IndexHandle, encoder: Encoder, source
   const ix = new Indexing(handle, encoder, opts.maxPixels);
   const batchSize = opts.batchSize ?? DEFAULT_BATCH_SIZE;
   if (!Number.isInteger(batchSize) || batchSize <= 0) throw new RangeError(`batch size must be a positive integer, got ${batchSize}`);
-  const report: IndexReport = { indexed: 0, duplicates: 0, failed: [], ids: [], seconds: 0 };
+  const report: IndexReport = { indexed: 0, duplicates: 0, failed: [], unread: [], ids: [], seconds: 0 };
   let total: number | undefined;
   const progress = () => opts.onProgress?.({ done: report.indexed + report.duplicates + report.failed.length, total, indexed: report.indexed, duplicates: report.duplicates, failed: report.failed.length });
   void countItems(sources).then((n) => {
@@ -312,7 +312,7 @@ export async function indexSources(handle: IndexHandle, encoder: Encoder, source
   const windowSize = WINDOW_BATCHES * batchSize;
   ix.startWorker();
   try {
-    for await (const c of candidates(sources, report.failed)) {
+    for await (const c of candidates(sources, report)) {
       if (opts.signal?.aborted) break;
       window.push(prepare(c));
       while (window.length >= windowSize || (window.length > 1 && bytesInFlight > MAX_BYTES_IN_FLIGHT)) await consume(await window.shift()!);
@@ -371,28 +371,32 @@ export async function indexBuffers(
   return results;
 }
 
-/** Every candidate item of the sources, in order. Unreadable sources are added to `failed` and skipped. */
-async function* candidates(sources: string[], failed: IndexReport['failed']): AsyncGenerator<Candidate> {
+/**
+ * Every candidate item of the sources, in order. A source that does not exist goes to `failed`; a folder or archive
+ * that cannot be read (a sub-folder without permission, a truncated archive) to `unread`, and the walk goes on.
+ */
+async function* candidates(sources: string[], report: Pick<IndexReport, 'failed' | 'unread'>): AsyncGenerator<Candidate> {
+  const onUnreadableFolder = (dir: string, reason: string) => report.unread.push({ path: dir, reason });
   for (const source of sources) {
     const abs = path.resolve(source);
     let stat: fs.Stats;
     try {
       stat = await fs.promises.stat(abs);
     } catch (err) {
-      failed.push({ path: source, reason: new ImageDecodeError('unreadable', describeFsError(err)).message });
+      report.failed.push({ path: source, reason: new ImageDecodeError('unreadable', describeFsError(err)).message });
       continue;
     }
     try {
       if (stat.isDirectory()) {
-        for await (const item of listImageSource(abs)) yield { path: item.path, label: item.label };
+        for await (const item of listImageSource(abs, { onUnreadableFolder })) yield { path: item.path, label: item.label };
       } else if (isArchiveName(abs)) {
         for await (const item of iterateImageSource(abs)) yield item;
       } else {
         yield { path: abs };
       }
     } catch (err) {
-      // A folder or archive that cannot be read (further): what came before it is indexed, the rest is reported.
-      failed.push({ path: abs, reason: new ImageDecodeError('unreadable', (err as Error).message).message });
+      // The root folder, or an archive past some member: what came before is indexed, the rest is reported.
+      report.unread.push(err instanceof SourceReadError ? { path: err.path, reason: err.reason } : { path: abs, reason: describeFsError(err) });
     }
   }
 }
@@ -405,39 +409,12 @@ async function countItems(sources: string[]): Promise<number | undefined> {
       const abs = path.resolve(source);
       const stat = await fs.promises.stat(abs);
       if (!stat.isDirectory() && !isArchiveName(abs)) n++;
-      else for await (const _ of listImageSource(abs)) n++;
+      else for await (const _ of listImageSource(abs, { onUnreadableFolder: () => {} })) n++;
     }
     return n;
   } catch {
     return undefined;
   }
-}
-
-async function readImageFile(file: string): Promise<Buffer> {
-  let handle: fs.promises.FileHandle;
-  try {
-    handle = await fs.promises.open(file, 'r');
-  } catch (err) {
-    throw new ImageDecodeError('unreadable', describeFsError(err));
-  }
-  try {
-    const { size } = await handle.stat();
-    if (size > MAX_FILE_BYTES) throw new ImageDecodeError('too-large', `the file has ${size} bytes, over the limit of ${MAX_FILE_BYTES}`);
-    return await handle.readFile();
-  } catch (err) {
-    if (err instanceof ImageDecodeError) throw err;
-    throw new ImageDecodeError('unreadable', describeFsError(err));
-  } finally {
-    await handle.close();
-  }
-}
-
-function describeFsError(err: unknown): string {
-  const e = err as NodeJS.ErrnoException;
-  if (e?.code === 'ENOENT') return 'no such file or directory';
-  if (e?.code === 'EACCES' || e?.code === 'EPERM') return 'permission denied';
-  if (e?.code === 'EISDIR') return 'is a directory';
-  return (e?.message ?? String(err)).split('\n')[0];
 }
 
 async function mapBounded(n: number, limit: number, fn: (i: number) => Promise<void>): Promise<void> {

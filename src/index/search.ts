@@ -3,12 +3,13 @@
 // rows' label, path and metadata, and the cost of the query.
 import { countFlops, parseSubmodel } from '../encoder/config.ts';
 import { NotFoundError, UsageError } from '../errors.ts';
+import { DEFAULT_K, MAX_EF, MAX_K } from './limits.ts';
 import { sourcePath } from './originals.ts';
 import type { SearchHit } from './hnsw.ts';
 import type { IndexHandle } from './service.ts';
 
 export interface SearchOptions {
-  k?: number; // results wanted (default 10, at most MAX_K)
+  k?: number; // results wanted (default DEFAULT_K, at most MAX_K: limits.ts)
   ffn?: string; // query encoder: S | M | L | XL | a per-layer list (default XL)
   ef?: number; // HNSW beam width (default: the index's, HNSW_DEFAULTS.ef; raised to k when smaller)
 }
@@ -30,10 +31,6 @@ export interface SearchResponse {
     searchMs: number;
   };
 }
-
-export const DEFAULT_K = 10;
-export const MAX_K = 1000;
-export const MAX_EF = 10_000;
 
 /** Encodes `pixels` (size x size x 3 RGB, as decodeImage returns them) with `ffn` and returns its nearest images. */
 export async function searchByPixels(

@@ -1,9 +1,7 @@
 // One zod schema per request input (parsed in the routes) and per response body (documentation only); all of them
 // feed the OpenAPI document in openapi.ts, so the document cannot drift from what the handlers accept.
 import { z } from 'zod';
-
-export const MAX_K = 100;
-export const MAX_EF = 2000;
+import { DEFAULT_K, MAX_EF, MAX_K } from '../index/limits.ts';
 
 /** An integer given as a JSON number or as text (multipart fields and query strings are text). */
 const intParam = (min: number, max: number) =>
@@ -19,7 +17,7 @@ export const ImageId = intParam(1, Number.MAX_SAFE_INTEGER).describe('image id')
 export const SearchParams = z
   .strictObject({
     id: ImageId.optional().describe('search with a stored image instead of an upload (JSON body or form field)'),
-    k: intParam(1, MAX_K).default(10).describe('number of results'),
+    k: intParam(1, MAX_K).default(DEFAULT_K).describe('number of results'),
     ffn: z
       .string()
       .trim()

@@ -139,6 +139,7 @@ async function indexGallery(
     bar?.stop();
     logger.info({ indexed: r.indexed, duplicates: r.duplicates, failed: r.failed.length, seconds: r.seconds }, 'demo gallery indexed');
     for (const f of r.failed.slice(0, 5)) logger.warn({ path: f.path, reason: f.reason }, 'gallery image skipped');
+    for (const u of r.unread) logger.warn({ path: u.path, reason: u.reason }, 'gallery folder or archive could not be read (further)');
     return { indexed: r.indexed, duplicates: r.duplicates, failed: r.failed.length, seconds: r.seconds };
   } finally {
     bar?.stop();

@@ -4,7 +4,7 @@
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { IMAGE_FORMATS } from '../data/formats.ts';
-import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError, decodeImage } from '../data/images.ts';
+import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError, MAX_IMAGE_BYTES, decodeImage } from '../data/images.ts';
 import type { EncodeBatcher } from '../encoder/batcher.ts';
 import { type Calibration, type CalibrationEntry, pickEncoder } from '../encoder/budget.ts';
 import { GRANULARITIES, countFlops, countParams } from '../encoder/config.ts';
@@ -26,7 +26,8 @@ export interface ServerLimits {
 
 // 256 MB of uploads in memory: with the encoders and decoding beside it the server stays under 1 GB RSS
 // (scripts/bench-upload-memory.ts); a request larger than that (32 files of 19 MB) gets 413.
-export const DEFAULT_LIMITS: ServerLimits = { maxUploadBytes: 20 * 1024 * 1024, maxPixels: DEFAULT_MAX_PIXELS, maxFiles: 32, maxUploadMemoryBytes: 256 * 1024 * 1024 };
+// the per-file limit is the image file reader's, so the CLI indexes what the server accepts and no more
+export const DEFAULT_LIMITS: ServerLimits = { maxUploadBytes: MAX_IMAGE_BYTES, maxPixels: DEFAULT_MAX_PIXELS, maxFiles: 32, maxUploadMemoryBytes: 256 * 1024 * 1024 };
 
 export interface Upload {
   name: string;
