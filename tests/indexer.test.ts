@@ -332,7 +332,7 @@ describe('search', () => {
       const encode = (p: Uint8Array, s: string) => encoder.encode([p], s).then((e) => e[0]);
       const res = await searchByPixels(h, encode, pixels, { k: 5 });
       assert.equal(res.results.length, 5);
-      assert.deepEqual(Object.keys(res.results[0]).sort(), ['id', 'label', 'metadata', 'path', 'score']);
+      assert.deepEqual(Object.keys(res.results[0]).sort(), ['id', 'label', 'metadata', 'path', 'score', 'source']);
       assert.equal(res.results[0].path, query);
       assert.equal(res.results[0].label, 'x');
       assert.ok(res.results[0].score > 0.999);

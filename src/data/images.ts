@@ -75,6 +75,34 @@ export async function decodeImage(bytes: Buffer, size: number, opts: { maxPixels
   }
 }
 
+/**
+ * decodeImage's pixels without its metadata() pass, for a query that needs only the pixels: one sharp call, which
+ * resizes with shrink-on-load (libjpeg's DCT scaling, WebP's scaled decode) and lets limitInputPixels reject a
+ * decompression bomb from the header before decoding. The pixels equal decodeImage's (tests/data.test.ts).
+ */
+export async function decodePixels(bytes: Buffer, size: number, opts: { maxPixels?: number } = {}): Promise<Uint8Array> {
+  checkSize(size);
+  if (!bytes || bytes.length === 0) throw new ImageDecodeError('empty');
+  try {
+    const { data, info } = await sharp(bytes, { limitInputPixels: opts.maxPixels ?? DEFAULT_MAX_PIXELS, failOn: 'truncated', pages: 1 })
+      .rotate()
+      .flatten({ background: WHITE })
+      .toColourspace('srgb')
+      .resize(size, size, { fit: 'cover', position: 'centre' })
+      .raw()
+      .toBuffer({ resolveWithObject: true });
+    return toRgb(data, info.channels, size);
+  } catch (err) {
+    const msg = firstLine(err);
+    if (/unsupported image format/i.test(msg)) throw new ImageDecodeError('not-image');
+    if (/pixel limit/i.test(msg)) {
+      await decodeImage(bytes, size, opts); // on this rare path, for the error that names the image's size
+      throw new ImageDecodeError('too-large', msg);
+    }
+    throw new ImageDecodeError('corrupt', msg);
+  }
+}
+
 /** Turns a grayscale image (e.g. a Fashion-MNIST IDX record, w*h bytes) into the same size x size RGB layout. */
 export async function decodeRawGray(pixels: Uint8Array, w: number, h: number, size: number): Promise<Uint8Array> {
   checkSize(size);

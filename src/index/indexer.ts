@@ -14,14 +14,14 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { type DecodedImage, DEFAULT_MAX_PIXELS, ImageDecodeError, decodeImage } from '../data/images.ts';
+import { type DecodedImage, DEFAULT_MAX_PIXELS, ImageDecodeError } from '../data/images.ts';
 import { isArchiveName, iterateImageSource, listImageSource } from '../data/sources.ts';
 import type { Encoder } from '../encoder/runtime.ts';
 import { logger } from '../log.ts';
 import { recordedFormat } from './formats.ts';
 import { OffThreadEncoder } from './offthread.ts';
 import { UPLOAD_PREFIX, needsCopy } from './originals.ts';
-import { PlainJpegDecoder } from './plain-jpeg.ts';
+import { type ImageDecoder, sharedDecoder } from './decoder.ts';
 export { getOriginal, getThumbnail } from './originals.ts'; // the API's image routes use them beside indexBuffers
 import { type IndexHandle, addEmbeddings } from './service.ts';
 import { type ImageRow, type NewImage, StoreError, contentHash } from './store.ts';
@@ -103,7 +103,7 @@ export async function defaultEncoderThreads(sampleMs = 250): Promise<number> {
 class Indexing {
   readonly size: number;
   readonly maxPixels: number;
-  private jpegs: PlainJpegDecoder;
+  private decoder: ImageDecoder;
   private offThread: Promise<OffThreadEncoder | null> | null = null; // batches go to its workers once they start
 
   constructor(readonly handle: IndexHandle, readonly encoder: Encoder, maxPixels?: number) {
@@ -113,7 +113,7 @@ class Indexing {
     }
     this.size = encoder.config.imageSize;
     this.maxPixels = maxPixels ?? DEFAULT_MAX_PIXELS;
-    this.jpegs = new PlainJpegDecoder(this.size);
+    this.decoder = sharedDecoder(this.size);
     handle.store.recordModelConfig(handle.modelId, JSON.stringify(encoder.config));
     handle.config ??= encoder.config;
   }
@@ -127,12 +127,12 @@ class Indexing {
   /**
    * Decodes an item and starts its thumbnail, unless it needs none: `known` (the same content stored for another
    * model) has one, or it is made on request (thumbnailOnRequest). Bad images come back as ImageDecodeError;
-   * anything else throws.
+   * anything else throws. `given`: the caller decoded the bytes already (the server checks uploads first).
    */
-  async decode(path: string, label: string | null, metadata: Record<string, unknown>, bytes: Buffer, hash: string, known?: ImageRow): Promise<Ready | ImageDecodeError> {
+  async decode(path: string, label: string | null, metadata: Record<string, unknown>, bytes: Buffer, hash: string, known?: ImageRow, given?: DecodedImage): Promise<Ready | ImageDecodeError> {
     let decoded: DecodedImage;
     try {
-      decoded = this.jpegs.accepts(bytes) ? await this.jpegs.decode(bytes) : await decodeImage(bytes, this.size, { maxPixels: this.maxPixels });
+      decoded = given ?? (await this.decoder.decode(bytes, this.maxPixels));
     } catch (err) {
       if (err instanceof ImageDecodeError) return err;
       throw err;
@@ -337,17 +337,18 @@ export async function indexSources(handle: IndexHandle, encoder: Encoder, source
  * its label and metadata are then left as they were) or its decode error, in the order given; nothing is stored
  * for an item that fails. Originals are kept and thumbnails stored with the images, except the thumbnails of tiny
  * images, made from their original on request (see getOriginal, getThumbnail).
+ * An item may carry its `decoded` pixels (the server decodes uploads to check them first): they are not decoded again.
  */
 export async function indexBuffers(
   handle: IndexHandle,
   encoder: Encoder,
-  items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown> }[],
+  items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown>; decoded?: DecodedImage }[],
 ): Promise<({ id: number; created: boolean } | { name: string; error: ImageDecodeError })[]> {
   const ix = new Indexing(handle, encoder);
   const results: BufferResult[] = new Array(items.length);
   const ready: { index: number; item: Ready }[] = [];
   await mapBounded(items.length, UPLOAD_CONCURRENCY, async (i) => {
-    const { name, bytes, label, metadata } = items[i];
+    const { name, bytes, label, metadata, decoded } = items[i];
     if (!Buffer.isBuffer(bytes) || bytes.length === 0) {
       results[i] = { name, error: new ImageDecodeError('empty') };
       return;
@@ -359,7 +360,7 @@ export async function indexBuffers(
       results[i] = { id: row!.id, created: false };
       return;
     }
-    const r = await ix.decode(`${UPLOAD_PREFIX}${name}`, label ?? null, metadata ?? {}, bytes, hash, row);
+    const r = await ix.decode(`${UPLOAD_PREFIX}${name}`, label ?? null, metadata ?? {}, bytes, hash, row, decoded);
     if (r instanceof ImageDecodeError) results[i] = { name, error: r };
     else ready.push({ index: i, item: r });
   });

@@ -18,6 +18,7 @@ export interface SearchResult {
   score: number; // cosine similarity
   label: string | null;
   path: string | null; // file path, or `archive:member`; null for uploads
+  source: string; // as stored: the path, or `upload:<name>`
   metadata: Record<string, unknown>;
 }
 
@@ -83,6 +84,6 @@ function rows(handle: IndexHandle, hits: SearchHit[]): SearchResult[] {
   const byId = new Map(handle.store.getImages(hits.map((h) => h.id)).map((r) => [r.id, r]));
   return hits.flatMap((h) => {
     const r = byId.get(h.id);
-    return r ? [{ id: h.id, score: h.score, label: r.label, path: sourcePath(r.source), metadata: r.metadata }] : [];
+    return r ? [{ id: h.id, score: h.score, label: r.label, path: sourcePath(r.source), source: r.source, metadata: r.metadata }] : [];
   });
 }

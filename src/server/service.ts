@@ -3,12 +3,13 @@
 // each. Its collaborators (index handle, encoder, batcher, indexer and search functions) are injected.
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError, decodeImage } from '../data/images.ts';
+import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError } from '../data/images.ts';
 import type { EncodeBatcher } from '../encoder/batcher.ts';
 import { type Calibration, type CalibrationEntry, pickEncoder } from '../encoder/budget.ts';
 import { GRANULARITIES, countFlops, countParams } from '../encoder/config.ts';
 import type { Encoder } from '../encoder/runtime.ts';
 import { NotFoundError } from '../errors.ts';
+import { type ImageDecoder, sharedDecoder } from '../index/decoder.ts';
 import type { IndexHandle } from '../index/service.ts';
 import { UPLOAD_PREFIX } from '../index/originals.ts';
 import { deleteImages } from '../index/service.ts';
@@ -35,6 +36,7 @@ export interface SearchHitRow {
   score: number;
   label: string | null;
   path: string | null; // null for uploads
+  source: string; // as stored (uploads: `upload:<name>`)
   metadata: Record<string, unknown>;
 }
 export interface SearchOutcome {
@@ -54,7 +56,7 @@ export interface IndexerApi {
   indexBuffers(
     handle: IndexHandle,
     encoder: Encoder,
-    items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown> }[],
+    items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown>; decoded?: DecodedImage }[],
   ): Promise<({ id: number; created: boolean } | { name: string; error: ImageDecodeError })[]>;
   getOriginal(handle: IndexHandle, id: number): Promise<{ bytes: Buffer; contentType: string }>;
   getThumbnail(handle: IndexHandle, id: number): Promise<Buffer>;
@@ -83,10 +85,14 @@ export function displayName(source: string): string {
   return m ? m[1] : path.basename(source);
 }
 
+/** The name an uploaded image was given (its source is `upload:<name>`). */
+const uploadName = (source: string) => (source.startsWith(UPLOAD_PREFIX) ? source.slice(UPLOAD_PREFIX.length) : displayName(source));
+
 export class SearchService {
   readonly limits: ServerLimits;
   readonly defaultFfn: string;
   private readonly xlFlops: number;
+  private readonly decoder: ImageDecoder;
   private readonly measured = new Map<string, number>(); // spec -> median batch-1 encode ms, measured at start
   private readonly served = new Map<string, number[]>(); // spec -> recent encode waits
   private searches = 0;
@@ -101,6 +107,7 @@ export class SearchService {
     this.defaultFfn = deps.encoder.submodel(deps.defaultFfn ?? 'XL').spec;
     const c = deps.encoder.config;
     this.xlFlops = countFlops(c, deps.encoder.submodel('XL').widths);
+    this.decoder = sharedDecoder(c.imageSize);
   }
 
   get handle(): IndexHandle {
@@ -122,11 +129,10 @@ export class SearchService {
     let decodeMs = 0;
     if (upload) {
       const t0 = performance.now();
-      const decoded = await this.decode(upload);
+      const pixels = await this.decodeFailing(upload, () => this.decoder.pixels(upload.bytes, this.limits.maxPixels));
       decodeMs = performance.now() - t0;
-      outcome = await this.deps.search.searchByPixels(this.deps.handle, (px, spec) => this.deps.batcher.encode(px, spec), decoded.pixels, opts);
+      outcome = await this.deps.search.searchByPixels(this.deps.handle, (px, spec) => this.deps.batcher.encode(px, spec), pixels, opts);
     } else {
-      if (!this.deps.handle.store.getImage(params.id!)) throw new NotFoundError(`no image with id ${params.id}`);
       outcome = await this.deps.search.searchById(this.deps.handle, params.id!, opts);
     }
     this.searches++;
@@ -138,7 +144,7 @@ export class SearchService {
         id: r.id,
         score: round(r.score, 6),
         label: r.label ?? null,
-        name: r.path !== null ? displayName(r.path) : this.uploadName(r.id),
+        name: r.path !== null ? displayName(r.path) : uploadName(r.source),
         metadata: r.metadata ?? {},
         imageUrl: imageUrl(r.id),
         thumbUrl: thumbUrl(r.id),
@@ -160,9 +166,13 @@ export class SearchService {
   }
 
   /** Decodes an upload to the model's input under the pixel limit; failures become 413/415/422 naming the file. */
-  async decode(upload: Upload): Promise<DecodedImage> {
+  decode(upload: Upload): Promise<DecodedImage> {
+    return this.decodeFailing(upload, () => this.decoder.decode(upload.bytes, this.limits.maxPixels));
+  }
+
+  private async decodeFailing<T>(upload: Upload, decode: () => Promise<T>): Promise<T> {
     try {
-      return await decodeImage(upload.bytes, this.deps.encoder.config.imageSize, { maxPixels: this.limits.maxPixels });
+      return await decode();
     } catch (err) {
       if (err instanceof ImageDecodeError) throw decodeFailure(err, upload.name);
       throw err;
@@ -178,11 +188,12 @@ export class SearchService {
 
   private async addImagesNow(uploads: Upload[], params: UploadParams): Promise<AddImagesResponse> {
     if (uploads.length === 0) throw new HttpError('bad_request', 'no image uploaded: send one or more files in the multipart field "images"');
-    for (const u of uploads) await this.decode(u); // throws before anything is stored
+    const decoded: DecodedImage[] = [];
+    for (const u of uploads) decoded.push(await this.decode(u)); // throws before anything is stored
     const results = await this.deps.indexer.indexBuffers(
       this.deps.handle,
       this.deps.work ?? this.deps.encoder,
-      uploads.map((u) => ({ name: u.name, bytes: u.bytes, ...(params.label ? { label: params.label } : {}), ...(params.metadata ? { metadata: params.metadata } : {}) })),
+      uploads.map((u, i) => ({ name: u.name, bytes: u.bytes, decoded: decoded[i], ...(params.label ? { label: params.label } : {}), ...(params.metadata ? { metadata: params.metadata } : {}) })),
     );
     const failed = results.find((r): r is { name: string; error: ImageDecodeError } => 'error' in r);
     if (failed) throw decodeFailure(failed.error, failed.name); // not expected: the same bytes decoded above
@@ -209,12 +220,6 @@ export class SearchService {
   /** The WebP thumbnail of an image (stored by the indexer with the image, or made from its kept original). */
   async thumbnail(id: number): Promise<Buffer> {
     return this.deps.indexer.getThumbnail(this.deps.handle, id); // it throws NotFoundError for an unknown id
-  }
-
-  /** The name an uploaded image was given (its source is `upload:<name>`). */
-  private uploadName(id: number): string {
-    const source = this.deps.handle.store.getImage(id)?.source ?? '';
-    return source.startsWith(UPLOAD_PREFIX) ? source.slice(UPLOAD_PREFIX.length) : displayName(source);
   }
 
   private assertExists(id: number): void {
