@@ -1,7 +1,7 @@
 // Micro-batching for serving: concurrent encode requests for the same submodel are queued and run as one
 // onnxruntime call (one batch costs far less than the same images one by one). A batch starts as soon as the
 // runtime is free for that submodel, so a lone request waits for nothing.
-import type { Encoder } from './runtime.ts';
+import type { ImageEncoder } from './runtime.ts';
 
 interface Pending {
   image: Uint8Array;
@@ -15,7 +15,7 @@ export class EncodeBatcher {
   /** Sizes of the batches run so far (for tests and stats). */
   readonly batchSizes: number[] = [];
 
-  constructor(private encoder: Encoder, private maxBatch = 64) {}
+  constructor(private encoder: ImageEncoder, private maxBatch = 64) {}
 
   /** One decoded image (size x size x 3 uint8) -> its embedding with submodel `spec`. */
   async encode(image: Uint8Array, spec: string): Promise<Float32Array> {

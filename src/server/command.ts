@@ -6,7 +6,6 @@ import type { AddressInfo } from 'node:net';
 import { type Command, InvalidArgumentError } from 'commander';
 import { UsageError } from '../errors.ts';
 import { logger } from '../log.ts';
-import { DEFAULT_ENCODE_WORKERS } from './encode-pool.ts';
 import { DEFAULT_LIMITS } from './service.ts';
 
 const SHUTDOWN_GRACE_MS = 10_000; // in-flight requests get this long after a stop signal
@@ -55,7 +54,7 @@ export function registerServeCommand(program: Command): void {
     .option('--max-upload-mb <x>', `largest uploaded file, in MB (default: ${DEFAULT_LIMITS.maxUploadBytes / 1024 / 1024})`, megabytes)
     .option('--max-pixels <n>', 'largest image, in pixels (width x height)', positiveInt, DEFAULT_LIMITS.maxPixels)
     .option('--max-files <n>', 'files per upload request', positiveInt, DEFAULT_LIMITS.maxFiles)
-    .option('--encode-workers <n>', 'worker threads that encode queries off the event loop (0: on the main thread)', nonNegativeInt, DEFAULT_ENCODE_WORKERS)
+    .option('--encode-workers <n>', 'encoder pool workers, which run every encoding off the event loop (default: one per core; 0: on the main thread)', nonNegativeInt)
     .action(async (opts) => {
       const listen = { port: opts.port ?? envPort(), host: opts.host ?? (process.env.HOST || '127.0.0.1') };
       const store: string = opts.store ?? (process.env.MATVIT_STORE || './data');

@@ -8,13 +8,13 @@ import { EncodeBatcher } from '../encoder/batcher.ts';
 import { loadCalibration } from '../encoder/budget.ts';
 import { DEFAULT_MODEL_PATH, loadModel } from '../encoder/checkpoint.ts';
 import { GRANULARITIES } from '../encoder/config.ts';
-import { Encoder } from '../encoder/runtime.ts';
+import { EncoderPool } from '../encoder/pool.ts';
+import { Encoder, type ImageEncoder } from '../encoder/runtime.ts';
 import * as indexerModule from '../index/indexer.ts';
 import * as searchModule from '../index/search.ts';
 import { type IndexHandle, openIndex } from '../index/service.ts';
 import { logger } from '../log.ts';
 import { Progress } from '../progress.ts';
-import { DEFAULT_ENCODE_WORKERS, PooledEncoder } from './encode-pool.ts';
 import { type IndexerApi, type SearchApi, type ServerLimits, SearchService } from './service.ts';
 
 const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -28,7 +28,7 @@ export interface OpenServerOptions {
   limits?: Partial<ServerLimits>;
   defaultFfn?: string;
   maxBatch?: number; // largest batch the query batcher sends to onnxruntime
-  encodeWorkers?: number; // worker threads that run encodings off the event loop; 0: on the main thread
+  encodeWorkers?: number; // encoder pool workers (default: one per core); 0: encode on the main thread
   progress?: boolean; // progress bar while indexing the gallery (default true)
   warmUp?: boolean; // open and time every query encoder before returning (default true)
   signal?: AbortSignal; // stops gallery indexing (SIGTERM during the first start)
@@ -59,15 +59,15 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
   if (opts.defaultFfn !== undefined) encoder.submodel(opts.defaultFfn); // a bad --ffn fails before any indexing
   const handle = openIndex(opts.store, encoder.modelId, encoder.dim, { writer: true, config: encoder.config });
   let gallery: OpenedServer['gallery'] = null;
-  let pool: PooledEncoder | null = null;
+  let pool: EncoderPool | null = null;
   try {
+    // One pool runs every encoding: the gallery's indexing on a first start, then queries and uploads.
+    pool = opts.encodeWorkers === 0 ? null : await EncoderPool.start(encoder, { threads: opts.encodeWorkers, specs: [...GRANULARITIES] });
+    const work = pool ?? encoder;
     if (handle.store.count(encoder.modelId) === 0 && opts.gallery !== null) {
-      gallery = await indexGallery(handle, ckpt, modelPath, opts.gallery ?? DEMO_GALLERY, indexer.indexSources, opts);
+      gallery = await indexGallery(handle, work, opts.gallery ?? DEMO_GALLERY, indexer.indexSources, opts);
     }
     const calibration = loadCalibration(modelPath, { modelId: encoder.modelId, config: encoder.config });
-    const workers = opts.encodeWorkers ?? DEFAULT_ENCODE_WORKERS;
-    pool = workers > 0 ? await PooledEncoder.start(encoder, ckpt, workers, [...GRANULARITIES]) : null;
-    const work = pool?.asEncoder() ?? encoder; // runs query and upload encodings
     const batcher = new EncodeBatcher(work, opts.maxBatch ?? 64);
     const service = new SearchService({ handle, encoder, work, batcher, calibration, search, indexer, limits: opts.limits, defaultFfn: opts.defaultFfn });
     if (opts.warmUp !== false) {
@@ -102,8 +102,7 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
 /** Indexes the demo gallery with XL, with a progress bar (nothing else runs yet). */
 async function indexGallery(
   handle: IndexHandle,
-  ckpt: ReturnType<typeof loadModel>,
-  modelPath: string,
+  encoder: ImageEncoder,
   source: string,
   indexSources: IndexSources,
   opts: OpenServerOptions,
@@ -115,10 +114,9 @@ async function indexGallery(
   let total = 0;
   for await (const _ of listImageSource(source)) total++;
   logger.info({ source, images: total, store: handle.store.dir }, 'first start: indexing the demo gallery');
-  const indexEncoder = new Encoder(ckpt, modelPath, { threads: await indexerModule.defaultEncoderThreads() }); // both cores only when idle
   const bar = opts.progress === false ? null : new Progress(total, 0, 1, 'img', 5_000);
   try {
-    const r = await indexSources(handle, indexEncoder, [source], {
+    const r = await indexSources(handle, encoder, [source], {
       batchSize: 64, // 135 img/s against 99 with 256 (one thread, same load as above)
       signal: opts.signal,
       onProgress: (p) => bar?.update(p.done, { indexed: String(p.indexed), failed: String(p.failed) }),
@@ -129,6 +127,5 @@ async function indexGallery(
     return { indexed: r.indexed, duplicates: r.duplicates, failed: r.failed.length, seconds: r.seconds };
   } finally {
     bar?.stop();
-    await indexEncoder.close();
   }
 }

@@ -7,7 +7,7 @@ import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError } from '../data
 import type { EncodeBatcher } from '../encoder/batcher.ts';
 import { type Calibration, type CalibrationEntry, pickEncoder } from '../encoder/budget.ts';
 import { GRANULARITIES, countFlops, countParams } from '../encoder/config.ts';
-import type { Encoder } from '../encoder/runtime.ts';
+import type { Encoder, ImageEncoder } from '../encoder/runtime.ts';
 import { NotFoundError } from '../errors.ts';
 import { type ImageDecoder, sharedDecoder } from '../index/decoder.ts';
 import type { IndexHandle } from '../index/service.ts';
@@ -55,7 +55,7 @@ export interface SearchApi {
 export interface IndexerApi {
   indexBuffers(
     handle: IndexHandle,
-    encoder: Encoder,
+    encoder: ImageEncoder,
     items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown>; decoded?: DecodedImage }[],
   ): Promise<({ id: number; created: boolean } | { name: string; error: ImageDecodeError })[]>;
   getOriginal(handle: IndexHandle, id: number): Promise<{ bytes: Buffer; contentType: string }>;
@@ -65,7 +65,7 @@ export interface IndexerApi {
 export interface ServiceDeps {
   handle: IndexHandle;
   encoder: Encoder; // the model: submodel specs, config, and the encode-time measurements at start
-  work?: Encoder; // what runs encodings of uploads (a worker pool; default: encoder)
+  work?: ImageEncoder; // what runs encodings of uploads (the encoder pool; default: encoder)
   batcher: EncodeBatcher;
   calibration: Calibration;
   search: SearchApi;
