@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DEFAULT_CONFIG, GRANULARITIES, type MatViTConfig, countFlops, countParams, parseSubmodel, validateConfig } from './config.ts';
+import type { CascadeCalibration } from './policy.ts';
 import { writeFileAtomic } from './safetensors.ts';
 
 export const CALIBRATION_FILE = 'calibration.json';
@@ -34,6 +35,8 @@ export interface Calibration {
   notes?: string[];
   /** Sorted by flops; flops and accuracy both strictly increase along it (for 'default': accuracy is null). */
   frontier: CalibrationEntry[];
+  /** The `auto` query's cascade (src/encoder/policy.ts), when the evaluation calibrated one. */
+  cascade?: CascadeCalibration;
   /** Set by loadCalibration when the caller's modelId differs from the one the file was measured for. */
   stale?: boolean;
 }

@@ -22,6 +22,7 @@ import { ExactSearch, type TopK, mergeRows, selectRows } from './exact-search.ts
 import { DEFAULT_HNSW, type HnswParams, type HnswRow, buildHnsw, hnswSweep } from './hnsw.ts';
 import { labelCounts, meanAveragePrecision, neighbourRecall, oneNnAccuracy, paretoFrontier, top1LabelAgreement } from './metrics.ts';
 import { toCalibration } from './calibration.ts';
+import { type CascadeEvaluation, cascadeOfUniform } from './cascade.ts';
 import { writeReport } from './report.ts';
 
 const projectRoot = path.resolve(import.meta.dirname, '../..');
@@ -104,6 +105,7 @@ export interface RecallCostResult {
   encoders: EncoderResult[];
   frontier: string[]; // encoder ids on the Pareto frontier (1-NN accuracy on every query vs FLOPs)
   hnsw: { params: HnswParams; buildSeconds: number; dbSize: number; rows: HnswRow[] } | null;
+  cascade?: CascadeEvaluation | null; // the `auto` query (src/eval/cascade.ts)
   copies: { seed: number; originals: number; copies: number; dbSize: number; edits: EditsFile['edits'] } | null;
   // latencyCoreShare: CPU time / wall time of the batch-1 latency runs (about 1 when they had a core to themselves)
   environment: { cpus: number; cpu: string; node: string; latencyCoreShare: number; threads: number };
@@ -333,6 +335,7 @@ export async function evaluateRecallCost(opts: RecallCostOptions = {}): Promise<
   }
   const frontier = paretoFrontier(matvit.filter((r) => r.all), (r) => r.flops, (r) => r.all!.accuracy);
   for (const r of frontier) r.onFrontier = true;
+  const cascade = xlTruth ? cascadeOfUniform(results, topks, db.labels, qLabels, seed) : null;
 
   // ---- HNSW sweep -------------------------------------------------------------------------------------------------
   let hnsw: RecallCostResult['hnsw'] = null;
@@ -447,6 +450,7 @@ export async function evaluateRecallCost(opts: RecallCostOptions = {}): Promise<
     encoders: ordered,
     frontier: frontier.map((r) => r.id),
     hnsw,
+    cascade,
     copies,
     environment: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model ?? 'unknown', node: process.version, latencyCoreShare: Number(coreShare.toFixed(3)), threads },
     timings,

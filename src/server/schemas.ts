@@ -26,7 +26,7 @@ export const SearchParams = z
       .min(1)
       .max(200)
       .optional()
-      .describe("query encoder: S | M | L | XL, or one granularity per layer such as 'S,S,M,M,L,XL' (default XL)"),
+      .describe("query encoder: S | M | L | XL, one granularity per layer such as 'S,S,M,M,L,XL', or 'auto' (a calibrated cascade: a cheap encoder, then a wide one when its result is uncertain) (default: the server's)"),
     budget: numParam()
       .pipe(z.number().gt(0, 'must be above 0').lte(1, 'must be at most 1'))
       .optional()
@@ -92,7 +92,15 @@ export const SearchResponse = z
   .object({
     results: z.array(SearchResult),
     cost: SearchCost,
-    encoder: z.object({ spec: z.string(), chosenBy: z.enum(['default', 'ffn', 'budget']), reason: z.string().optional(), fits: z.boolean().optional() }),
+    encoder: z.object({
+      spec: z.string().describe('the encoder whose results these are'),
+      chosenBy: z.enum(['default', 'ffn', 'budget', 'cascade']),
+      reason: z.string().optional(),
+      fits: z.boolean().optional(),
+      tried: z.array(z.string()).optional().describe('a cascade: the encoders run, in order'),
+      escalated: z.boolean().optional().describe('a cascade: whether the first result was uncertain enough to run the wider encoder'),
+      why: z.string().optional().describe("a cascade: the rule's verdict on the first result"),
+    }),
     query: z.object({ k: z.number().int(), ef: z.number().int().optional(), id: z.number().int().optional() }),
   })
   ;

@@ -5,8 +5,9 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError } from '../data/images.ts';
 import type { EncodeBatcher } from '../encoder/batcher.ts';
-import { type Calibration, type CalibrationEntry, pickEncoder } from '../encoder/budget.ts';
+import type { Calibration, CalibrationEntry } from '../encoder/budget.ts';
 import { GRANULARITIES, countFlops, countParams } from '../encoder/config.ts';
+import { AUTO, type CascadeRule, type Escalation, type QueryPlan, planQuery } from '../encoder/policy.ts';
 import type { Encoder, ImageEncoder } from '../encoder/runtime.ts';
 import { NotFoundError } from '../errors.ts';
 import { type ImageDecoder, sharedDecoder } from '../index/decoder.ts';
@@ -41,12 +42,13 @@ export interface SearchHitRow {
 }
 export interface SearchOutcome {
   results: SearchHitRow[];
-  cost: { ffn: string; flops: number; encodeMs: number; searchMs: number };
+  cost: { ffn: string; flops: number; encodeMs: number; searchMs: number; tried?: string[]; escalation?: Escalation };
 }
 export interface SearchOpts {
   k?: number;
   ffn?: string;
   ef?: number;
+  cascade?: CascadeRule;
 }
 export interface SearchApi {
   searchByPixels(handle: IndexHandle, encode: (pixels: Uint8Array, spec: string) => Promise<Float32Array>, pixels: Uint8Array, opts: SearchOpts): Promise<SearchOutcome>;
@@ -71,7 +73,7 @@ export interface ServiceDeps {
   search: SearchApi;
   indexer: IndexerApi;
   limits?: Partial<ServerLimits>;
-  defaultFfn?: string; // encoder of a search naming neither ffn nor budget
+  defaultFfn?: string; // encoder of a search naming neither ffn nor budget (a spec, or 'auto')
 }
 
 const SERVED_WINDOW = 200; // encode times kept per submodel for servedEncodeMs
@@ -104,7 +106,8 @@ export class SearchService {
 
   constructor(private readonly deps: ServiceDeps) {
     this.limits = { ...DEFAULT_LIMITS, ...deps.limits };
-    this.defaultFfn = deps.encoder.submodel(deps.defaultFfn ?? 'XL').spec;
+    const byDefault = deps.defaultFfn ?? 'XL';
+    this.defaultFfn = byDefault.toLowerCase() === AUTO ? AUTO : deps.encoder.submodel(byDefault).spec;
     const c = deps.encoder.config;
     this.xlFlops = countFlops(c, deps.encoder.submodel('XL').widths);
     this.decoder = sharedDecoder(c.imageSize);
@@ -123,8 +126,8 @@ export class SearchService {
   private async searchNow(params: SearchParams, upload?: Upload): Promise<SearchResponse> {
     if (upload && params.id !== undefined) throw new HttpError('bad_request', 'give either an uploaded image or an id, not both');
     if (!upload && params.id === undefined) throw new HttpError('bad_request', 'upload an image (multipart field "image") or give the "id" of a stored image');
-    const encoder = this.chooseEncoder(params);
-    const opts: SearchOpts = { k: params.k, ffn: encoder.spec, ef: params.ef };
+    const plan = this.plan(params);
+    const opts: SearchOpts = { k: params.k, ffn: plan.spec, ef: params.ef, ...(plan.chosenBy === 'cascade' && upload ? { cascade: plan.rule } : {}) };
     let outcome: SearchOutcome;
     let decodeMs = 0;
     if (upload) {
@@ -138,7 +141,9 @@ export class SearchService {
     this.searches++;
     if (this.deps.batcher.batchSizes.length >= 1000) this.foldBatches();
     const { cost } = outcome;
-    if (upload) this.recordServed(cost.ffn, cost.encodeMs);
+    if (upload && !cost.tried) this.recordServed(cost.ffn, cost.encodeMs);
+    const { rule: _rule, ...chosen } = plan as QueryPlan & { rule?: CascadeRule };
+    const encoder = { ...chosen, spec: cost.ffn, ...(cost.tried ? { tried: cost.tried, escalated: cost.escalation!.escalate, why: cost.escalation!.why } : {}) };
     return {
       results: outcome.results.map((r) => ({
         id: r.id,
@@ -155,14 +160,10 @@ export class SearchService {
     };
   }
 
-  /** The submodel a search runs with: its ffn, the best within its budget, or the server's default. */
-  chooseEncoder(p: Pick<SearchParams, 'ffn' | 'budget'>): SearchResponse['encoder'] {
-    if (p.ffn !== undefined) return { spec: this.deps.encoder.submodel(p.ffn).spec, chosenBy: 'ffn' };
-    if (p.budget !== undefined) {
-      const choice = pickEncoder(this.deps.calibration, { budget: p.budget });
-      return { spec: this.deps.encoder.submodel(choice.spec).spec, chosenBy: 'budget', reason: choice.reason, fits: choice.fits };
-    }
-    return { spec: this.defaultFfn, chosenBy: 'default' };
+  /** The encoders a search runs (src/encoder/policy.ts), with canonical specs; a bad ffn throws ConfigError. */
+  plan(p: Pick<SearchParams, 'ffn' | 'budget'>): QueryPlan {
+    const plan = planQuery(p, this.deps.calibration, this.defaultFfn);
+    return { ...plan, spec: this.deps.encoder.submodel(plan.spec).spec };
   }
 
   /** Decodes an upload to the model's input under the pixel limit; failures become 413/415/422 naming the file. */
