@@ -10,7 +10,7 @@ import { EncodeBatcher } from '../src/encoder/batcher.ts';
 import { type Calibration, defaultCalibration } from '../src/encoder/budget.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { TINY_CONFIG } from '../src/encoder/config.ts';
-import { type CascadeCalibration, type CascadeRule, planQuery, shouldEscalate } from '../src/encoder/policy.ts';
+import { type CascadeCalibration, type CascadeRule, autoLadder, planQuery, shouldEscalate } from '../src/encoder/policy.ts';
 import { Encoder } from '../src/encoder/runtime.ts';
 import { evaluateCascade } from '../src/eval/cascade.ts';
 import type { TopK } from '../src/eval/exact-search.ts';
@@ -18,6 +18,7 @@ import * as indexer from '../src/index/indexer.ts';
 import * as search from '../src/index/search.ts';
 import { type IndexHandle, openIndex } from '../src/index/service.ts';
 import { SearchResponse } from '../src/server/schemas.ts';
+import { LoadController } from '../src/server/load-controller.ts';
 import { SearchService } from '../src/server/service.ts';
 import { mulberry32 } from '../src/train/rng.ts';
 import { randomModel } from './helpers/model.ts';
@@ -183,5 +184,40 @@ describe('the cascade on a real store', () => {
     assert.ok(r.cost.flopsRel > 1, 'both encodings are paid for');
     const fixed = SearchResponse.parse(await service.search({ k: 3, ffn: 'M' }, upload));
     assert.deepEqual([fixed.encoder.chosenBy, fixed.encoder.spec, fixed.encoder.tried], ['ffn', 'M', undefined]);
+  });
+
+  test('under load the controller steps auto queries down the ladder, answering every one, and back up when it drains', async () => {
+    const base = defaultCalibration(TINY_CONFIG, encoder.modelId);
+    const cascade: CascadeCalibration = { ...rule(0, 0, 10), target: 't', calibrationQueries: 1, heldOut: { queries: 1, accuracy: 1, xlAccuracy: 1, recall10: 1, flopsRel: 0.99, escalated: 0.3 } };
+    const calibration = { ...base, cascade };
+    const ladder = autoLadder(calibration);
+    assert.deepEqual(ladder, ['S→XL', 'L', 'M', 'S'], 'uncalibrated accuracies: the cheaper uniform encoders, widest first');
+    let now = 0;
+    // A target far above this machine's real search times, so the real latencies it records are always calm.
+    const load = new LoadController({ sloMs: 10_000, steps: ladder.length - 1, now: () => now });
+    const service = new SearchService({ handle, encoder, batcher: new EncodeBatcher(encoder), calibration, search, indexer, load });
+    const s = TINY_CONFIG.imageSize;
+    const upload = { name: 'q.png', bytes: await sharp(images[9], { raw: { width: s, height: s, channels: 3 } }).png().toBuffer() };
+    const auto = async () => SearchResponse.parse(await service.search({ k: 3, ffn: 'auto' }, upload)).encoder;
+    assert.equal((await auto()).chosenBy, 'cascade');
+    for (let i = 0; i < 3; i++) {
+      load.update(100_000); // a simulated queue of 100,000 images (at 1 ms each)
+      now += 300;
+    }
+    assert.equal(load.step, 3);
+    const cheap = await auto();
+    assert.deepEqual([cheap.chosenBy, cheap.spec], ['load', 'S'], 'answered, by the cheapest encoder');
+    assert.match(cheap.reason!, /3 steps below S→XL/);
+    assert.equal((await service.search({ k: 3, ffn: 'XL' }, upload)).encoder.spec, 'XL', 'a named encoder is never stepped down');
+    const stats = service.stats().server;
+    assert.equal(stats.load!.step, 3);
+    assert.deepEqual(stats.load!.ladder, ladder);
+    assert.equal(stats.encoderMix.S, 2, 'the cascade that did not escalate and the stepped-down query');
+    for (let i = 0; i < 3; i++) {
+      now += 2000;
+      await auto(); // the queue is empty: calm
+    }
+    now += 2000;
+    assert.equal((await auto()).chosenBy, 'cascade', 'back to the normal plan');
   });
 });

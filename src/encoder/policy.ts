@@ -35,14 +35,30 @@ export interface QueryRequest {
 export type QueryPlan =
   | { chosenBy: 'ffn' | 'default'; spec: string; reason?: string }
   | { chosenBy: 'budget'; spec: string; reason: string; fits: boolean }
-  | { chosenBy: 'cascade'; spec: string; rule: CascadeRule; reason: string };
+  | { chosenBy: 'cascade'; spec: string; rule: CascadeRule; reason: string }
+  | { chosenBy: 'load'; spec: string; reason: string };
+
+/**
+ * What `auto` runs, from the normal plan down to the cheapest: first the cascade (or, without a usable one, the most
+ * accurate calibrated encoder), then every calibrated frontier entry cheaper than that, most accurate first. The
+ * load controller steps down it when the latency target is at risk.
+ */
+export function autoLadder(cal: Calibration): string[] {
+  const usable = cal.cascade && !cal.stale ? cal.cascade : null;
+  const best = pickEncoder(cal).entry;
+  const top = usable ? { label: `${usable.first}→${usable.then}`, flopsRel: usable.heldOut.flopsRel } : { label: best.spec, flopsRel: best.flopsRel };
+  const cheaper = cal.frontier.filter((e) => e.flopsRel < top.flopsRel && e.spec !== top.label);
+  const rank = (e: (typeof cheaper)[number]) => e.accuracy ?? e.flopsRel; // uncalibrated: bigger is better
+  return [top.label, ...cheaper.sort((a, b) => rank(b) - rank(a)).map((e) => e.spec)];
+}
 
 /**
  * The plan for a request: `ffn` names an encoder (or `auto`), `budget` and `maxEncodeMs` pick the best calibrated
- * encoder within them, and without either the caller's default (which may be `auto`) applies. `auto` without a calibrated cascade
- * runs the most accurate calibrated encoder, and says so.
+ * encoder within them, and without either the caller's default (which may be `auto`) applies. `auto` without a
+ * calibrated cascade runs the most accurate calibrated encoder, and says so. `stepDown` (from the server's load
+ * controller) moves an `auto` query that many steps down autoLadder, to cheaper plans; named encoders never move.
  */
-export function planQuery(req: QueryRequest, cal: Calibration, defaultFfn = 'XL'): QueryPlan {
+export function planQuery(req: QueryRequest, cal: Calibration, defaultFfn = 'XL', stepDown = 0): QueryPlan {
   if (req.budget !== undefined || req.maxEncodeMs !== undefined) {
     const choice = pickEncoder(cal, { budget: req.budget, maxEncodeMs: req.maxEncodeMs });
     return { chosenBy: 'budget', spec: choice.spec, reason: choice.reason, fits: choice.fits };
@@ -50,6 +66,11 @@ export function planQuery(req: QueryRequest, cal: Calibration, defaultFfn = 'XL'
   const ffn = req.ffn ?? defaultFfn;
   const chosenBy = req.ffn === undefined ? 'default' : 'ffn';
   if (ffn.toLowerCase() !== AUTO) return { chosenBy, spec: ffn };
+  if (stepDown > 0) {
+    const ladder = autoLadder(cal);
+    const step = Math.min(stepDown, ladder.length - 1);
+    if (step > 0) return { chosenBy: 'load', spec: ladder[step], reason: `auto under load: ${ladder[step]}, ${step} step${step > 1 ? 's' : ''} below ${ladder[0]}` };
+  }
   const rule = cal.cascade;
   if (!rule || cal.stale) {
     const best = pickEncoder(cal);

@@ -150,16 +150,29 @@ export function cascadeOfUniform(results: Map<string, EncoderResult>, topks: Map
 export function cascadeLayers(c: CascadeEvaluation): object[] {
   const x = { field: 'flopsRel', type: 'quantitative' } as const;
   const y = { field: 'accuracy', type: 'quantitative' } as const;
-  const name = `cascade ${c.rule.first} → ${c.rule.then} (held-out half)`;
-  const points = c.series.map((p) => ({ ...p, series: name }));
-  const chosen = [{ flopsRel: c.rule.heldOut.flopsRel, accuracy: c.rule.heldOut.accuracy, label: `auto (${(100 * c.rule.heldOut.escalated).toFixed(0)}% escalated)` }];
+  const color = '#2ca02c';
+  const { first, then, heldOut } = c.rule;
+  const chosen = [{ flopsRel: heldOut.flopsRel, accuracy: heldOut.accuracy, label: `auto: cascade ${first}→${then}, ${(100 * heldOut.escalated).toFixed(0)}% escalated (held-out half)` }];
+  const tooltip = [{ field: 'minMargin', format: '.4f' }, { field: 'flopsRel', format: '.3f' }, { field: 'accuracy', format: '.4f' }, { field: 'recall10', format: '.3f' }, { field: 'escalated', format: '.2f' }];
   return [
-    {
-      data: { values: points },
-      mark: { type: 'line', point: { size: 18 }, color: '#2ca02c', strokeWidth: 1.2 },
-      encoding: { x, y, stroke: { field: 'series', type: 'nominal', title: '', scale: { range: ['#2ca02c'] } }, tooltip: [{ field: 'minMargin', format: '.4f' }, { field: 'flopsRel', format: '.3f' }, { field: 'accuracy', format: '.4f' }, { field: 'recall10', format: '.3f' }, { field: 'escalated', format: '.2f' }] },
-    },
-    { data: { values: chosen }, mark: { type: 'point', shape: 'diamond', filled: true, size: 120, color: '#2ca02c' }, encoding: { x, y } },
-    { data: { values: chosen }, mark: { type: 'text', dx: 8, dy: 12, align: 'left', fontSize: 10, color: '#2ca02c' }, encoding: { x, y, text: { field: 'label' } } },
+    { data: { values: c.series }, mark: { type: 'line', point: { size: 14, color }, color, strokeWidth: 1.2, opacity: 0.8 }, encoding: { x, y, tooltip } },
+    { data: { values: chosen }, mark: { type: 'point', shape: 'diamond', filled: true, size: 130, color }, encoding: { x, y } },
+    { data: { values: chosen }, mark: { type: 'text', dx: 8, dy: 14, align: 'left', fontSize: 10, color }, encoding: { x, y, text: { field: 'label' } } },
+  ];
+}
+
+/** The cascade's section of summary.md (src/eval/report.ts). */
+export function cascadeMarkdown(c: CascadeEvaluation): string[] {
+  const { first, then, minMargin, minAgreement, agreementK, heldOut: h, calibrationQueries } = c.rule;
+  const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
+  return [
+    '## The `auto` query: a cascade', '',
+    `\`${first}\` first; \`${then}\` again when the first two scores are within ${minMargin.toFixed(4)} or fewer than ${Math.round(100 * minAgreement)}% of the first ${agreementK} results share the top result's label. ` +
+      `Thresholds chosen on ${calibrationQueries} queries (${c.rule.target}); on the ${h.queries} held out:`, '',
+    '| measure | cascade | XL |', '| --- | ---: | ---: |',
+    `| 1-NN accuracy | ${pct(h.accuracy)} | ${pct(h.xlAccuracy)} |`,
+    `| mean FLOPs / XL's | ${h.flopsRel.toFixed(3)} | 1 |`,
+    `| recall@10 of XL's neighbours | ${h.recall10.toFixed(3)} | 1 |`,
+    `| queries escalated | ${pct(h.escalated)} | - |`, '',
   ];
 }

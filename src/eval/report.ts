@@ -6,6 +6,7 @@ import { formatSeconds } from '../progress.ts';
 import { writeFileAtomic } from '../encoder/safetensors.ts';
 import { pickEncoder } from '../encoder/budget.ts';
 import { toCalibration } from './calibration.ts';
+import { cascadeMarkdown } from './cascade.ts';
 import { recallCostSpec, renderSvg } from './plot.ts';
 import type { EncoderResult, Metrics, RecallCostResult } from './recall-cost.ts';
 
@@ -116,6 +117,7 @@ export function toMarkdown(r: RecallCostResult): string {
     }
     out.push('');
   }
+  if (r.cascade) out.push(...cascadeMarkdown(r.cascade));
 
   if (r.hnsw) {
     const h = r.hnsw;

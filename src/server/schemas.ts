@@ -94,7 +94,7 @@ export const SearchResponse = z
     cost: SearchCost,
     encoder: z.object({
       spec: z.string().describe('the encoder whose results these are'),
-      chosenBy: z.enum(['default', 'ffn', 'budget', 'cascade']),
+      chosenBy: z.enum(['default', 'ffn', 'budget', 'cascade', 'load']).describe("load: an auto query stepped down to a cheaper encoder by the server's load controller"),
       reason: z.string().optional(),
       fits: z.boolean().optional(),
       tried: z.array(z.string()).optional().describe('a cascade: the encoders run, in order'),
@@ -157,6 +157,21 @@ export const StatsResponse = z
       searches: z.number().int(),
       batches: z.object({ count: z.number().int(), meanSize: z.number(), maxSize: z.number().int() }),
       eventLoopUtilization: z.number().describe('fraction of time the JS thread was busy since the last stats call'),
+      queue: z.number().int().describe('query images waiting for an encoder batch'),
+      encoderMix: z.record(z.string(), z.number().int()).describe("searches by the encoder that answered them ('S→XL': a cascade that escalated)"),
+      load: z
+        .object({
+          sloMs: z.number(),
+          step: z.number().int().describe('how far auto queries are stepped down the ladder (0: the normal auto plan)'),
+          ladder: z.array(z.string()).describe('what auto runs, from the normal plan down to the cheapest'),
+          p99Ms: z.number().nullable().describe('p99 latency of searches by upload over the last 2 s'),
+          queued: z.number().int(),
+          queueMs: z.number().describe('estimated time to clear the queue'),
+          stepsDown: z.number().int(),
+          stepsUp: z.number().int(),
+        })
+        .optional()
+        .describe('the load controller (matvit serve --slo-ms)'),
     }),
   })
   ;

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { listImageSource } from '../data/sources.ts';
 import { EncodeBatcher } from '../encoder/batcher.ts';
 import { loadCalibration } from '../encoder/budget.ts';
+import { autoLadder } from '../encoder/policy.ts';
 import { DEFAULT_MODEL_PATH, loadModel } from '../encoder/checkpoint.ts';
 import { GRANULARITIES } from '../encoder/config.ts';
 import { EncoderPool } from '../encoder/pool.ts';
@@ -15,6 +16,7 @@ import * as searchModule from '../index/search.ts';
 import { type IndexHandle, openIndex } from '../index/service.ts';
 import { logger } from '../log.ts';
 import { Progress } from '../progress.ts';
+import { DEFAULT_SLO_MS, LoadController } from './load-controller.ts';
 import { type IndexerApi, type SearchApi, type ServerLimits, SearchService } from './service.ts';
 
 const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -28,6 +30,7 @@ export interface OpenServerOptions {
   limits?: Partial<ServerLimits>;
   defaultFfn?: string;
   maxBatch?: number; // largest batch the query batcher sends to onnxruntime
+  sloMs?: number; // p99 latency target of auto queries: the load controller steps them down to keep it (default 50)
   encodeWorkers?: number; // encoder pool workers (default: one per core); 0: encode on the main thread
   progress?: boolean; // progress bar while indexing the gallery (default true)
   warmUp?: boolean; // open and time every query encoder before returning (default true)
@@ -69,7 +72,9 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
     }
     const calibration = loadCalibration(modelPath, { modelId: encoder.modelId, config: encoder.config });
     const batcher = new EncodeBatcher(work, opts.maxBatch ?? 64);
-    const service = new SearchService({ handle, encoder, work, batcher, calibration, search, indexer, limits: opts.limits, defaultFfn: opts.defaultFfn });
+    const load = new LoadController({ sloMs: opts.sloMs ?? DEFAULT_SLO_MS, steps: autoLadder(calibration).length - 1 });
+    batcher.onBatch = (images, ms) => load.recordBatch(images, ms);
+    const service = new SearchService({ handle, encoder, work, batcher, calibration, search, indexer, limits: opts.limits, defaultFfn: opts.defaultFfn, load });
     if (opts.warmUp !== false) {
       const t0 = Date.now();
       const uniform = service.encoderSpecs().filter((s) => !s.includes(','));

@@ -7,7 +7,7 @@ import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError } from '../data
 import type { EncodeBatcher } from '../encoder/batcher.ts';
 import type { Calibration, CalibrationEntry } from '../encoder/budget.ts';
 import { GRANULARITIES, countFlops, countParams } from '../encoder/config.ts';
-import { AUTO, type CascadeRule, type Escalation, type QueryPlan, planQuery } from '../encoder/policy.ts';
+import { AUTO, type CascadeRule, type Escalation, type QueryPlan, autoLadder, planQuery } from '../encoder/policy.ts';
 import type { Encoder, ImageEncoder } from '../encoder/runtime.ts';
 import { NotFoundError } from '../errors.ts';
 import { type ImageDecoder, sharedDecoder } from '../index/decoder.ts';
@@ -15,6 +15,7 @@ import type { IndexHandle } from '../index/service.ts';
 import { UPLOAD_PREFIX } from '../index/originals.ts';
 import { deleteImages } from '../index/service.ts';
 import { HttpError, decodeFailure } from './errors.ts';
+import type { LoadController } from './load-controller.ts';
 import type { AddImagesResponse, EncodersResponse, SearchParams, SearchResponse, StatsResponse, UploadParams } from './schemas.ts';
 
 export interface ServerLimits {
@@ -74,6 +75,7 @@ export interface ServiceDeps {
   indexer: IndexerApi;
   limits?: Partial<ServerLimits>;
   defaultFfn?: string; // encoder of a search naming neither ffn nor budget (a spec, or 'auto')
+  load?: LoadController; // steps auto queries down under load (none: auto never steps down)
 }
 
 const SERVED_WINDOW = 200; // encode times kept per submodel for servedEncodeMs
@@ -100,6 +102,7 @@ export class SearchService {
   private searches = 0;
   private closing = false;
   private readonly batches = { count: 0, images: 0, max: 0 }; // query encoder runs so far
+  private readonly mix = new Map<string, number>(); // searches by the encoder that answered (a cascade: 'S→XL')
   private readonly inflight = new Set<Promise<void>>();
   private readonly started = performance.now();
   private elu = performance.eventLoopUtilization();
@@ -126,12 +129,12 @@ export class SearchService {
   private async searchNow(params: SearchParams, upload?: Upload): Promise<SearchResponse> {
     if (upload && params.id !== undefined) throw new HttpError('bad_request', 'give either an uploaded image or an id, not both');
     if (!upload && params.id === undefined) throw new HttpError('bad_request', 'upload an image (multipart field "image") or give the "id" of a stored image');
+    const t0 = performance.now();
     const plan = this.plan(params);
     const opts: SearchOpts = { k: params.k, ffn: plan.spec, ef: params.ef, ...(plan.chosenBy === 'cascade' && upload ? { cascade: plan.rule } : {}) };
     let outcome: SearchOutcome;
     let decodeMs = 0;
     if (upload) {
-      const t0 = performance.now();
       const pixels = await this.decodeFailing(upload, () => this.decoder.pixels(upload.bytes, this.limits.maxPixels));
       decodeMs = performance.now() - t0;
       outcome = await this.deps.search.searchByPixels(this.deps.handle, (px, spec) => this.deps.batcher.encode(px, spec), pixels, opts);
@@ -142,6 +145,9 @@ export class SearchService {
     if (this.deps.batcher.batchSizes.length >= 1000) this.foldBatches();
     const { cost } = outcome;
     if (upload && !cost.tried) this.recordServed(cost.ffn, cost.encodeMs);
+    if (upload) this.deps.load?.recordLatency(performance.now() - t0);
+    const answered = cost.tried && cost.tried.length > 1 ? cost.tried.join('→') : cost.ffn;
+    this.mix.set(answered, (this.mix.get(answered) ?? 0) + 1);
     const { rule: _rule, ...chosen } = plan as QueryPlan & { rule?: CascadeRule };
     const encoder = { ...chosen, spec: cost.ffn, ...(cost.tried ? { tried: cost.tried, escalated: cost.escalation!.escalate, why: cost.escalation!.why } : {}) };
     return {
@@ -160,9 +166,14 @@ export class SearchService {
     };
   }
 
-  /** The encoders a search runs (src/encoder/policy.ts), with canonical specs; a bad ffn throws ConfigError. */
+  /**
+   * The encoders a search runs (src/encoder/policy.ts), with canonical specs; a bad ffn throws ConfigError. An auto
+   * query asks the load controller how far down to step first.
+   */
   plan(p: Pick<SearchParams, 'ffn' | 'budget'>): QueryPlan {
-    const plan = planQuery(p, this.deps.calibration, this.defaultFfn);
+    const auto = p.budget === undefined && (p.ffn ?? this.defaultFfn).toLowerCase() === AUTO;
+    const step = auto && this.deps.load ? this.deps.load.update(this.deps.batcher.pending) : 0;
+    const plan = planQuery(p, this.deps.calibration, this.defaultFfn, step);
     return { ...plan, spec: this.deps.encoder.submodel(plan.spec).spec };
   }
 
@@ -313,8 +324,18 @@ export class SearchService {
         searches: this.searches,
         batches: { count: b.count, meanSize: b.count ? round(b.images / b.count, 2) : 0, maxSize: b.max },
         eventLoopUtilization: round(elu.utilization, 4),
+        queue: this.deps.batcher.pending,
+        encoderMix: Object.fromEntries(this.mix),
+        ...(this.deps.load ? { load: { ...this.loadState(), ladder: autoLadder(this.deps.calibration) } } : {}),
       },
     };
+  }
+
+  private loadState() {
+    const l = this.deps.load!;
+    l.update(this.deps.batcher.pending);
+    const { p99Ms, queueMs, ...rest } = l.snapshot();
+    return { ...rest, p99Ms: p99Ms === null ? null : round(p99Ms, 2), queueMs: round(queueMs, 2) };
   }
 
   health(): { status: 'ok'; modelId: string; images: number } {
