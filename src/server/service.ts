@@ -89,6 +89,13 @@ export function displayName(source: string): string {
   return m ? m[1] : path.basename(source);
 }
 
+/** What the response says about the encoders: the plan, the encoder that answered, and a cascade's verdict. */
+function describeEncoder(plan: QueryPlan, cost: SearchOutcome['cost']): SearchResponse['encoder'] {
+  const { rule: _rule, ...chosen } = plan as QueryPlan & { rule?: CascadeRule };
+  const cascade = cost.tried && cost.escalation ? { tried: cost.tried, escalated: cost.escalation.escalate, why: cost.escalation.why } : {};
+  return { ...chosen, spec: cost.ffn, ...cascade };
+}
+
 /** The name an uploaded image was given (its source is `upload:<name>`). */
 const uploadName = (source: string) => (source.startsWith(UPLOAD_PREFIX) ? source.slice(UPLOAD_PREFIX.length) : displayName(source));
 
@@ -148,8 +155,7 @@ export class SearchService {
     if (upload) this.deps.load?.recordLatency(performance.now() - t0);
     const answered = cost.tried && cost.tried.length > 1 ? cost.tried.join('→') : cost.ffn;
     this.mix.set(answered, (this.mix.get(answered) ?? 0) + 1);
-    const { rule: _rule, ...chosen } = plan as QueryPlan & { rule?: CascadeRule };
-    const encoder = { ...chosen, spec: cost.ffn, ...(cost.tried ? { tried: cost.tried, escalated: cost.escalation!.escalate, why: cost.escalation!.why } : {}) };
+    const encoder = upload ? describeEncoder(plan, cost) : { chosenBy: plan.chosenBy, spec: cost.ffn, reason: 'a stored image: its own XL embedding is the query, no encoder runs' };
     return {
       results: outcome.results.map((r) => ({
         id: r.id,
