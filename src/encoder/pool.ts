@@ -25,6 +25,8 @@ export interface PoolOptions {
 export class EncoderPool implements ImageEncoder {
   /** Milliseconds the workers spent running the model, summed over workers. */
   busyMs = 0;
+  /** Linux thread ids of the workers seen so far (scripts/bench-server reads their CPU time from /proc). */
+  readonly threadIds = new Set<number>();
 
   private constructor(private readonly encoder: Encoder, private readonly pool: Piscina<EncodeTask, EncodeReply>) {}
 
@@ -100,6 +102,7 @@ export class EncoderPool implements ImageEncoder {
     const pixels = toNchw(images, this.encoder.config.imageSize);
     const reply = await this.pool.run({ spec, pixels, n: images.length }, { transferList: [pixels.buffer as ArrayBuffer] });
     this.busyMs += reply.ms;
+    if (reply.tid !== null) this.threadIds.add(reply.tid);
     return reply.embeddings;
   }
 

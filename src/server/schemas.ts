@@ -158,6 +158,7 @@ export const StatsResponse = z
       batches: z.object({ count: z.number().int(), meanSize: z.number(), maxSize: z.number().int() }),
       eventLoopUtilization: z.number().describe('fraction of time the JS thread was busy since the last stats call'),
       queue: z.number().int().describe('query images waiting for an encoder batch'),
+      encoderThreadIds: z.array(z.number().int()).describe("Linux thread ids of the encoder pool's workers (scripts/bench-server reads their CPU time from /proc)"),
       encoderMix: z.record(z.string(), z.number().int()).describe("searches by the encoder that answered them ('S→XL': a cascade that escalated)"),
       load: z
         .object({

@@ -64,15 +64,19 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
   let gallery: OpenedServer['gallery'] = null;
   let pool: EncoderPool | null = null;
   try {
-    // One pool runs every encoding: the gallery's indexing on a first start, then queries and uploads.
-    pool = opts.encodeWorkers === 0 ? null : await EncoderPool.start(encoder, { threads: opts.encodeWorkers, specs: [...GRANULARITIES] });
+    const calibration = loadCalibration(modelPath, { modelId: encoder.modelId, config: encoder.config });
+    // One pool runs every encoding: the gallery's indexing on a first start, then queries and uploads. Its workers
+    // open the sessions auto may use before the first query (opening one costs far more than a query).
+    const ladder = autoLadder(calibration);
+    const autoSpecs = [...ladder.slice(1), ...(calibration.cascade ? [calibration.cascade.first, calibration.cascade.then] : [])];
+    const specs = [...new Set([...GRANULARITIES, ...autoSpecs.filter(usable(encoder))])];
+    pool = opts.encodeWorkers === 0 ? null : await EncoderPool.start(encoder, { threads: opts.encodeWorkers, specs });
     const work = pool ?? encoder;
     if (handle.store.count(encoder.modelId) === 0 && opts.gallery !== null) {
       gallery = await indexGallery(handle, work, opts.gallery ?? DEMO_GALLERY, indexer.indexSources, opts);
     }
-    const calibration = loadCalibration(modelPath, { modelId: encoder.modelId, config: encoder.config });
     const batcher = new EncodeBatcher(work, opts.maxBatch ?? 64);
-    const load = new LoadController({ sloMs: opts.sloMs ?? DEFAULT_SLO_MS, steps: autoLadder(calibration).length - 1 });
+    const load = new LoadController({ sloMs: opts.sloMs ?? DEFAULT_SLO_MS, steps: ladder.length - 1 });
     batcher.onBatch = (images, ms) => load.recordBatch(images, ms);
     const service = new SearchService({ handle, encoder, work, batcher, calibration, search, indexer, limits: opts.limits, defaultFfn: opts.defaultFfn, load });
     if (opts.warmUp !== false) {
@@ -103,6 +107,16 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
     throw err;
   }
 }
+
+/** Whether the model can run a calibrated spec (a calibration measured for another model may name other depths). */
+const usable = (encoder: Encoder) => (spec: string) => {
+  try {
+    encoder.submodel(spec);
+    return true;
+  } catch {
+    return false;
+  }
+};
 
 /** Indexes the demo gallery with XL, with a progress bar (nothing else runs yet). */
 async function indexGallery(

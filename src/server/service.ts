@@ -7,6 +7,7 @@ import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError } from '../data
 import type { EncodeBatcher } from '../encoder/batcher.ts';
 import type { Calibration, CalibrationEntry } from '../encoder/budget.ts';
 import { GRANULARITIES, countFlops, countParams } from '../encoder/config.ts';
+import { EncoderPool } from '../encoder/pool.ts';
 import { AUTO, type CascadeRule, type Escalation, type QueryPlan, autoLadder, planQuery } from '../encoder/policy.ts';
 import type { Encoder, ImageEncoder } from '../encoder/runtime.ts';
 import { NotFoundError } from '../errors.ts';
@@ -331,6 +332,7 @@ export class SearchService {
         batches: { count: b.count, meanSize: b.count ? round(b.images / b.count, 2) : 0, maxSize: b.max },
         eventLoopUtilization: round(elu.utilization, 4),
         queue: this.deps.batcher.pending,
+        encoderThreadIds: this.deps.work instanceof EncoderPool ? [...this.deps.work.threadIds] : [],
         encoderMix: Object.fromEntries(this.mix),
         ...(this.deps.load ? { load: { ...this.loadState(), ladder: autoLadder(this.deps.calibration) } } : {}),
       },
