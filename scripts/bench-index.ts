@@ -27,7 +27,7 @@ import { Encoder } from '../src/encoder/runtime.ts';
 import { ExactSearch, type TopK, recallAtK, topKFromHits } from '../src/index/exact-search.ts';
 import { HNSW_DEFAULTS } from '../src/index/hnsw.ts';
 import { DEFAULT_BATCH_SIZE, defaultEncoderThreads, indexSources } from '../src/index/indexer.ts';
-import { OffThreadEncoder } from '../src/index/offthread.ts';
+import { EncoderPool } from '../src/encoder/pool.ts';
 import { addEmbeddings, openIndex } from '../src/index/service.ts';
 import { contentHash } from '../src/index/store.ts';
 
@@ -135,8 +135,7 @@ async function benchIndexing(encoder: Encoder) {
     if (e.modelId !== encoder.modelId) throw new Error(`the model changed during the run (${encoder.modelId} -> ${e.modelId}): run again`);
     if (e !== encoder) started.push(e);
     layouts.set(`${t} thread${t > 1 ? 's' : ''}`, (xs) => encodeAll(e, xs));
-    const off = await OffThreadEncoder.start(e, 'XL', t);
-    if (!off) throw new Error('the encoder workers did not start');
+    const off = await EncoderPool.start(e, { threads: t });
     started.push(off);
     layouts.set(`${t} worker${t > 1 ? 's' : ''}`, (xs) => Promise.all(batches(xs).map((b) => off.encode(b)))); // all queued: never waiting
   }

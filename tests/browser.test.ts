@@ -64,34 +64,42 @@ after(async () => {
   if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-test('upload an image, change the query cost, get a grid of results, add an image, see an error', async () => {
+test('upload an image with auto cost, move the cost slider, get a grid of results, add an image, see an error', async () => {
   const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
   const pageErrors: string[] = [];
   page.on('pageerror', (err) => pageErrors.push(err.message));
   await page.goto(base + '/');
 
-  // The cost control lists S..XL with FLOPs and measured encode times; the server's default (XL) is selected.
-  const radios = page.locator('input[name="ffn"]');
-  await radios.first().waitFor();
-  assert.deepEqual(await radios.evaluateAll((els) => els.map((e) => (e as HTMLInputElement).value)), ['S', 'M', 'L', 'XL']);
-  assert.equal(await page.locator('input[name="ffn"]:checked').getAttribute('value'), 'XL');
-  assert.match(await page.locator('#encoders').innerText(), /MFLOPs.*ms/);
+  // The cost control: 'auto' by default, the slider (off while auto is on) over S..XL by FLOPs, shown with their
+  // FLOPs and measured encode times.
+  assert.equal(await page.locator('#auto').isChecked(), true);
+  const slider = page.locator('#cost-slider');
+  assert.equal(await slider.isDisabled(), true);
+  await page.waitForFunction(() => (document.getElementById('cost-slider') as HTMLInputElement).max === '3');
   await page.waitForFunction(() => /images indexed/.test(document.getElementById('stats')!.textContent ?? ''));
 
-  // Upload: the results grid fills, and with XL the query image itself comes first.
+  // Upload with auto: this model has no calibrated cascade, so auto answers with the most accurate encoder (XL),
+  // and the result line says why; with XL the query image itself comes first.
   const query = gallery[7];
   await page.setInputFiles('#file', { name: 'query.jpg', mimeType: 'image/jpeg', buffer: query.bytes });
   await page.waitForFunction(() => document.getElementById('status')!.dataset.ffn === 'XL' && document.querySelectorAll('#results li').length === 12);
   assert.equal(await page.locator('#results li').first().locator('.label').innerText(), query.label);
-  assert.match(await page.locator('#status').innerText(), /12 results · encoder XL: .*MFLOPs \(100% of XL\), encode .* ms, search .* ms/);
+  assert.match(await page.locator('#status').innerText(), /12 results · encoder XL \(auto: no calibrated cascade, the most accurate encoder\): .*MFLOPs \(100% of XL\), encode .* ms, search .* ms/);
 
-  // Change the cost to S with the keyboard: the search runs again with S.
-  await page.locator('input[name="ffn"][value="XL"]').focus();
+  // Turn auto off: the slider takes over at the most accurate end; move it to S with the keyboard and the search
+  // runs again with S; the readout names the encoder and its cost.
+  await page.locator('#auto').uncheck();
+  assert.equal(await slider.isDisabled(), false);
+  assert.equal(await slider.inputValue(), '3');
+  assert.match(await page.locator('#choice').innerText(), /^XL · .*MFLOPs \(100% of XL\) · .* ms/);
+  await slider.focus();
   for (let i = 0; i < 3; i++) await page.keyboard.press('ArrowLeft'); // XL -> L -> M -> S, each one searches
   await page.waitForFunction(() => document.getElementById('status')!.dataset.ffn === 'S');
-  assert.equal(await page.locator('input[name="ffn"]:checked').getAttribute('value'), 'S');
+  assert.equal(await slider.inputValue(), '0');
   const sShare = Math.round((100 * countFlops(DEFAULT_CONFIG, parseSubmodel('S', DEFAULT_CONFIG).widths)) / countFlops(DEFAULT_CONFIG, parseSubmodel('XL', DEFAULT_CONFIG).widths));
+  assert.equal(await slider.getAttribute('aria-valuetext'), `S: ${sShare}% of XL's FLOPs`);
   assert.match(await page.locator('#status').innerText(), new RegExp(`encoder S: .*\\(${sShare}% of XL\\)`));
+  assert.match(await page.locator('#choice').innerText(), new RegExp(`^S · .*\\(${sShare}% of XL\\)`));
   const cells = page.locator('#results li');
   assert.equal(await cells.count(), 12);
   for (const cell of await cells.all()) {

@@ -7,10 +7,11 @@ import { after, before, describe, test } from 'node:test';
 import zlib from 'node:zlib';
 import sharp, { type CreateRaw } from 'sharp';
 import tar from 'tar-stream';
-import { ImageDecodeError, decodeImage, decodeRawGray } from '../src/data/images.ts';
+import { ImageDecodeError, decodeImage, decodePixels, decodeRawGray } from '../src/data/images.ts';
 import { loadLabelledPixels } from '../src/data/labelled.ts';
 import { execFileSync } from 'node:child_process';
 import { type SourceItem, SourceReadError, iterateImageSource, readIdx, readImageFile } from '../src/data/sources.ts';
+import { ImageDecoder } from '../src/index/decoder.ts';
 
 const CIFAR_TEST = path.resolve(import.meta.dirname, '../datasets/cifar10-test.tar.gz'); // bundled
 let tmp: string;
@@ -77,6 +78,49 @@ describe('decodeImage', () => {
     const png = await solid(100, 100, [0, 0, 0]).png().toBuffer();
     await rejectsWith(decodeImage(png, 8, { maxPixels: 5000 }), 'too-large');
     assert.equal((await decodeImage(png, 8, { maxPixels: 10000 })).width, 100);
+  });
+});
+
+describe('the lean decoders give decodeImage\'s pixels exactly', () => {
+  // A textured image (not flat: a resize or a colour conversion would show), in every format and orientation.
+  const texture = (w: number, h: number, channels: 3 | 4 = 3) =>
+    sharp(Buffer.from(Uint8Array.from({ length: w * h * channels }, (_, i) => (i * 37 + (i >> 7) * 11) & 255)), { raw: { width: w, height: h, channels } });
+  const inputs: [string, () => Promise<Buffer>, boolean][] = [
+    // name, bytes, whether the WebAssembly path takes it
+    ['32x32 JPEG', () => texture(32, 32).jpeg().toBuffer(), true],
+    ['32x32 progressive JPEG', () => texture(32, 32).jpeg({ progressive: true }).toBuffer(), true],
+    ['32x32 PNG with alpha', () => texture(32, 32, 4).png().toBuffer(), false],
+    ['32x32 WebP', () => texture(32, 32).webp().toBuffer(), false],
+    ['32x32 JPEG, EXIF orientation 6', () => texture(32, 32).jpeg().withMetadata({ orientation: 6 }).toBuffer(), false],
+    ['40x24 JPEG, EXIF orientation 8', () => texture(40, 24).jpeg().withMetadata({ orientation: 8 }).toBuffer(), false],
+    ['1280x800 JPEG (shrink-on-load)', () => texture(1280, 800).jpeg({ quality: 90 }).toBuffer(), false],
+    ['1280x800 WebP', () => texture(1280, 800).webp().toBuffer(), false],
+    ['300x200 PNG', () => texture(300, 200).png().toBuffer(), false],
+    ['50x40 GIF', () => texture(50, 40).gif().toBuffer(), false],
+  ];
+  for (const [name, make, fast] of inputs) {
+    test(name, async () => {
+      const bytes = await make();
+      const ref = await decodeImage(bytes, 32);
+      const decoder = new ImageDecoder(32);
+      assert.deepEqual(await decodePixels(bytes, 32), ref.pixels, 'decodePixels');
+      assert.deepEqual(await decoder.pixels(bytes), ref.pixels, 'ImageDecoder.pixels');
+      const full = await decoder.decode(bytes);
+      assert.deepEqual(full.pixels, ref.pixels, 'ImageDecoder.decode');
+      assert.deepEqual([full.width, full.height, full.format], [ref.width, ref.height, ref.format]);
+      assert.equal(decoder.fastDecodes, fast ? 2 : 0, fast ? 'took the WebAssembly path' : 'went to sharp');
+    });
+  }
+
+  test('bad input gets decodeImage\'s reasons', async () => {
+    await rejectsWith(decodePixels(Buffer.alloc(0), 8), 'empty');
+    await rejectsWith(decodePixels(crypto.randomBytes(1000), 8), 'not-image');
+    const noisy = await sharp(crypto.randomBytes(100 * 100 * 3), { raw: { width: 100, height: 100, channels: 3 } }).jpeg().toBuffer();
+    await rejectsWith(decodePixels(noisy.subarray(0, noisy.length >> 1), 8), 'corrupt');
+    const png = await solid(100, 100, [0, 0, 0]).png().toBuffer();
+    await rejectsWith(decodePixels(png, 8, { maxPixels: 5000 }), 'too-large');
+    const cut = await texture(32, 32).jpeg().toBuffer();
+    await rejectsWith(new ImageDecoder(32).pixels(cut.subarray(0, cut.length >> 1)), 'corrupt'); // the WebAssembly path hands it to sharp
   });
 });
 

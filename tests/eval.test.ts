@@ -267,6 +267,9 @@ test('the frontier is monotone and becomes the calibration that pickEncoder read
   assert.equal(cal.modelId, 'matvit-tiny/model.safetensors@7');
   assert.equal(cal.stale, false);
   assert.deepEqual(cal.frontier.map((e) => e.spec), result.frontier);
+  // the recall task also calibrates the `auto` cascade (src/eval/cascade.ts) and saves it beside the frontier
+  assert.deepEqual(cal.cascade, result.cascade!.rule);
+  assert.ok(['S', 'M', 'L'].includes(cal.cascade!.first) && cal.cascade!.then === 'XL');
   for (const budget of [0.3, 0.6, 0.75, 0.9, 1]) {
     const choice = pickEncoder(cal, { budget });
     const fitting = cal.frontier.filter((e) => e.flopsRel <= budget);

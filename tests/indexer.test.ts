@@ -22,7 +22,7 @@ import { type IndexHandle, deleteImages, openIndex } from '../src/index/service.
 import Database from 'better-sqlite3';
 import { ImageStore, SCHEMA_VERSION, contentHash } from '../src/index/store.ts';
 import { PlainJpegDecoder, plainJpegSize } from '../src/index/plain-jpeg.ts';
-import { OffThreadEncoder } from '../src/index/offthread.ts';
+import { EncoderPool } from '../src/encoder/pool.ts';
 import { encodeWebpLosslessUpscaled } from '../src/index/webp-lossless.ts';
 import { maxAbsDiff, randomModel } from './helpers/model.ts';
 
@@ -348,7 +348,7 @@ describe('search', () => {
       const encode = (p: Uint8Array, s: string) => encoder.encode([p], s).then((e) => e[0]);
       const res = await searchByPixels(h, encode, pixels, { k: 5 });
       assert.equal(res.results.length, 5);
-      assert.deepEqual(Object.keys(res.results[0]).sort(), ['id', 'label', 'metadata', 'path', 'score']);
+      assert.deepEqual(Object.keys(res.results[0]).sort(), ['id', 'label', 'metadata', 'path', 'score', 'source']);
       assert.equal(res.results[0].path, query);
       assert.equal(res.results[0].label, 'x');
       assert.ok(res.results[0].score > 0.999);
@@ -520,16 +520,16 @@ describe('store schema', () => {
   });
 });
 
-describe('encoding on a worker thread', () => {
-  test('starts, gives exactly the encoder\'s embeddings, and indexSources uses it', async () => {
-    const off = await OffThreadEncoder.start(encoder);
-    assert.ok(off, 'the worker started (else indexing silently runs on the main thread)');
+describe('the encoder pool', () => {
+  test('gives exactly the encoder\'s embeddings at every width, and indexSources encodes in a pool', async () => {
+    const pool = await EncoderPool.start(encoder, { threads: 1, specs: ['S'] });
     try {
       const imgs = Array.from({ length: 5 }, (_, k) => new Uint8Array(noise(32 * 32 * 3, 60 + k)));
-      assert.deepEqual(await off.encode(imgs), await encoder.encode(imgs, 'XL'));
-      assert.ok(off.busyMs > 0);
+      for (const spec of ['S', 'XL', 'S,XL']) assert.deepEqual(await pool.encode(imgs, spec), await encoder.encode(imgs, spec), spec);
+      assert.ok(pool.busyMs > 0);
+      await assert.rejects(pool.encode(imgs, 'XXL'), /FFN|granularit|spec/i, 'a bad spec fails before reaching a worker');
     } finally {
-      await off.close();
+      await pool.close();
     }
     const dir = path.join(tmp, 'worker');
     fs.mkdirSync(dir);
@@ -538,7 +538,7 @@ describe('encoding on a worker thread', () => {
     try {
       const r = await indexSources(h, encoder, [dir]);
       assert.equal(r.indexed, 1);
-      assert.ok(r.encodeSeconds !== undefined && r.encodeSeconds > 0, 'encoded on the worker');
+      assert.ok(r.encodeSeconds !== undefined && r.encodeSeconds > 0, 'encoded in the pool');
     } finally {
       h.close();
     }
@@ -555,20 +555,23 @@ describe('encoding on a worker thread', () => {
     }
   });
 
-  test('several workers split each batch and return the embeddings in order', async () => {
-    const off = await OffThreadEncoder.start(encoder, 'XL', 3);
-    assert.ok(off, 'the workers started');
+  test('several workers split each batch and return the embeddings in order; batches of two widths in flight together each get their own width', async () => {
+    const pool = await EncoderPool.start(encoder, { threads: 3 });
     try {
-      assert.equal(off.workerCount, 3);
-      for (const n of [1, 2, 7]) {
+      assert.equal(pool.threads, 3);
+      for (const n of [1, 2, 7, 13]) {
         const imgs = Array.from({ length: n }, (_, k) => new Uint8Array(noise(32 * 32 * 3, 90 + k)));
-        const got = await off.encode(imgs);
+        const got = await pool.encode(imgs);
         const want = await encoder.encode(imgs, 'XL');
         assert.equal(got.length, n);
         got.forEach((v, i) => assert.ok(maxAbsDiff(v, want[i]) < 1e-6, `image ${i} of ${n}`));
       }
+      const imgs = Array.from({ length: 4 }, (_, k) => new Uint8Array(noise(32 * 32 * 3, 120 + k)));
+      const [s, xl] = await Promise.all([pool.encode(imgs, 'S'), pool.encode(imgs, 'XL')]);
+      assert.deepEqual(s, await encoder.encode(imgs, 'S'));
+      assert.deepEqual(xl, await encoder.encode(imgs, 'XL'));
     } finally {
-      await off.close();
+      await pool.close();
     }
   });
 });

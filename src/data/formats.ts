@@ -42,3 +42,18 @@ export function recordedFormat(sharpFormat: string, bytes: Uint8Array): string {
   const brand = String.fromCharCode(bytes[8], bytes[9], bytes[10], bytes[11]);
   return brand === 'avif' || brand === 'avis' ? 'avif' : 'heif';
 }
+
+/**
+ * Whether the bytes start like one of the accepted formats (their magic numbers). A cheap check for paths that skip
+ * sharp's metadata(): bytes that fail it go through the full check, which names the format it refuses.
+ */
+export function looksAccepted(b: Uint8Array): boolean {
+  const ascii = (from: number, to: number) => String.fromCharCode(...b.subarray(from, to));
+  if (b.length < 12) return false;
+  if (b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return true; // JPEG
+  if (b[0] === 0x89 && ascii(1, 4) === 'PNG') return true;
+  if (ascii(0, 4) === 'RIFF' && ascii(8, 12) === 'WEBP') return true;
+  if (ascii(0, 4) === 'GIF8') return true;
+  if (ascii(0, 4) === 'II*\0' || ascii(0, 4) === 'MM\0*') return true; // TIFF, either byte order
+  return ascii(4, 8) === 'ftyp' && (ascii(8, 12) === 'avif' || ascii(8, 12) === 'avis');
+}

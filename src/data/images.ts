@@ -2,7 +2,7 @@
 // size x size sRGB pixels, EXIF-oriented, alpha flattened onto white, centre-cropped to a square. Keeping this in
 // one function is what makes query embeddings comparable with indexed ones.
 import sharp, { type Metadata } from 'sharp';
-import { ACCEPTED_FORMATS_TEXT, acceptedFormat, recordedFormat } from './formats.ts';
+import { ACCEPTED_FORMATS_TEXT, acceptedFormat, looksAccepted, recordedFormat } from './formats.ts';
 
 export type ImageDecodeReason = 'empty' | 'not-image' | 'corrupt' | 'too-large' | 'unreadable';
 
@@ -81,6 +81,36 @@ export async function decodeImage(bytes: Buffer, size: number, opts: { maxPixels
   } catch (err) {
     const msg = firstLine(err);
     if (/pixel limit/i.test(msg)) throw new ImageDecodeError('too-large', msg);
+    throw new ImageDecodeError('corrupt', msg);
+  }
+}
+
+/**
+ * decodeImage's pixels without its metadata() pass, for a query that needs only the pixels: one sharp call, which
+ * resizes with shrink-on-load (libjpeg's DCT scaling, WebP's scaled decode) and lets limitInputPixels reject a
+ * decompression bomb from the header before decoding. The pixels equal decodeImage's (tests/data.test.ts).
+ */
+export async function decodePixels(bytes: Buffer, size: number, opts: { maxPixels?: number } = {}): Promise<Uint8Array> {
+  checkSize(size);
+  if (!bytes || bytes.length === 0) throw new ImageDecodeError('empty');
+  // anything that does not start like an accepted format (an SVG...) takes decodeImage's checks, which refuse it
+  if (!looksAccepted(bytes)) return (await decodeImage(bytes, size, opts)).pixels;
+  try {
+    const { data, info } = await sharp(bytes, { limitInputPixels: opts.maxPixels ?? DEFAULT_MAX_PIXELS, failOn: 'truncated', pages: 1 })
+      .rotate()
+      .flatten({ background: WHITE })
+      .toColourspace('srgb')
+      .resize(size, size, { fit: 'cover', position: 'centre' })
+      .raw()
+      .toBuffer({ resolveWithObject: true });
+    return toRgb(data, info.channels, size);
+  } catch (err) {
+    const msg = firstLine(err);
+    if (/unsupported image format/i.test(msg)) throw new ImageDecodeError('not-image');
+    if (/pixel limit/i.test(msg)) {
+      await decodeImage(bytes, size, opts); // on this rare path, for the error that names the image's size
+      throw new ImageDecodeError('too-large', msg);
+    }
     throw new ImageDecodeError('corrupt', msg);
   }
 }

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { readModelConfig } from './checkpoint.ts';
 import { DEFAULT_CONFIG, GRANULARITIES, type MatViTConfig, countFlops, countParams, parseSubmodel } from './config.ts';
+import type { CascadeCalibration } from './policy.ts';
 import { writeFileAtomic } from './safetensors.ts';
 
 export const CALIBRATION_FILE = 'calibration.json';
@@ -35,6 +36,8 @@ export interface Calibration {
   notes?: string[];
   /** Sorted by flops; flops and accuracy both strictly increase along it (for 'default': accuracy is null). */
   frontier: CalibrationEntry[];
+  /** The `auto` query's cascade (src/encoder/policy.ts), when the evaluation calibrated one. */
+  cascade?: CascadeCalibration;
   /** Set by loadCalibration when the caller's modelId differs from the one the file was measured for. */
   stale?: boolean;
 }

@@ -10,11 +10,25 @@ export interface SubmodelInfo extends Submodel {
   params: number;
 }
 
+/**
+ * What turns decoded images into embeddings, as the batcher, the indexer and the server use it: an Encoder on the
+ * calling thread, or the EncoderPool (pool.ts) of worker threads.
+ */
+export interface ImageEncoder {
+  readonly config: MatViTConfig;
+  readonly modelId: string;
+  readonly dim: number;
+  /** Parses and checks a submodel spec (throws ConfigError for a bad one). */
+  submodel(spec: string): Submodel;
+  /** Decoded images (size x size x 3 uint8 RGB) -> one L2-normalised embedding each. */
+  encode(images: Uint8Array[], spec?: string): Promise<Float32Array[]>;
+}
+
 export interface EncoderOptions {
   threads?: number; // onnxruntime intra-op threads (default 1: the server runs several encoders side by side)
 }
 
-export class Encoder {
+export class Encoder implements ImageEncoder {
   readonly config: MatViTConfig;
   /** Identifies the embedding space: the checkpoint's file name and training step. */
   readonly modelId: string;
@@ -27,6 +41,11 @@ export class Encoder {
 
   static load(modelPath = DEFAULT_MODEL_PATH, opts: EncoderOptions = {}): Encoder {
     return new Encoder(loadModel(modelPath), modelPath, opts);
+  }
+
+  /** The weights (the encoder pool's workers build their sessions from them, not from the file). */
+  get checkpoint(): ModelCheckpoint {
+    return this.ckpt;
   }
 
   get dim(): number {
@@ -49,10 +68,9 @@ export class Encoder {
   }
 
   /**
-   * What a session for `spec` runs: the sliced standalone ONNX export and the session options. Public so that an
-   * encoder on another thread (src/index/offthread.ts) runs exactly what this one runs.
+   * What a session for `spec` runs: the sliced standalone ONNX export and the session options.
    */
-  sessionRecipe(spec: string): { submodel: SubmodelInfo; onnx: Uint8Array; sessionOptions: ort.InferenceSession.SessionOptions } {
+  private sessionRecipe(spec: string): { submodel: SubmodelInfo; onnx: Uint8Array; sessionOptions: ort.InferenceSession.SessionOptions } {
     const sub = this.submodel(spec);
     const ex = exportSubmodel(this.config, this.ckpt.params, sub);
     const sessionOptions: ort.InferenceSession.SessionOptions = { intraOpNumThreads: this.opts.threads ?? 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' };

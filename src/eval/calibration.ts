@@ -25,5 +25,6 @@ export function toCalibration(r: RecallCostResult): Calibration {
     dataset: { db: r.dataset.db, queries: r.dataset.queries, dbSize: r.dataset.dbSize, queryCount: r.dataset.queryCount },
     notes: r.notes.filter((n) => /trustworthy|subset/.test(n)),
     frontier,
+    ...(r.cascade ? { cascade: r.cascade.rule } : {}),
   };
 }

@@ -12,6 +12,7 @@ import { logger } from '../log.ts';
 import { Progress } from '../progress.ts';
 import { mixSeed, mulberry32, permutation } from '../train/rng.ts';
 import { type QueryEncoderRef, baselineGranularity, findBaselines, mixnmatchEncoders, uniformEncoders } from './encoders.ts';
+import type { CascadeEvaluation } from './cascade.ts';
 import { encodeImages, measureLatency, singleImage } from './encoding.ts';
 import { meanAveragePrecision, oneNnAccuracy, top1LabelAgreement } from './metrics.ts';
 import type { EncoderResult, HnswReport, Metrics, Task } from './result.ts';
@@ -109,6 +110,7 @@ export interface ModelContext {
   topks: Map<string, TopK>; // recall task: uniform encoders on every query, Mix'n'Match lists on `common`
   queryEmbeddings: Map<string, Float32Array>; // XL and S query embeddings, for the HNSW sweep
   frontier: EncoderResult[];
+  cascade: CascadeEvaluation | null; // the `auto` query's cascade over the uniform encoders (recall task)
   hnsw: HnswReport | null;
   note(line: string): void; // a note of the report, naming the model when the run compares two
 }
@@ -164,7 +166,7 @@ export async function openModel(run: EvalRun, modelPath: string, label: string, 
   lap(run, 'search', searchStart);
   return {
     run, label, modelPath, ckpt, modelId: new Encoder(ckpt, modelPath).modelId, xlFlops, uniform, baselines, mnm, results, dbEmb, search,
-    common, mixnmatchSubset, xlTruth: null, topks: new Map(), queryEmbeddings: new Map(), frontier: [], hnsw: null,
+    common, mixnmatchSubset, xlTruth: null, topks: new Map(), queryEmbeddings: new Map(), frontier: [], cascade: null, hnsw: null,
     note: (line) => run.notes.push(opts.nameInNotes ? `${label}: ${line}` : line),
   };
 }

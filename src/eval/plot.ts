@@ -2,6 +2,7 @@
 // with --compare), the Pareto frontier of each model drawn as a line through its points. A vega-lite spec, rendered to SVG in Node (no browser, no canvas).
 import * as vega from 'vega';
 import { type TopLevelSpec, compile } from 'vega-lite';
+import { cascadeLayers } from './cascade.ts';
 import { type RecallCostResult, modelsOf } from './result.ts';
 
 const FAMILY_LABEL = { uniform: 'uniform MatViT', mixnmatch: "Mix'n'Match", baseline: 'independent baselines' } as const;
@@ -57,6 +58,7 @@ export function recallCostSpec(r: RecallCostResult): TopLevelSpec {
         mark: { type: 'text', dx: 8, dy: -8, align: 'left', fontSize: 10 },
         encoding: { x, y, text: { field: 'id' } },
       },
+      ...(r.cascade ? cascadeLayers(r.cascade) : []),
     ],
   } as TopLevelSpec;
 }

@@ -169,7 +169,7 @@ function modelReport(ctx: ModelContext): ModelReport {
   const encoders = [...ctx.results.values()].sort((a, b) => familyRank(a.family) - familyRank(b.family) || a.flops - b.flops || a.id.localeCompare(b.id));
   return {
     label: ctx.label, modelPath: ctx.modelPath, modelId: ctx.modelId, xlFlops: ctx.xlFlops, encoders,
-    frontier: ctx.frontier.map((r) => r.id), hnsw: ctx.hnsw,
+    frontier: ctx.frontier.map((r) => r.id), cascade: ctx.cascade, hnsw: ctx.hnsw,
   };
 }
 

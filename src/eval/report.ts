@@ -6,6 +6,7 @@ import { formatSeconds } from '../progress.ts';
 import { writeFileAtomic } from '../encoder/safetensors.ts';
 import { pickEncoder } from '../encoder/budget.ts';
 import { toCalibration } from './calibration.ts';
+import { cascadeMarkdown } from './cascade.ts';
 import { recallCostSpec, renderSvg } from './plot.ts';
 import { type EncoderResult, type Metrics, type ModelReport, type RecallCostResult, modelsOf } from './result.ts';
 
@@ -145,6 +146,7 @@ export function toMarkdown(r: RecallCostResult): string {
     }
     out.push('');
   }
+  for (const m of modelsOf(r)) if (m.cascade) out.push(...cascadeMarkdown(m.cascade, r.compare ? m.label : undefined));
 
   const sweeps = models.filter((m) => m.hnsw);
   if (sweeps.length) {

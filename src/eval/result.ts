@@ -1,5 +1,6 @@
 // What an evaluation returns and writes as results.json: the types the tasks fill in and the report, the plot and
 // the calibration read. Kept apart from the code that runs the tasks so that readers of a result never import it.
+import type { CascadeEvaluation } from './cascade.ts';
 import type { EncoderFamily } from './encoders.ts';
 import type { EditsFile } from './copies.ts';
 import type { HnswParams, HnswRow } from './hnsw.ts';
@@ -60,6 +61,7 @@ export interface ModelReport {
   encoders: EncoderResult[];
   frontier: string[]; // encoder ids on the Pareto frontier (1-NN accuracy on every query vs FLOPs)
   hnsw: HnswReport | null;
+  cascade?: CascadeEvaluation | null; // the `auto` query (src/eval/cascade.ts)
 }
 
 export interface RecallCostResult extends ModelReport {

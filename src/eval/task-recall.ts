@@ -3,6 +3,7 @@
 // frontier of 1-NN accuracy against FLOPs, which becomes the calibration.
 import { mergeRows, selectRows } from '../index/exact-search.ts';
 import { type ModelContext, lap, metricsOn, runQueries } from './context.ts';
+import { cascadeOfUniform } from './cascade.ts';
 import { paretoFrontier } from './metrics.ts';
 
 export async function recallTask(ctx: ModelContext): Promise<void> {
@@ -39,6 +40,7 @@ export async function recallTask(ctx: ModelContext): Promise<void> {
     }
   }
   await frontier(ctx, allPositions);
+  if (ctx.xlTruth) ctx.cascade = cascadeOfUniform(results, ctx.topks, run.db.labels, run.qLabels, run.settings.seed);
 }
 
 /**

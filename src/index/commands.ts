@@ -108,7 +108,7 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
     .argument('[image]', 'query image file')
     .option('--id <n>', 'query with a stored image instead of a file', positiveInt('id'))
     .option('--k <n>', 'results', positiveInt('k', MAX_K), DEFAULT_K)
-    .option('--ffn <spec>', "query encoder: S | M | L | XL | a per-layer list such as 'S,S,M,M,L,XL' (default XL)")
+    .option('--ffn <spec>', "query encoder: S | M | L | XL | a per-layer list such as 'S,S,M,M,L,XL' | auto (the calibrated cascade) (default XL)")
     .option('--budget <fraction>', "pick the query encoder by cost: at most this fraction of XL's FLOPs", positiveNumber)
     .option('--max-encode-ms <ms>', 'pick the query encoder by measured encode time', positiveNumber)
     .option('--ef <n>', 'HNSW search beam width (default: the index default, shown by matvit stats)', positiveInt('ef', MAX_EF))
@@ -126,8 +126,9 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
         if (bytes) {
           const { decodeImage } = await import('../data/images.ts');
           const decoded = await decodeImage(bytes, encoder.config.imageSize);
-          const ffn = opts.budget !== undefined || opts.maxEncodeMs !== undefined ? await budgetChoice(encoder, opts.model, opts.budget, opts.maxEncodeMs) : opts.ffn;
-          res = await search.searchByPixels(handle, (p, s) => encoder.encode([p], s).then((e) => e[0]), decoded.pixels, { k: opts.k, ffn, ef: opts.ef });
+          const plan = await queryPlan(encoder, opts.model, opts);
+          const cascade = plan.chosenBy === 'cascade' ? plan.rule : undefined;
+          res = await search.searchByPixels(handle, (p, s) => encoder.encode([p], s).then((e) => e[0]), decoded.pixels, { k: opts.k, ffn: plan.spec, ef: opts.ef, cascade });
         } else {
           res = await search.searchById(handle, opts.id!, { k: opts.k, ef: opts.ef });
         }
@@ -248,17 +249,17 @@ function readQuery(file: string): Buffer {
   }
 }
 
-/** The query encoder chosen by the calibrated cost budget (src/encoder/budget.ts); its reason goes to stderr. */
-async function budgetChoice(encoder: Encoder, model: string | undefined, budget?: number, maxEncodeMs?: number): Promise<string> {
-  const { loadCalibration, pickEncoder } = await import('../encoder/budget.ts');
-  let choice: ReturnType<typeof pickEncoder>;
+/** The query's encoders (src/encoder/policy.ts); a calibrated choice says why on stderr. */
+async function queryPlan(encoder: Encoder, model: string | undefined, req: { ffn?: string; budget?: number; maxEncodeMs?: number }) {
+  const { loadCalibration } = await import('../encoder/budget.ts');
+  const { planQuery } = await import('../encoder/policy.ts');
   try {
-    choice = pickEncoder(loadCalibration(model ?? encoder.modelPath, { modelId: encoder.modelId, config: encoder.config }), { budget, maxEncodeMs });
+    const plan = planQuery(req, loadCalibration(model ?? encoder.modelPath, { modelId: encoder.modelId, config: encoder.config }));
+    if (plan.reason) process.stderr.write(`matvit: query encoder ${plan.reason}\n`);
+    return plan;
   } catch (err) {
     throw new UsageError((err as Error).message); // an invalid budget, or an unreadable calibration file
   }
-  process.stderr.write(`matvit: query encoder ${choice.reason}\n`);
-  return choice.spec;
 }
 
 /** Progress on stderr once the number of items is known: a bar on a terminal, a line every 10 s otherwise. */
@@ -289,7 +290,8 @@ function printResults(res: SearchResponse): void {
   const lines = res.results.map((r, i) => `${String(i + 1).padStart(3)}  ${String(r.id).padStart(7)}  ${r.score.toFixed(4)}  ${(r.label ?? '-').padEnd(12)}  ${r.path ?? '(upload)'}`);
   if (lines.length === 0) lines.push('no results: the store is empty');
   const c = res.cost;
-  lines.push(`query encoder ${c.ffn}: ${(c.flops / 1e6).toFixed(2)} MFLOPs, encode ${c.encodeMs.toFixed(2)} ms, search ${c.searchMs.toFixed(2)} ms`);
+  const tried = c.tried && c.tried.length > 1 ? ` (cascade: ${c.tried.join(' then ')}, ${c.escalation!.why})` : c.tried ? ` (cascade: ${c.escalation!.why})` : '';
+  lines.push(`query encoder ${c.ffn}${tried}: ${(c.flops / 1e6).toFixed(2)} MFLOPs, encode ${c.encodeMs.toFixed(2)} ms, search ${c.searchMs.toFixed(2)} ms`);
   console.log(lines.join('\n'));
 }
 

@@ -4,7 +4,7 @@
 //
 // indexSources is a pipeline. Items are read, hashed and decoded (sharp, on libuv's thread pool; JPEGs already at
 // the model's size by libjpeg in WebAssembly on this thread, plain-jpeg.ts) up to WINDOW_BATCHES batches ahead of
-// the encoder, which runs on worker threads (offthread.ts), so decoding, encoding and storing overlap. Each item's
+// the encoder, which runs on worker threads (the encoder pool, src/encoder/pool.ts), so decoding, encoding and storing overlap. Each item's
 // thumbnail is made beside its decode.
 // Batches are encoded and committed in source order, each in one SQLite transaction (images, embeddings,
 // thumbnails, kept bytes) before its vectors enter the HNSW index. A batch is all or nothing, so a job killed at any
@@ -14,13 +14,13 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { type DecodedImage, DEFAULT_MAX_PIXELS, ImageDecodeError, decodeImage } from '../data/images.ts';
+import { type DecodedImage, DEFAULT_MAX_PIXELS, ImageDecodeError } from '../data/images.ts';
 import { SourceReadError, describeFsError, isArchiveName, iterateImageSource, listImageSource, readImageFile } from '../data/sources.ts';
-import type { Encoder } from '../encoder/runtime.ts';
+import { EncoderPool } from '../encoder/pool.ts';
+import { Encoder, type ImageEncoder } from '../encoder/runtime.ts';
 import { logger } from '../log.ts';
-import { OffThreadEncoder } from './offthread.ts';
 import { UPLOAD_PREFIX, needsCopy } from './originals.ts';
-import { PlainJpegDecoder } from './plain-jpeg.ts';
+import { type ImageDecoder, sharedDecoder } from './decoder.ts';
 export { getOriginal, getThumbnail } from './originals.ts'; // the API's image routes use them beside indexBuffers
 import { type IndexHandle, addEmbeddings } from './service.ts';
 import { type ImageRow, type NewImage, StoreError, contentHash } from './store.ts';
@@ -80,7 +80,7 @@ interface Candidate {
 }
 
 /**
- * Encoder threads for an indexing job (each a worker with a one-thread session, offthread.ts): every core when the
+ * Encoder threads for an indexing job (each a worker with a one-thread session, the encoder pool): every core when the
  * machine is idle, else one. On a shared 2-core machine (a training job running) one thread encoded 1.6x faster
  * than two (223-336 against 146-192 images/s, interleaved runs): the kernel shares the cores between processes.
  * Idle is measured over the next `sampleMs` (every CPU but half of one idle), not taken from the load average,
@@ -102,17 +102,19 @@ export async function defaultEncoderThreads(sampleMs = 250): Promise<number> {
 class Indexing {
   readonly size: number;
   readonly maxPixels: number;
-  private jpegs: PlainJpegDecoder;
-  private offThread: Promise<OffThreadEncoder | null> | null = null; // batches go to its workers once they start
+  private decoder: ImageDecoder;
+  private pool: Promise<EncoderPool | null> = Promise.resolve(null); // the workers batches go to (startPool)
+  private ownsPool = false; // started for this job, so closed at its end
+  private busyBefore = 0;
 
-  constructor(readonly handle: IndexHandle, readonly encoder: Encoder, maxPixels?: number) {
+  constructor(readonly handle: IndexHandle, readonly encoder: ImageEncoder, maxPixels?: number) {
     if (!handle.store.writer) throw new StoreError(`store "${handle.store.dir}" was opened for reading; open it with { writer: true } to index`);
     if (handle.modelId !== encoder.modelId || handle.dim !== encoder.dim) {
       throw new Error(`the index was opened for model "${handle.modelId}" (${handle.dim}-d) but the encoder is "${encoder.modelId}" (${encoder.dim}-d)`);
     }
     this.size = encoder.config.imageSize;
     this.maxPixels = maxPixels ?? DEFAULT_MAX_PIXELS;
-    this.jpegs = new PlainJpegDecoder(this.size);
+    this.decoder = sharedDecoder(this.size);
     handle.store.recordModelConfig(handle.modelId, JSON.stringify(encoder.config));
     handle.config ??= encoder.config;
   }
@@ -126,12 +128,12 @@ class Indexing {
   /**
    * Decodes an item and starts its thumbnail, unless it needs none: `known` (the same content stored for another
    * model) has one, or it is made on request (thumbnailOnRequest). Bad images come back as ImageDecodeError;
-   * anything else throws.
+   * anything else throws. `given`: the caller decoded the bytes already (the server checks uploads first).
    */
-  async decode(path: string, label: string | null, metadata: Record<string, unknown>, bytes: Buffer, hash: string, known?: ImageRow): Promise<Ready | ImageDecodeError> {
+  async decode(path: string, label: string | null, metadata: Record<string, unknown>, bytes: Buffer, hash: string, known?: ImageRow, given?: DecodedImage): Promise<Ready | ImageDecodeError> {
     let decoded: DecodedImage;
     try {
-      decoded = this.jpegs.accepts(bytes) ? await this.jpegs.decode(bytes) : await decodeImage(bytes, this.size, { maxPixels: this.maxPixels });
+      decoded = given ?? (await this.decoder.decode(bytes, this.maxPixels));
     } catch (err) {
       if (err instanceof ImageDecodeError) return err;
       throw err;
@@ -151,26 +153,35 @@ class Indexing {
     return !thumbnailOnRequest(row.width, row.height, needsCopy(row.source)) && !this.handle.store.hasThumbnail(row.id);
   }
 
-  /** Starts one encoder worker per encoder thread (in the background: reading and decoding go on meanwhile). */
-  startWorker(): void {
-    this.offThread = OffThreadEncoder.start(this.encoder, 'XL', this.encoder.threads);
+  /**
+   * Given an Encoder (which runs on the calling thread), starts an encoder pool with one worker per encoder thread
+   * for this job, in the background: reading and decoding go on meanwhile. A pool given by the caller is used as is.
+   */
+  startPool(): void {
+    const e = this.encoder;
+    if (e instanceof EncoderPool) {
+      this.pool = Promise.resolve(e);
+      this.busyBefore = e.busyMs;
+    } else if (e instanceof Encoder) {
+      this.pool = EncoderPool.tryStart(e, { threads: e.threads });
+      this.ownsPool = true;
+    }
   }
 
-  async stopWorker(): Promise<void> {
-    await (await this.offThread)?.close();
+  async stopPool(): Promise<void> {
+    if (this.ownsPool) await (await this.pool)?.close();
   }
 
   /** Seconds each encoder worker spent running the model, on average (undefined when encoding ran on this thread). */
   async encodeSeconds(): Promise<number | undefined> {
-    const off = await this.offThread;
-    return off ? off.busyMs / off.workerCount / 1000 : undefined;
+    const pool = await this.pool;
+    return pool ? (pool.busyMs - this.busyBefore) / pool.threads / 1000 : undefined;
   }
 
-  /** Encodes decoded items with the full model: on the worker when there is one, else on this thread. */
+  /** Encodes decoded items with the full model: in the pool when there is one, else on this thread. */
   async encode(items: Ready[]): Promise<Float32Array[]> {
     const pixels = items.map((r) => r.decoded.pixels);
-    const off = await this.offThread;
-    return off ? off.encode(pixels) : this.encoder.encode(pixels, 'XL');
+    return ((await this.pool) ?? this.encoder).encode(pixels, 'XL');
   }
 
   /**
@@ -220,7 +231,7 @@ function orNull(thumb: Promise<Buffer>, path: string): Promise<Buffer | null> {
  * XL model. Bad files are reported in `failed` and never stop the job; identical content is stored once. Throws
  * only for what stops everything (the store, the encoder); what was committed before stays committed.
  */
-export async function indexSources(handle: IndexHandle, encoder: Encoder, sources: string[], opts: IndexOptions = {}): Promise<IndexReport> {
+export async function indexSources(handle: IndexHandle, encoder: ImageEncoder, sources: string[], opts: IndexOptions = {}): Promise<IndexReport> {
   const t0 = performance.now();
   const ix = new Indexing(handle, encoder, opts.maxPixels);
   const batchSize = opts.batchSize ?? DEFAULT_BATCH_SIZE;
@@ -310,7 +321,7 @@ export async function indexSources(handle: IndexHandle, encoder: Encoder, source
 
   const window: Promise<Prepared>[] = [];
   const windowSize = WINDOW_BATCHES * batchSize;
-  ix.startWorker();
+  ix.startPool();
   try {
     for await (const c of candidates(sources, report)) {
       if (opts.signal?.aborted) break;
@@ -324,7 +335,7 @@ export async function indexSources(handle: IndexHandle, encoder: Encoder, source
     // On an error, let what is in flight settle before the caller closes the store under it.
     const last = running as { out: Promise<Float32Array[]> } | null; // (assigned in the closures above)
     await Promise.allSettled([...window, last?.out]);
-    await ix.stopWorker();
+    await ix.stopPool();
   }
   report.seconds = (performance.now() - t0) / 1000;
   report.encodeSeconds = await ix.encodeSeconds();
@@ -336,17 +347,18 @@ export async function indexSources(handle: IndexHandle, encoder: Encoder, source
  * its label and metadata are then left as they were) or its decode error, in the order given; nothing is stored
  * for an item that fails. Originals are kept and thumbnails stored with the images, except the thumbnails of tiny
  * images, made from their original on request (see getOriginal, getThumbnail).
+ * An item may carry its `decoded` pixels (the server decodes uploads to check them first): they are not decoded again.
  */
 export async function indexBuffers(
   handle: IndexHandle,
-  encoder: Encoder,
-  items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown> }[],
+  encoder: ImageEncoder,
+  items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown>; decoded?: DecodedImage }[],
 ): Promise<({ id: number; created: boolean } | { name: string; error: ImageDecodeError })[]> {
   const ix = new Indexing(handle, encoder);
   const results: BufferResult[] = new Array(items.length);
   const ready: { index: number; item: Ready }[] = [];
   await mapBounded(items.length, UPLOAD_CONCURRENCY, async (i) => {
-    const { name, bytes, label, metadata } = items[i];
+    const { name, bytes, label, metadata, decoded } = items[i];
     if (!Buffer.isBuffer(bytes) || bytes.length === 0) {
       results[i] = { name, error: new ImageDecodeError('empty') };
       return;
@@ -358,7 +370,7 @@ export async function indexBuffers(
       results[i] = { id: row!.id, created: false };
       return;
     }
-    const r = await ix.decode(`${UPLOAD_PREFIX}${name}`, label ?? null, metadata ?? {}, bytes, hash, row);
+    const r = await ix.decode(`${UPLOAD_PREFIX}${name}`, label ?? null, metadata ?? {}, bytes, hash, row, decoded);
     if (r instanceof ImageDecodeError) results[i] = { name, error: r };
     else ready.push({ index: i, item: r });
   });

@@ -2,6 +2,7 @@
 // HNSW index of the XL embeddings; or a stored image's own XL embedding is the query. Results carry the stored
 // rows' label, path and metadata, and the cost of the query.
 import { countFlops, parseSubmodel } from '../encoder/config.ts';
+import { type CascadeRule, type Escalation, shouldEscalate } from '../encoder/policy.ts';
 import { NotFoundError, UsageError } from '../errors.ts';
 import { DEFAULT_K, MAX_EF, MAX_K } from './limits.ts';
 import { sourcePath } from './originals.ts';
@@ -12,6 +13,7 @@ export interface SearchOptions {
   k?: number; // results wanted (default DEFAULT_K, at most MAX_K: limits.ts)
   ffn?: string; // query encoder: S | M | L | XL | a per-layer list (default XL)
   ef?: number; // HNSW beam width (default: the index's, HNSW_DEFAULTS.ef; raised to k when smaller)
+  cascade?: CascadeRule; // run this cascade (src/encoder/policy.ts) instead of `ffn`
 }
 
 export interface SearchResult {
@@ -19,16 +21,19 @@ export interface SearchResult {
   score: number; // cosine similarity
   label: string | null;
   path: string | null; // file path, or `archive:member`; null for uploads
+  source: string; // as stored: the path, or `upload:<name>`
   metadata: Record<string, unknown>;
 }
 
 export interface SearchResponse {
   results: SearchResult[];
   cost: {
-    ffn: string; // canonical spec of the query encoder
-    flops: number; // of encoding the query (0 for searchById)
+    ffn: string; // canonical spec of the query encoder that gave the results
+    flops: number; // of encoding the query, every encoder tried included (0 for searchById)
     encodeMs: number;
     searchMs: number;
+    tried?: string[]; // a cascade: the encoders run, in order
+    escalation?: Escalation; // a cascade: the rule's verdict on the first encoder's results
   };
 }
 
@@ -44,13 +49,34 @@ export async function searchByPixels(
   if (!config) {
     throw new Error(`the model config of "${handle.modelId}" is unknown: pass { config: encoder.config } to openIndex`);
   }
-  const sub = parseSubmodel(opts.ffn ?? 'XL', config); // throws ConfigError for a bad spec
-  const t0 = performance.now();
-  const query = await encode(pixels, sub.spec);
-  const t1 = performance.now();
-  const hits = handle.hnsw.search(query, k, { ef });
-  const t2 = performance.now();
-  return { results: rows(handle, hits), cost: { ffn: sub.spec, flops: countFlops(config, sub.widths), encodeMs: t1 - t0, searchMs: t2 - t1 } };
+  const pass = async (spec: string, k: number) => {
+    const sub = parseSubmodel(spec, config); // throws ConfigError for a bad spec
+    const t0 = performance.now();
+    const query = await encode(pixels, sub.spec);
+    const t1 = performance.now();
+    const hits = handle.hnsw.search(query, k, { ef });
+    return { spec: sub.spec, flops: countFlops(config, sub.widths), results: rows(handle, hits), encodeMs: t1 - t0, searchMs: performance.now() - t1 };
+  };
+  const rule = opts.cascade;
+  if (!rule) {
+    const { results, ...cost } = await pass(opts.ffn ?? 'XL', k);
+    return { results, cost: { ffn: cost.spec, flops: cost.flops, encodeMs: cost.encodeMs, searchMs: cost.searchMs } };
+  }
+  const first = await pass(rule.first, Math.max(k, rule.agreementK)); // the rule looks at agreementK results
+  const escalation = shouldEscalate(rule, first.results);
+  const second = escalation.escalate ? await pass(rule.then, k) : null;
+  const last = second ?? first;
+  return {
+    results: last.results.slice(0, k),
+    cost: {
+      ffn: last.spec,
+      flops: first.flops + (second?.flops ?? 0),
+      encodeMs: first.encodeMs + (second?.encodeMs ?? 0),
+      searchMs: first.searchMs + (second?.searchMs ?? 0),
+      tried: second ? [first.spec, second.spec] : [first.spec],
+      escalation,
+    },
+  };
 }
 
 /** The images nearest to stored image `id` (by its XL embedding; the image itself is left out). */
@@ -80,6 +106,6 @@ function rows(handle: IndexHandle, hits: SearchHit[]): SearchResult[] {
   const byId = new Map(handle.store.getImages(hits.map((h) => h.id)).map((r) => [r.id, r]));
   return hits.flatMap((h) => {
     const r = byId.get(h.id);
-    return r ? [{ id: h.id, score: h.score, label: r.label, path: sourcePath(r.source), metadata: r.metadata }] : [];
+    return r ? [{ id: h.id, score: h.score, label: r.label, path: sourcePath(r.source), source: r.source, metadata: r.metadata }] : [];
   });
 }

@@ -201,6 +201,8 @@ export class ImageStore {
     return {
       findByHash: db.prepare<[string], RawImageRow>('SELECT * FROM images WHERE content_hash = ?'),
       getImage: db.prepare<[number], RawImageRow>('SELECT * FROM images WHERE id = ?'),
+      // One statement for a search's k rows (a JSON array of ids): one get per hit cost 0.14 ms of CPU a query.
+      getImages: db.prepare<[string], RawImageRow>('SELECT images.* FROM json_each(?) AS ids JOIN images ON images.id = ids.value'),
       insertImage: db.prepare(
         'INSERT INTO images (source, content_hash, width, height, format, label, metadata) VALUES (@source, @contentHash, @width, @height, @format, @label, @metadata)',
       ),
@@ -237,7 +239,12 @@ export class ImageStore {
 
   /** The rows of `ids` that exist, in the order given (search results). */
   getImages(ids: number[]): ImageRow[] {
-    return ids.map((id) => this.stmts.getImage.get(id)).filter((r) => r !== undefined).map(toImageRow);
+    if (ids.length === 0) return [];
+    const byId = new Map(this.stmts.getImages.all(JSON.stringify(ids)).map((r) => [r.id, r]));
+    return ids.flatMap((id) => {
+      const row = byId.get(id);
+      return row ? [toImageRow(row)] : [];
+    });
   }
 
   getEmbedding(id: number, modelId: string): Float32Array | undefined {

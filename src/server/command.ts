@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { type Command, InvalidArgumentError } from 'commander';
 import { UsageError } from '../errors.ts';
 import { logger } from '../log.ts';
-import { DEFAULT_ENCODE_WORKERS } from './encode-pool.ts';
+import { DEFAULT_SLO_MS } from './load-controller.ts';
 import { DEFAULT_LIMITS } from './service.ts';
 
 const SHUTDOWN_GRACE_MS = 10_000; // in-flight requests get this long after a stop signal
@@ -24,6 +24,11 @@ const nonNegativeInt = (v: string) => {
 const port = (v: string) => {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('not a port number (0-65535)');
+  return n;
+};
+const milliseconds = (v: string) => {
+  const n = Number(v);
+  if (!(n > 0) || !Number.isFinite(n)) throw new InvalidArgumentError('not a positive number of milliseconds');
   return n;
 };
 const megabytes = (v: string) => {
@@ -56,7 +61,8 @@ export function registerServeCommand(program: Command): void {
     .option('--max-pixels <n>', 'largest image, in pixels (width x height)', positiveInt, DEFAULT_LIMITS.maxPixels)
     .option('--max-files <n>', 'files per upload request', positiveInt, DEFAULT_LIMITS.maxFiles)
     .option('--upload-memory-mb <x>', `upload bytes held in memory at once, over all requests, in MB; beyond it 503 (default: ${DEFAULT_LIMITS.maxUploadMemoryBytes / 1024 / 1024})`, megabytes)
-    .option('--encode-workers <n>', 'worker threads that encode queries off the event loop (0: on the main thread)', nonNegativeInt, DEFAULT_ENCODE_WORKERS)
+    .option('--slo-ms <ms>', 'p99 latency target of auto queries: under load they step down to cheaper encoders to keep it', milliseconds, DEFAULT_SLO_MS)
+    .option('--encode-workers <n>', 'encoder pool workers, which run every encoding off the event loop (default: one per core; 0: on the main thread)', nonNegativeInt)
     .action(async (opts) => {
       const listen = { port: opts.port ?? envPort(), host: opts.host ?? (process.env.HOST || '127.0.0.1') };
       const store: string = opts.store ?? (process.env.MATVIT_STORE || './data');
@@ -74,6 +80,7 @@ export function registerServeCommand(program: Command): void {
         defaultFfn: opts.ffn,
         limits: { maxUploadBytes: opts.maxUploadMb ?? DEFAULT_LIMITS.maxUploadBytes, maxPixels: opts.maxPixels, maxFiles: opts.maxFiles, maxUploadMemoryBytes: opts.uploadMemoryMb ?? DEFAULT_LIMITS.maxUploadMemoryBytes },
         encodeWorkers: opts.encodeWorkers,
+        sloMs: opts.sloMs,
         signal: stop.signal,
       });
       process.off('SIGTERM', early).off('SIGINT', early);

@@ -24,7 +24,7 @@ export const SearchParams = z
       .min(1)
       .max(200)
       .optional()
-      .describe("query encoder: S | M | L | XL, or one granularity per layer such as 'S,S,M,M,L,XL' (default XL)"),
+      .describe("query encoder: S | M | L | XL, one granularity per layer such as 'S,S,M,M,L,XL', or 'auto' (a calibrated cascade: a cheap encoder, then a wide one when its result is uncertain) (default: the server's)"),
     budget: numParam()
       .pipe(z.number().gt(0, 'must be above 0').lte(1, 'must be at most 1'))
       .optional()
@@ -90,7 +90,15 @@ export const SearchResponse = z
   .object({
     results: z.array(SearchResult),
     cost: SearchCost,
-    encoder: z.object({ spec: z.string(), chosenBy: z.enum(['default', 'ffn', 'budget']), reason: z.string().optional(), fits: z.boolean().optional() }),
+    encoder: z.object({
+      spec: z.string().describe('the encoder whose results these are'),
+      chosenBy: z.enum(['default', 'ffn', 'budget', 'cascade', 'load']).describe("load: an auto query stepped down to a cheaper encoder by the server's load controller"),
+      reason: z.string().optional(),
+      fits: z.boolean().optional(),
+      tried: z.array(z.string()).optional().describe('a cascade: the encoders run, in order'),
+      escalated: z.boolean().optional().describe('a cascade: whether the first result was uncertain enough to run the wider encoder'),
+      why: z.string().optional().describe("a cascade: the rule's verdict on the first result"),
+    }),
     query: z.object({ k: z.number().int(), ef: z.number().int().optional(), id: z.number().int().optional() }),
   })
   ;
@@ -153,6 +161,22 @@ export const StatsResponse = z
       uploads: z
         .object({ inFlightBytes: z.number(), peakBytes: z.number(), capacityBytes: z.number(), refused: z.number().int() })
         .describe('upload bytes held in memory now and at most, the budget, and requests refused for want of room (503/413)'),
+      queue: z.number().int().describe('query images waiting for an encoder batch'),
+      encoderThreadIds: z.array(z.number().int()).describe("Linux thread ids of the encoder pool's workers (scripts/bench-server reads their CPU time from /proc)"),
+      encoderMix: z.record(z.string(), z.number().int()).describe("searches by the encoder that answered them ('S→XL': a cascade that escalated)"),
+      load: z
+        .object({
+          sloMs: z.number(),
+          step: z.number().int().describe('how far auto queries are stepped down the ladder (0: the normal auto plan)'),
+          ladder: z.array(z.string()).describe('what auto runs, from the normal plan down to the cheapest'),
+          p99Ms: z.number().nullable().describe('p99 latency of searches by upload over the last 2 s'),
+          queued: z.number().int(),
+          queueMs: z.number().describe('estimated time to clear the queue'),
+          stepsDown: z.number().int(),
+          stepsUp: z.number().int(),
+        })
+        .optional()
+        .describe('the load controller (matvit serve --slo-ms)'),
     }),
   })
   ;

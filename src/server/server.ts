@@ -6,15 +6,17 @@ import { fileURLToPath } from 'node:url';
 import { listImageSource } from '../data/sources.ts';
 import { EncodeBatcher } from '../encoder/batcher.ts';
 import { loadCalibration } from '../encoder/budget.ts';
+import { autoLadder } from '../encoder/policy.ts';
 import { DEFAULT_MODEL_PATH, loadModel } from '../encoder/checkpoint.ts';
 import { GRANULARITIES } from '../encoder/config.ts';
-import { Encoder } from '../encoder/runtime.ts';
+import { EncoderPool } from '../encoder/pool.ts';
+import { Encoder, type ImageEncoder } from '../encoder/runtime.ts';
 import * as indexerModule from '../index/indexer.ts';
 import * as searchModule from '../index/search.ts';
 import { type IndexHandle, openIndex } from '../index/service.ts';
 import { logger } from '../log.ts';
 import { Progress } from '../progress.ts';
-import { DEFAULT_ENCODE_WORKERS, PooledEncoder } from './encode-pool.ts';
+import { DEFAULT_SLO_MS, LoadController } from './load-controller.ts';
 import { type IndexerApi, type SearchApi, type ServerLimits, SearchService } from './service.ts';
 
 const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -28,7 +30,8 @@ export interface OpenServerOptions {
   limits?: Partial<ServerLimits>;
   defaultFfn?: string;
   maxBatch?: number; // largest batch the query batcher sends to onnxruntime
-  encodeWorkers?: number; // worker threads that run encodings off the event loop; 0: on the main thread
+  sloMs?: number; // p99 latency target of auto queries: the load controller steps them down to keep it (default 50)
+  encodeWorkers?: number; // encoder pool workers (default: one per core); 0: encode on the main thread
   progress?: boolean; // progress bar while indexing the gallery (default true)
   warmUp?: boolean; // open and time every query encoder before returning (default true)
   signal?: AbortSignal; // stops gallery indexing (SIGTERM during the first start)
@@ -59,23 +62,29 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
   if (opts.defaultFfn !== undefined) encoder.submodel(opts.defaultFfn); // a bad --ffn fails before any indexing
   const handle = openIndex(opts.store, encoder.modelId, encoder.dim, { writer: true, config: encoder.config });
   let gallery: OpenedServer['gallery'] = null;
-  let pool: PooledEncoder | null = null;
+  let pool: EncoderPool | null = null;
   try {
+    const calibration = loadCalibration(modelPath, { modelId: encoder.modelId, config: encoder.config });
+    // One pool runs every encoding: the gallery's indexing on a first start, then queries and uploads. Its workers
+    // open the sessions auto may use before the first query (opening one costs far more than a query).
+    const ladder = autoLadder(calibration);
+    const autoSpecs = [...ladder.slice(1), ...(calibration.cascade ? [calibration.cascade.first, calibration.cascade.then] : [])];
+    const specs = [...new Set([...GRANULARITIES, ...autoSpecs.filter(usable(encoder))])];
+    pool = opts.encodeWorkers === 0 ? null : await EncoderPool.start(encoder, { threads: opts.encodeWorkers, specs });
+    const work = pool ?? encoder;
     // The gallery is marked done only once it was indexed to the end: a first start stopped part way (a stop signal,
     // a full disk) continues at the next start, where the images already stored are skipped as duplicates.
     const galleryKey = `gallery:${encoder.modelId}`;
     const galleryState = handle.store.state(galleryKey);
     if (opts.gallery !== null && (galleryState === 'indexing' || (galleryState === null && handle.store.count(encoder.modelId) === 0))) {
       handle.store.setState(galleryKey, 'indexing');
-      gallery = await indexGallery(handle, ckpt, modelPath, opts.gallery ?? DEMO_GALLERY, indexer.indexSources, opts);
+      gallery = await indexGallery(handle, work, opts.gallery ?? DEMO_GALLERY, indexer.indexSources, opts);
       if (!opts.signal?.aborted) handle.store.setState(galleryKey, 'done');
     }
-    const calibration = loadCalibration(modelPath, { modelId: encoder.modelId, config: encoder.config });
-    const workers = opts.encodeWorkers ?? DEFAULT_ENCODE_WORKERS;
-    pool = workers > 0 ? await PooledEncoder.start(encoder, ckpt, workers, [...GRANULARITIES]) : null;
-    const work = pool?.asEncoder() ?? encoder; // runs query and upload encodings
     const batcher = new EncodeBatcher(work, opts.maxBatch ?? 64);
-    const service = new SearchService({ handle, encoder, work, batcher, calibration, search, indexer, limits: opts.limits, defaultFfn: opts.defaultFfn });
+    const load = new LoadController({ sloMs: opts.sloMs ?? DEFAULT_SLO_MS, steps: ladder.length - 1 });
+    batcher.onBatch = (images, ms) => load.recordBatch(images, ms);
+    const service = new SearchService({ handle, encoder, work, batcher, calibration, search, indexer, limits: opts.limits, defaultFfn: opts.defaultFfn, load });
     if (opts.warmUp !== false) {
       const t0 = Date.now();
       const uniform = service.encoderSpecs().filter((s) => !s.includes(','));
@@ -111,11 +120,20 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
   }
 }
 
+/** Whether the model can run a calibrated spec (a calibration measured for another model may name other depths). */
+const usable = (encoder: Encoder) => (spec: string) => {
+  try {
+    encoder.submodel(spec);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
 /** Indexes the demo gallery with XL, with a progress bar (nothing else runs yet). */
 async function indexGallery(
   handle: IndexHandle,
-  ckpt: ReturnType<typeof loadModel>,
-  modelPath: string,
+  encoder: ImageEncoder,
   source: string,
   indexSources: IndexSources,
   opts: OpenServerOptions,
@@ -128,10 +146,9 @@ async function indexGallery(
   let total = 0;
   for await (const _ of listImageSource(source)) total++;
   logger.info({ source, images: total, alreadyStored: stored, store: handle.store.dir }, stored ? 'continuing to index the demo gallery (an earlier first start stopped part way)' : 'first start: indexing the demo gallery');
-  const indexEncoder = new Encoder(ckpt, modelPath, { threads: await indexerModule.defaultEncoderThreads() }); // both cores only when idle
   const bar = opts.progress === false ? null : new Progress(total, 0, 1, 'img', 5_000);
   try {
-    const r = await indexSources(handle, indexEncoder, [source], {
+    const r = await indexSources(handle, encoder, [source], {
       batchSize: 64, // 135 img/s against 99 with 256 (one thread, same load as above)
       signal: opts.signal,
       onProgress: (p) => bar?.update(p.done, { indexed: String(p.indexed), failed: String(p.failed) }),
@@ -143,6 +160,5 @@ async function indexGallery(
     return { indexed: r.indexed, duplicates: r.duplicates, failed: r.failed.length, seconds: r.seconds };
   } finally {
     bar?.stop();
-    await indexEncoder.close();
   }
 }

@@ -4,17 +4,21 @@
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { IMAGE_FORMATS } from '../data/formats.ts';
-import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError, MAX_IMAGE_BYTES, decodeImage } from '../data/images.ts';
+import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError, MAX_IMAGE_BYTES, } from '../data/images.ts';
 import type { EncodeBatcher } from '../encoder/batcher.ts';
-import { type Calibration, type CalibrationEntry, pickEncoder } from '../encoder/budget.ts';
+import type { Calibration, CalibrationEntry } from '../encoder/budget.ts';
 import { GRANULARITIES, countFlops, countParams } from '../encoder/config.ts';
-import type { Encoder } from '../encoder/runtime.ts';
+import { EncoderPool } from '../encoder/pool.ts';
+import { AUTO, type CascadeRule, type Escalation, type QueryPlan, autoLadder, planQuery } from '../encoder/policy.ts';
+import type { Encoder, ImageEncoder } from '../encoder/runtime.ts';
 import { NotFoundError } from '../errors.ts';
+import { type ImageDecoder, sharedDecoder } from '../index/decoder.ts';
 import type { IndexHandle } from '../index/service.ts';
 import { UPLOAD_PREFIX } from '../index/originals.ts';
 import { deleteImages } from '../index/service.ts';
 import { HttpError, decodeFailure } from './errors.ts';
 import { UploadBudget } from './upload-budget.ts';
+import type { LoadController } from './load-controller.ts';
 import type { AddImagesResponse, EncodersResponse, SearchParams, SearchResponse, StatsResponse, UploadParams } from './schemas.ts';
 
 export interface ServerLimits {
@@ -41,16 +45,18 @@ export interface SearchHitRow {
   score: number;
   label: string | null;
   path: string | null; // null for uploads
+  source: string; // as stored (uploads: `upload:<name>`)
   metadata: Record<string, unknown>;
 }
 export interface SearchOutcome {
   results: SearchHitRow[];
-  cost: { ffn: string; flops: number; encodeMs: number; searchMs: number };
+  cost: { ffn: string; flops: number; encodeMs: number; searchMs: number; tried?: string[]; escalation?: Escalation };
 }
 export interface SearchOpts {
   k?: number;
   ffn?: string;
   ef?: number;
+  cascade?: CascadeRule;
 }
 export interface SearchApi {
   searchByPixels(handle: IndexHandle, encode: (pixels: Uint8Array, spec: string) => Promise<Float32Array>, pixels: Uint8Array, opts: SearchOpts): Promise<SearchOutcome>;
@@ -59,8 +65,8 @@ export interface SearchApi {
 export interface IndexerApi {
   indexBuffers(
     handle: IndexHandle,
-    encoder: Encoder,
-    items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown> }[],
+    encoder: ImageEncoder,
+    items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown>; decoded?: DecodedImage }[],
   ): Promise<({ id: number; created: boolean } | { name: string; error: ImageDecodeError })[]>;
   getOriginal(handle: IndexHandle, id: number): Promise<{ bytes: Buffer; contentType: string }>;
   getThumbnail(handle: IndexHandle, id: number): Promise<Buffer>;
@@ -69,13 +75,14 @@ export interface IndexerApi {
 export interface ServiceDeps {
   handle: IndexHandle;
   encoder: Encoder; // the model: submodel specs, config, and the encode-time measurements at start
-  work?: Encoder; // what runs encodings of uploads (a worker pool; default: encoder)
+  work?: ImageEncoder; // what runs encodings of uploads (the encoder pool; default: encoder)
   batcher: EncodeBatcher;
   calibration: Calibration;
   search: SearchApi;
   indexer: IndexerApi;
   limits?: Partial<ServerLimits>;
-  defaultFfn?: string; // encoder of a search naming neither ffn nor budget
+  defaultFfn?: string; // encoder of a search naming neither ffn nor budget (a spec, or 'auto')
+  load?: LoadController; // steps auto queries down under load (none: auto never steps down)
 }
 
 const SERVED_WINDOW = 200; // encode times kept per submodel for servedEncodeMs
@@ -89,16 +96,28 @@ export function displayName(source: string): string {
   return m ? m[1] : path.basename(source);
 }
 
+/** What the response says about the encoders: the plan, the encoder that answered, and a cascade's verdict. */
+function describeEncoder(plan: QueryPlan, cost: SearchOutcome['cost']): SearchResponse['encoder'] {
+  const { rule: _rule, ...chosen } = plan as QueryPlan & { rule?: CascadeRule };
+  const cascade = cost.tried && cost.escalation ? { tried: cost.tried, escalated: cost.escalation.escalate, why: cost.escalation.why } : {};
+  return { ...chosen, spec: cost.ffn, ...cascade };
+}
+
+/** The name an uploaded image was given (its source is `upload:<name>`). */
+const uploadName = (source: string) => (source.startsWith(UPLOAD_PREFIX) ? source.slice(UPLOAD_PREFIX.length) : displayName(source));
+
 export class SearchService {
   readonly limits: ServerLimits;
   readonly uploads: UploadBudget; // the upload bytes in memory, over all requests
   readonly defaultFfn: string;
   private readonly xlFlops: number;
+  private readonly decoder: ImageDecoder;
   private readonly measured = new Map<string, number>(); // spec -> median batch-1 encode ms, measured at start
   private readonly served = new Map<string, number[]>(); // spec -> recent encode waits
   private searches = 0;
   private closing = false;
   private readonly batches = { count: 0, images: 0, max: 0 }; // query encoder runs so far
+  private readonly mix = new Map<string, number>(); // searches by the encoder that answered (a cascade: 'S→XL')
   private readonly inflight = new Set<Promise<void>>();
   private readonly started = performance.now();
   private elu = performance.eventLoopUtilization();
@@ -106,9 +125,11 @@ export class SearchService {
   constructor(private readonly deps: ServiceDeps) {
     this.limits = { ...DEFAULT_LIMITS, ...deps.limits };
     this.uploads = new UploadBudget(this.limits.maxUploadMemoryBytes);
-    this.defaultFfn = deps.encoder.submodel(deps.defaultFfn ?? 'XL').spec;
+    const byDefault = deps.defaultFfn ?? 'XL';
+    this.defaultFfn = byDefault.toLowerCase() === AUTO ? AUTO : deps.encoder.submodel(byDefault).spec;
     const c = deps.encoder.config;
     this.xlFlops = countFlops(c, deps.encoder.submodel('XL').widths);
+    this.decoder = sharedDecoder(c.imageSize);
   }
 
   get handle(): IndexHandle {
@@ -124,29 +145,32 @@ export class SearchService {
   private async searchNow(params: SearchParams, upload?: Upload): Promise<SearchResponse> {
     if (upload && params.id !== undefined) throw new HttpError('bad_request', 'give either an uploaded image or an id, not both');
     if (!upload && params.id === undefined) throw new HttpError('bad_request', 'upload an image (multipart field "image") or give the "id" of a stored image');
-    const encoder = this.chooseEncoder(params);
-    const opts: SearchOpts = { k: params.k, ffn: encoder.spec, ef: params.ef };
+    const t0 = performance.now();
+    const plan = this.plan(params);
+    const opts: SearchOpts = { k: params.k, ffn: plan.spec, ef: params.ef, ...(plan.chosenBy === 'cascade' && upload ? { cascade: plan.rule } : {}) };
     let outcome: SearchOutcome;
     let decodeMs = 0;
     if (upload) {
-      const t0 = performance.now();
-      const decoded = await this.decode(upload);
+      const pixels = await this.decodeFailing(upload, () => this.decoder.pixels(upload.bytes, this.limits.maxPixels));
       decodeMs = performance.now() - t0;
-      outcome = await this.deps.search.searchByPixels(this.deps.handle, (px, spec) => this.deps.batcher.encode(px, spec), decoded.pixels, opts);
+      outcome = await this.deps.search.searchByPixels(this.deps.handle, (px, spec) => this.deps.batcher.encode(px, spec), pixels, opts);
     } else {
-      if (!this.deps.handle.store.getImage(params.id!)) throw new NotFoundError(`no image with id ${params.id}`);
       outcome = await this.deps.search.searchById(this.deps.handle, params.id!, opts);
     }
     this.searches++;
     if (this.deps.batcher.batchSizes.length >= 1000) this.foldBatches();
     const { cost } = outcome;
-    if (upload) this.recordServed(cost.ffn, cost.encodeMs);
+    if (upload && !cost.tried) this.recordServed(cost.ffn, cost.encodeMs);
+    if (upload) this.deps.load?.recordLatency(performance.now() - t0);
+    const answered = cost.tried && cost.tried.length > 1 ? cost.tried.join('→') : cost.ffn;
+    this.mix.set(answered, (this.mix.get(answered) ?? 0) + 1);
+    const encoder = upload ? describeEncoder(plan, cost) : { chosenBy: plan.chosenBy, spec: cost.ffn, reason: 'a stored image: its own XL embedding is the query, no encoder runs' };
     return {
       results: outcome.results.map((r) => ({
         id: r.id,
         score: round(r.score, 6),
         label: r.label ?? null,
-        name: r.path !== null ? displayName(r.path) : this.uploadName(r.id),
+        name: r.path !== null ? displayName(r.path) : uploadName(r.source),
         metadata: r.metadata ?? {},
         imageUrl: imageUrl(r.id),
         thumbUrl: thumbUrl(r.id),
@@ -157,20 +181,25 @@ export class SearchService {
     };
   }
 
-  /** The submodel a search runs with: its ffn, the best within its budget, or the server's default. */
-  chooseEncoder(p: Pick<SearchParams, 'ffn' | 'budget'>): SearchResponse['encoder'] {
-    if (p.ffn !== undefined) return { spec: this.deps.encoder.submodel(p.ffn).spec, chosenBy: 'ffn' };
-    if (p.budget !== undefined) {
-      const choice = pickEncoder(this.deps.calibration, { budget: p.budget });
-      return { spec: this.deps.encoder.submodel(choice.spec).spec, chosenBy: 'budget', reason: choice.reason, fits: choice.fits };
-    }
-    return { spec: this.defaultFfn, chosenBy: 'default' };
+  /**
+   * The encoders a search runs (src/encoder/policy.ts), with canonical specs; a bad ffn throws ConfigError. An auto
+   * query asks the load controller how far down to step first.
+   */
+  plan(p: Pick<SearchParams, 'ffn' | 'budget'>): QueryPlan {
+    const auto = p.budget === undefined && (p.ffn ?? this.defaultFfn).toLowerCase() === AUTO;
+    const step = auto && this.deps.load ? this.deps.load.update(this.deps.batcher.pending) : 0;
+    const plan = planQuery(p, this.deps.calibration, this.defaultFfn, step);
+    return { ...plan, spec: this.deps.encoder.submodel(plan.spec).spec };
   }
 
   /** Decodes an upload to the model's input under the pixel limit; failures become 413/415/422 naming the file. */
-  async decode(upload: Upload): Promise<DecodedImage> {
+  decode(upload: Upload): Promise<DecodedImage> {
+    return this.decodeFailing(upload, () => this.decoder.decode(upload.bytes, this.limits.maxPixels));
+  }
+
+  private async decodeFailing<T>(upload: Upload, decode: () => Promise<T>): Promise<T> {
     try {
-      return await decodeImage(upload.bytes, this.deps.encoder.config.imageSize, { maxPixels: this.limits.maxPixels });
+      return await decode();
     } catch (err) {
       if (err instanceof ImageDecodeError) throw decodeFailure(err, upload.name);
       throw err;
@@ -186,11 +215,12 @@ export class SearchService {
 
   private async addImagesNow(uploads: Upload[], params: UploadParams): Promise<AddImagesResponse> {
     if (uploads.length === 0) throw new HttpError('bad_request', 'no image uploaded: send one or more files in the multipart field "images"');
-    for (const u of uploads) await this.decode(u); // throws before anything is stored
+    const decoded: DecodedImage[] = [];
+    for (const u of uploads) decoded.push(await this.decode(u)); // throws before anything is stored
     const results = await this.deps.indexer.indexBuffers(
       this.deps.handle,
       this.deps.work ?? this.deps.encoder,
-      uploads.map((u) => ({ name: u.name, bytes: u.bytes, ...(params.label ? { label: params.label } : {}), ...(params.metadata ? { metadata: params.metadata } : {}) })),
+      uploads.map((u, i) => ({ name: u.name, bytes: u.bytes, decoded: decoded[i], ...(params.label ? { label: params.label } : {}), ...(params.metadata ? { metadata: params.metadata } : {}) })),
     );
     const failed = results.find((r): r is { name: string; error: ImageDecodeError } => 'error' in r);
     if (failed) throw decodeFailure(failed.error, failed.name); // not expected: the same bytes decoded above
@@ -217,12 +247,6 @@ export class SearchService {
   /** The WebP thumbnail of an image (stored by the indexer with the image, or made from its kept original). */
   async thumbnail(id: number): Promise<Buffer> {
     return this.deps.indexer.getThumbnail(this.deps.handle, id); // it throws NotFoundError for an unknown id
-  }
-
-  /** The name an uploaded image was given (its source is `upload:<name>`). */
-  private uploadName(id: number): string {
-    const source = this.deps.handle.store.getImage(id)?.source ?? '';
-    return source.startsWith(UPLOAD_PREFIX) ? source.slice(UPLOAD_PREFIX.length) : displayName(source);
   }
 
   private assertExists(id: number): void {
@@ -317,8 +341,19 @@ export class SearchService {
         batches: { count: b.count, meanSize: b.count ? round(b.images / b.count, 2) : 0, maxSize: b.max },
         eventLoopUtilization: round(elu.utilization, 4),
         uploads: this.uploads.figures,
+        queue: this.deps.batcher.pending,
+        encoderThreadIds: this.deps.work instanceof EncoderPool ? [...this.deps.work.threadIds] : [],
+        encoderMix: Object.fromEntries(this.mix),
+        ...(this.deps.load ? { load: { ...this.loadState(), ladder: autoLadder(this.deps.calibration) } } : {}),
       },
     };
+  }
+
+  private loadState() {
+    const l = this.deps.load!;
+    l.update(this.deps.batcher.pending);
+    const { p99Ms, queueMs, ...rest } = l.snapshot();
+    return { ...rest, p99Ms: p99Ms === null ? null : round(p99Ms, 2), queueMs: round(queueMs, 2) };
   }
 
   health(): { status: 'ok'; modelId: string; images: number } {

@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const els = {
-  stats: $('stats'), formats: $('formats'), dropzone: $('dropzone'), file: $('file'), preview: $('preview'), encoders: $('encoders'),
+  stats: $('stats'), formats: $('formats'), dropzone: $('dropzone'), file: $('file'), preview: $('preview'), auto: $('auto'), slider: $('cost-slider'), choice: $('choice'),
   k: $('k'), search: $('search'), add: $('add'), error: $('error'), status: $('status'), results: $('results'), hint: $('results-hint'),
 };
 
@@ -32,10 +32,12 @@ function showError(err) {
 const fmtFlops = (f) => (f >= 1e9 ? `${(f / 1e9).toFixed(2)} GFLOPs` : `${(f / 1e6).toFixed(1)} MFLOPs`);
 const fmtMs = (ms) => (ms === null || ms === undefined ? '… ms' : `${ms < 10 ? ms.toFixed(2) : ms.toFixed(0)} ms`);
 
-// ---- encoders (the cost control) -------------------------------------------------------------------------------
+// ---- the cost control: auto, or a slider over the encoders from cheapest to most accurate ---------------------
+
+let encoders = []; // /api/encoders: S..XL and the calibrated frontier, by FLOPs
 
 function selectedFfn() {
-  return els.encoders.querySelector('input[name="ffn"]:checked')?.value;
+  return els.auto.checked ? 'auto' : encoders[Number(els.slider.value)]?.spec;
 }
 
 const figuresText = (e) => {
@@ -43,30 +45,32 @@ const figuresText = (e) => {
   return `${fmtFlops(e.flops)} (${Math.round(100 * e.flopsRel)}% of XL) · ${fmtMs(e.encodeMs)}${acc}`;
 };
 
-function encoderOption(e, checked) {
-  const label = document.createElement('label');
-  const input = Object.assign(document.createElement('input'), { type: 'radio', name: 'ffn', value: e.spec, checked });
-  input.addEventListener('change', () => query && runSearch());
-  const spec = Object.assign(document.createElement('span'), { className: 'spec' });
-  spec.append(input, e.spec);
-  const figures = Object.assign(document.createElement('span'), { className: 'figures', textContent: figuresText(e) });
-  label.append(spec, figures);
-  label.title = `${e.params.toLocaleString()} parameters; median batch-1 encode time measured by the server at start`;
-  return label;
+function showChoice() {
+  const e = encoders[Number(els.slider.value)];
+  els.slider.disabled = els.auto.checked || encoders.length === 0;
+  if (!e) return;
+  els.slider.setAttribute('aria-valuetext', `${e.spec}: ${Math.round(100 * e.flopsRel)}% of XL's FLOPs`);
+  els.choice.textContent = els.auto.checked ? 'auto: the server picks the encoder for each query' : `${e.spec} · ${figuresText(e)}`;
+  els.choice.title = `${e.params.toLocaleString()} parameters; median batch-1 encode time measured by the server at start`;
 }
 
 function renderEncoders(data) {
-  const shown = [...els.encoders.querySelectorAll('input[name="ffn"]')].map((i) => i.value);
-  if (shown.join(';') === data.encoders.map((e) => e.spec).join(';')) {
-    // The same encoders (a refresh for late timings): update the figures only, keeping focus and selection.
-    els.encoders.querySelectorAll('.figures').forEach((f, i) => (f.textContent = figuresText(data.encoders[i])));
-  } else {
-    const current = selectedFfn() ?? data.default;
-    els.encoders.replaceChildren(...data.encoders.map((e) => encoderOption(e, e.spec === current)));
-  }
+  const current = encoders[Number(els.slider.value)]?.spec ?? data.default;
+  encoders = data.encoders;
+  els.slider.max = String(encoders.length - 1);
+  const at = encoders.findIndex((e) => e.spec === current);
+  els.slider.value = String(at >= 0 ? at : encoders.length - 1);
+  showChoice();
   // Mix'n'Match timings are measured in the background after start: refresh until they are all in.
   if (data.encoders.some((e) => e.encodeMs === null)) setTimeout(loadEncoders, 2000);
 }
+
+els.auto.addEventListener('change', () => {
+  showChoice();
+  if (query) runSearch();
+});
+els.slider.addEventListener('input', showChoice);
+els.slider.addEventListener('change', () => query && runSearch());
 
 async function loadEncoders() {
   try {
@@ -166,10 +170,20 @@ async function runSearch() {
   }
 }
 
+/** Why this encoder answered, when the server chose it. */
+function whyText(e) {
+  if (e.chosenBy === 'cascade' && e.tried) return e.escalated ? ` (auto: ${e.tried.join(' then ')}, the first result was uncertain: ${e.why})` : ` (auto: ${e.tried[0]} was confident)`;
+  if (e.chosenBy === 'load') return ' (auto, stepped down: the server is under load)';
+  if (e.chosenBy === 'budget') return ' (best within the budget)';
+  if (e.reason?.startsWith('auto')) return ' (auto: no calibrated cascade, the most accurate encoder)';
+  return '';
+}
+
 function renderResults(r) {
   const c = r.cost;
   const encode = c.flops > 0 ? `${fmtFlops(c.flops)} (${Math.round(100 * c.flopsRel)}% of XL), encode ${fmtMs(c.encodeMs)}` : 'stored embedding, no encoding';
-  els.status.textContent = `${r.results.length} results · encoder ${c.ffn}: ${encode}, search ${fmtMs(c.searchMs)}`;
+  els.status.textContent = `${r.results.length} results · encoder ${c.ffn}${whyText(r.encoder)}: ${encode}, search ${fmtMs(c.searchMs)}`;
+  els.status.title = r.encoder.reason ?? '';
   els.status.dataset.ffn = c.ffn;
   els.hint.hidden = true;
   els.results.replaceChildren(
