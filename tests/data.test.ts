@@ -120,7 +120,9 @@ describe('the lean decoders give decodeImage\'s pixels exactly', () => {
     const png = await solid(100, 100, [0, 0, 0]).png().toBuffer();
     await rejectsWith(decodePixels(png, 8, { maxPixels: 5000 }), 'too-large');
     const cut = await texture(32, 32).jpeg().toBuffer();
-    await rejectsWith(new ImageDecoder(32).pixels(cut.subarray(0, cut.length >> 1)), 'corrupt'); // the WebAssembly path hands it to sharp
+    await rejectsWith(new ImageDecoder(32).pixels(cut.subarray(0, cut.length >> 1)), 'corrupt'); // the WebAssembly path hands it to sharp    // a query takes the same format allow-list as an added image: an SVG (which sharp could rasterise) is refused
+    const svg = Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8" fill="red"/></svg>');
+    await assert.rejects(decodePixels(svg, 8), (e: Error) => e instanceof ImageDecodeError && /SVG is not accepted/.test(e.message));
   });
 });
 
