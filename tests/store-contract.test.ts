@@ -207,9 +207,11 @@ for (const backend of backends) {
         assert.deepEqual(await store.original(a.id), Buffer.from('first bytes'));
         assert.equal(await store.original(b.id), undefined);
         assert.equal(await store.thumbnail(b.id), undefined);
+        assert.equal(await store.hasThumbnail(b.id), false);
         // Known content with a thumbnail now, and another original: the thumbnail is taken, the original is not.
         await store.add([{ image: image(2, { thumbnail: webp(2), original: Buffer.from('late bytes') }), vector: v[1] }]);
         assert.deepEqual(await store.thumbnail(b.id), webp(2));
+        assert.equal(await store.hasThumbnail(b.id), true);
         assert.equal(await store.original(b.id), undefined);
         assert.equal(await store.addThumbnail(b.id, webp(3)), false, 'it has one');
         assert.deepEqual(await store.thumbnail(b.id), webp(2));

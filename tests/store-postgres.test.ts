@@ -2,7 +2,11 @@
 // unreachable server, a database without pgvector, a newer schema): each a StoreError naming the problem, with
 // nothing written. The contract it shares with the embedded store is in store-contract.test.ts.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import { StoreError, contentHash } from '../src/index/store.ts';
@@ -31,6 +35,24 @@ describe('store locations', () => {
       ['postgres:///db', /names no host/],
     ];
     for (const [url, re] of cases) assert.throws(() => parseStoreLocation(url), (e: Error) => e instanceof StoreError && re.test(e.message) && !e.message.includes(':pw@'), url);
+  });
+});
+
+describe('store URLs on the command line', () => {
+  test('a bad URL, or a PostgreSQL store the command cannot use yet: one line, exit 2, no folder named after the URL', () => {
+    const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+    const cases: [string[], RegExp][] = [
+      [['stats', '--store', 'mysql://me@h/db'], /^matvit: unsupported store URL "mysql:\/\/me@h\/db"/],
+      [['rm', '5', '--store', 'postgres://me:pw@h:99999/db'], /^matvit: invalid PostgreSQL URL "postgres:\/\/me:\*\*\*@h:99999\/db"/],
+      [['index', 'datasets', '--store', 'postgres://me@127.0.0.1:1/db'], /^matvit: matvit index does not use PostgreSQL stores yet: give a store folder/],
+    ];
+    for (const [args, re] of cases) {
+      const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], { cwd: root, encoding: 'utf8', env: { ...process.env, NODE_ENV: 'test' } });
+      assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, re);
+      assert.equal(r.stderr.trimEnd().split('\n').length, 1, r.stderr);
+    }
+    for (const folder of ['mysql:', 'postgres:']) assert.equal(fs.existsSync(path.join(root, folder)), false);
   });
 });
 

@@ -70,6 +70,10 @@ export class EmbeddedStore implements StoreBackend {
     return this.handle.store.getThumbnail(id);
   }
 
+  async hasThumbnail(id: number): Promise<boolean> {
+    return this.handle.store.hasThumbnail(id);
+  }
+
   async addThumbnail(id: number, webp: Uint8Array): Promise<boolean> {
     return this.handle.store.addThumbnail(id, webp);
   }

@@ -211,6 +211,10 @@ export class PostgresStore implements StoreBackend {
     return (await this.pool.query<{ webp: Buffer }>('SELECT webp FROM thumbnails WHERE image_id = $1', [id])).rows[0]?.webp;
   }
 
+  async hasThumbnail(id: number): Promise<boolean> {
+    return (await this.pool.query('SELECT 1 FROM thumbnails WHERE image_id = $1', [id])).rows.length > 0;
+  }
+
   async addThumbnail(id: number, webp: Uint8Array): Promise<boolean> {
     this.assertWriter();
     const r = await this.pool.query('INSERT INTO thumbnails (image_id, webp) SELECT id, $2 FROM images WHERE id = $1 ON CONFLICT DO NOTHING', [id, Buffer.from(webp)]);

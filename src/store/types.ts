@@ -50,6 +50,7 @@ export interface StoreBackend {
   stats(): Promise<StoreStats>;
   original(id: number): Promise<Buffer | undefined>;
   thumbnail(id: number): Promise<Buffer | undefined>;
+  hasThumbnail(id: number): Promise<boolean>;
   /** Gives image `id` this thumbnail if it has none; false when it has one or does not exist. */
   addThumbnail(id: number, webp: Uint8Array): Promise<boolean>;
   close(): Promise<void>;
