@@ -50,6 +50,17 @@ function storeCommand(program: Command, name: string): Command {
     .addOption(new Option('--store <dir>', STORE_HELP).env('MATVIT_STORE').default('./data'))
     .option('--model <file>', 'model checkpoint (default: the shipped model, models/matvit-cifar10)')
     .showHelpAfterError(false)
+    .hook('preAction', async (cmd) => {
+      // PostgreSQL stores (src/store/postgres.ts) are not wired into the commands yet (issue 15): a URL must
+      // never be taken for a folder name, and a bad one is named.
+      const { StoreError } = await import('./store.ts');
+      const { parseStoreLocation } = await import('../store/location.ts');
+      try {
+        if (parseStoreLocation(cmd.opts().store).kind === 'postgres') throw new StoreError(`matvit ${name} does not use PostgreSQL stores yet: give a store folder`);
+      } catch (err) {
+        throw err instanceof StoreError ? new UsageError(err.message) : err;
+      }
+    })
     .configureOutput({ outputError: () => {} })
     .exitOverride((err) => {
       if (err.exitCode === 0) process.exit(0); // --help

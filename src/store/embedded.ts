@@ -1,0 +1,84 @@
+// The embedded backend: a folder holding SQLite (the truth) and a derived hnswlib file, as src/index keeps them.
+// This adapter only carries the StoreBackend calls to the existing functions; it adds no behaviour.
+import { type IndexHandle, addEmbeddings, deleteImages, openIndex } from '../index/service.ts';
+import type { ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, SearchHit, StoreBackend, StoreStats } from './types.ts';
+
+export class EmbeddedStore implements StoreBackend {
+  readonly kind = 'embedded';
+
+  constructor(readonly handle: IndexHandle) {}
+
+  static open(dir: string, model: ModelSpec, opts: OpenStoreOptions = {}): EmbeddedStore {
+    return new EmbeddedStore(openIndex(dir, model.modelId, model.dim, { writer: opts.writer, config: model.config }));
+  }
+
+  get location(): string {
+    return this.handle.store.dir;
+  }
+  get modelId(): string {
+    return this.handle.modelId;
+  }
+  get dim(): number {
+    return this.handle.dim;
+  }
+  get writer(): boolean {
+    return this.handle.store.writer;
+  }
+  get config() {
+    return this.handle.config;
+  }
+
+  async add(items: { image: NewImage; vector: Float32Array }[]): Promise<InsertResult[]> {
+    return addEmbeddings(this.handle, items);
+  }
+
+  async delete(ids: number[]): Promise<number[]> {
+    return deleteImages(this.handle, ids);
+  }
+
+  async rows(ids: number[]): Promise<ImageRow[]> {
+    return this.handle.store.getImages(ids);
+  }
+
+  async findByHash(hash: string): Promise<{ row: ImageRow; indexed: boolean } | undefined> {
+    const row = this.handle.store.findByHash(hash);
+    return row && { row, indexed: this.handle.store.hasEmbedding(row.id, this.modelId) };
+  }
+
+  async embedding(id: number): Promise<Float32Array | undefined> {
+    return this.handle.store.getEmbedding(id, this.modelId);
+  }
+
+  async nearest(query: Float32Array, k: number, ef?: number): Promise<SearchHit[]> {
+    return this.handle.hnsw.search(query, k, { ef });
+  }
+
+  async count(): Promise<number> {
+    return this.handle.store.count(this.modelId);
+  }
+
+  async stats(): Promise<StoreStats> {
+    const { store } = this.handle;
+    return store.readSnapshot(() => store.stats());
+  }
+
+  async original(id: number): Promise<Buffer | undefined> {
+    return this.handle.store.getOriginal(id);
+  }
+
+  async thumbnail(id: number): Promise<Buffer | undefined> {
+    return this.handle.store.getThumbnail(id);
+  }
+
+  async hasThumbnail(id: number): Promise<boolean> {
+    return this.handle.store.hasThumbnail(id);
+  }
+
+  async addThumbnail(id: number, webp: Uint8Array): Promise<boolean> {
+    return this.handle.store.addThumbnail(id, webp);
+  }
+
+  async close(): Promise<void> {
+    this.handle.close();
+  }
+}

@@ -1,0 +1,275 @@
+// The PostgreSQL + pgvector backend, through the standard `pg` client: the same contract as the embedded store
+// (types.ts), for stores that many processes share. Every add and delete is one transaction; searches run pgvector's
+// HNSW index inside the database with hnsw.ef_search set for that query only.
+import pg from 'pg';
+import type { MatViTConfig } from '../encoder/config.ts';
+import { HNSW_DEFAULTS, normalize } from '../index/hnsw.ts';
+import { StoreError } from '../index/store.ts';
+import { logger } from '../log.ts';
+import { type ModelRow, SCHEMA_VERSION, embeddingsTable, ensureModel, inTransaction, migrate } from './pg-schema.ts';
+import { parseStoreLocation } from './location.ts';
+import type { ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, SearchHit, StoreBackend, StoreStats } from './types.ts';
+
+/** pgvector refuses hnsw.ef_search above this. */
+export const PG_MAX_EF = 1000;
+const CONNECT_TIMEOUT_MS = 5000;
+const POOL_SIZE = 4;
+const HASH_RE = /^[0-9a-f]{64}$/;
+
+interface RawImageRow {
+  id: string;
+  source: string;
+  content_hash: string;
+  width: number;
+  height: number;
+  format: string;
+  label: string | null;
+  metadata: Record<string, unknown>;
+  added_at: Date;
+}
+
+export class PostgresStore implements StoreBackend {
+  readonly kind = 'postgres';
+
+  private constructor(
+    private readonly pool: pg.Pool,
+    readonly location: string,
+    readonly modelId: string,
+    readonly dim: number,
+    readonly writer: boolean,
+    readonly config: MatViTConfig | null,
+    private model: ModelRow | null, // null: a reader opened a model never written (nothing to find yet)
+  ) {}
+
+  /**
+   * Connects, brings the schema up to date (creating pgvector if the database has it available) and, for a writer,
+   * creates the model's embeddings table. Every failure is a StoreError naming the problem; nothing is written
+   * when one occurs (migrations and model creation are transactions).
+   */
+  static async open(url: string, spec: ModelSpec, opts: OpenStoreOptions = {}): Promise<PostgresStore> {
+    const loc = parseStoreLocation(url);
+    if (loc.kind !== 'postgres') throw new StoreError(`not a PostgreSQL URL: ${url}`);
+    const pool = new pg.Pool({ connectionString: loc.url, max: POOL_SIZE, connectionTimeoutMillis: CONNECT_TIMEOUT_MS });
+    // An idle connection dropped by the server must not crash the process: the next query reconnects or fails.
+    pool.on('error', (err) => logger.warn({ store: loc.display, err: err.message }, 'PostgreSQL connection lost'));
+    const writer = opts.writer ?? false;
+    try {
+      const client = await connect(pool, loc.display);
+      try {
+        await migrate(client, loc.display);
+        const model = await ensureModel(client, spec.modelId, spec.dim, spec.config, writer, loc.display);
+        const config = spec.config ?? ((model?.config as MatViTConfig | null) ?? null);
+        return new PostgresStore(pool, loc.display, spec.modelId, spec.dim, writer, config, model);
+      } finally {
+        client.release();
+      }
+    } catch (err) {
+      await pool.end().catch(() => {});
+      if (err instanceof StoreError) throw err;
+      throw new StoreError(`the PostgreSQL store ${loc.display} failed to open: ${(err as Error).message}`);
+    }
+  }
+
+  private get table(): string | null {
+    return this.model && embeddingsTable(this.model.id);
+  }
+
+  async add(items: { image: NewImage; vector: Float32Array }[]): Promise<InsertResult[]> {
+    this.assertWriter();
+    for (const { image, vector } of items) this.validate(image, vector);
+    if (items.length === 0) return [];
+    const table = this.table!;
+    return this.transaction(async (c) => {
+      // Images new to the store, once each (a batch may hold the same content twice: the first copy counts).
+      const first = new Map<string, number>();
+      items.forEach(({ image }, i) => first.has(image.contentHash) || first.set(image.contentHash, i));
+      const uniq = [...first.values()].map((i) => items[i].image);
+      const inserted = await c.query<{ id: string; content_hash: string }>(
+        `INSERT INTO images (source, content_hash, width, height, format, label, metadata)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::json[])
+         ON CONFLICT (content_hash) DO NOTHING RETURNING id, content_hash`,
+        [uniq.map((m) => m.source), uniq.map((m) => m.contentHash), uniq.map((m) => m.width), uniq.map((m) => m.height), uniq.map((m) => m.format), uniq.map((m) => m.label ?? null), uniq.map((m) => JSON.stringify(m.metadata ?? {}))],
+      );
+      const created = new Set(inserted.rows.map((r) => r.content_hash));
+      const ids = new Map((await c.query<{ id: string; content_hash: string }>('SELECT id, content_hash FROM images WHERE content_hash = ANY($1)', [[...first.keys()]])).rows.map((r) => [r.content_hash, Number(r.id)]));
+      const idOf = (m: NewImage) => ids.get(m.contentHash)!;
+
+      const originals = uniq.filter((m) => m.original && created.has(m.contentHash));
+      if (originals.length) {
+        await c.query('INSERT INTO originals (image_id, bytes) SELECT * FROM unnest($1::bigint[], $2::bytea[]) ON CONFLICT DO NOTHING', [originals.map(idOf), originals.map((m) => Buffer.from(m.original!))]);
+      }
+      const thumbs = uniq.filter((m) => m.thumbnail);
+      if (thumbs.length) {
+        await c.query('INSERT INTO thumbnails (image_id, webp) SELECT * FROM unnest($1::bigint[], $2::bytea[]) ON CONFLICT DO NOTHING', [thumbs.map(idOf), thumbs.map((m) => Buffer.from(m.thumbnail!))]);
+      }
+      const firsts = [...first.values()];
+      const added = await c.query<{ image_id: string }>(
+        `INSERT INTO ${table} (image_id, e) SELECT * FROM unnest($1::bigint[], $2::text[]::vector[]) ON CONFLICT DO NOTHING RETURNING image_id`,
+        [firsts.map((i) => idOf(items[i].image)), firsts.map((i) => vectorText(items[i].vector))],
+      );
+      if (added.rows.length > 0) await c.query('UPDATE models SET generation = generation + 1 WHERE id = $1', [this.model!.id]);
+      const addedIds = new Set(added.rows.map((r) => Number(r.image_id)));
+      return items.map(({ image }, i): InsertResult => {
+        const isFirst = first.get(image.contentHash) === i;
+        const id = idOf(image);
+        return { id, created: isFirst && created.has(image.contentHash), embeddingAdded: isFirst && addedIds.has(id) };
+      });
+    });
+  }
+
+  async delete(ids: number[]): Promise<number[]> {
+    this.assertWriter();
+    if (ids.length === 0) return [];
+    return this.transaction(async (c) => {
+      const { rows } = await c.query<{ id: string }>('DELETE FROM images WHERE id = ANY($1::bigint[]) RETURNING id', [ids]);
+      const gone = new Set(rows.map((r) => Number(r.id)));
+      // Embeddings of every model went with their images (ON DELETE CASCADE): any model's search may have changed.
+      if (gone.size > 0) await c.query('UPDATE models SET generation = generation + 1');
+      return ids.filter((id, i) => gone.has(id) && ids.indexOf(id) === i);
+    });
+  }
+
+  async rows(ids: number[]): Promise<ImageRow[]> {
+    if (ids.length === 0) return [];
+    const { rows } = await this.pool.query<RawImageRow>('SELECT * FROM images WHERE id = ANY($1::bigint[])', [ids]);
+    const byId = new Map(rows.map((r) => [Number(r.id), toImageRow(r)]));
+    return ids.flatMap((id) => byId.get(id) ?? []);
+  }
+
+  async findByHash(hash: string): Promise<{ row: ImageRow; indexed: boolean } | undefined> {
+    const table = this.table;
+    const sql = table ? `SELECT i.*, EXISTS (SELECT 1 FROM ${table} e WHERE e.image_id = i.id) AS indexed FROM images i WHERE content_hash = $1` : 'SELECT i.*, false AS indexed FROM images i WHERE content_hash = $1';
+    const r = (await this.pool.query<RawImageRow & { indexed: boolean }>(sql, [hash])).rows[0];
+    return r && { row: toImageRow(r), indexed: r.indexed };
+  }
+
+  async embedding(id: number): Promise<Float32Array | undefined> {
+    if (!this.table) return undefined;
+    const r = (await this.pool.query<{ e: string }>(`SELECT e::text AS e FROM ${this.table} WHERE image_id = $1`, [id])).rows[0];
+    return r && Float32Array.from(JSON.parse(r.e) as number[]);
+  }
+
+  async nearest(query: Float32Array, k: number, ef: number = HNSW_DEFAULTS.ef): Promise<SearchHit[]> {
+    if (!Number.isInteger(k) || k <= 0) throw new RangeError(`k must be a positive integer, got ${k}`);
+    if (query.length !== this.dim) throw new RangeError(`query has ${query.length} dimensions, the store has ${this.dim}`);
+    if (!this.table) return [];
+    const beam = Math.min(PG_MAX_EF, Math.max(ef, k)); // pgvector returns at most ef_search rows
+    const q = vectorText(query);
+    return this.transaction(async (c) => {
+      await c.query("SELECT set_config('hnsw.ef_search', $1, true)", [String(beam)]); // this transaction only
+      const { rows } = await c.query<{ image_id: string; d: number }>(`SELECT image_id, e <#> $1::vector AS d FROM ${this.table} ORDER BY e <#> $1::vector LIMIT $2`, [q, k]);
+      return rows.map((r) => ({ id: Number(r.image_id), score: -r.d })); // <#> is the negated inner product
+    });
+  }
+
+  async count(): Promise<number> {
+    if (!this.table) return 0;
+    return Number((await this.pool.query<{ n: string }>(`SELECT count(*) AS n FROM ${this.table}`)).rows[0].n);
+  }
+
+  async stats(): Promise<StoreStats> {
+    // One snapshot (REPEATABLE READ): the counts agree with each other.
+    const c = await this.pool.connect();
+    try {
+      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      try {
+        const one = async <T extends pg.QueryResultRow>(sql: string) => (await c.query<T>(sql)).rows[0];
+        const images = await one<{ n: string; labelled: string }>('SELECT count(*) AS n, count(label) AS labelled FROM images');
+        const originals = await one<{ n: string; bytes: string }>('SELECT count(*) AS n, coalesce(sum(octet_length(bytes)), 0) AS bytes FROM originals');
+        const thumbnails = await one<{ n: string; bytes: string }>('SELECT count(*) AS n, coalesce(sum(octet_length(webp)), 0) AS bytes FROM thumbnails');
+        const dbBytes = await one<{ b: string }>('SELECT pg_database_size(current_database()) AS b');
+        const models = [];
+        for (const m of (await c.query<{ id: number; model_id: string; dim: number; generation: string }>('SELECT id, model_id, dim, generation FROM models ORDER BY model_id')).rows) {
+          const n = await one<{ n: string }>(`SELECT count(*) AS n FROM ${embeddingsTable(m.id)}`);
+          if (Number(n.n) > 0) models.push({ modelId: m.model_id, embeddings: Number(n.n), dim: m.dim, generation: Number(m.generation) });
+        }
+        return {
+          dir: this.location,
+          schemaVersion: SCHEMA_VERSION,
+          images: Number(images.n),
+          labelled: Number(images.labelled),
+          models,
+          dbBytes: Number(dbBytes.b),
+          originals: Number(originals.n),
+          originalBytes: Number(originals.bytes),
+          thumbnails: Number(thumbnails.n),
+          thumbnailBytes: Number(thumbnails.bytes),
+        };
+      } finally {
+        await c.query('COMMIT');
+      }
+    } finally {
+      c.release();
+    }
+  }
+
+  async original(id: number): Promise<Buffer | undefined> {
+    return (await this.pool.query<{ bytes: Buffer }>('SELECT bytes FROM originals WHERE image_id = $1', [id])).rows[0]?.bytes;
+  }
+
+  async thumbnail(id: number): Promise<Buffer | undefined> {
+    return (await this.pool.query<{ webp: Buffer }>('SELECT webp FROM thumbnails WHERE image_id = $1', [id])).rows[0]?.webp;
+  }
+
+  async hasThumbnail(id: number): Promise<boolean> {
+    return (await this.pool.query('SELECT 1 FROM thumbnails WHERE image_id = $1', [id])).rows.length > 0;
+  }
+
+  async addThumbnail(id: number, webp: Uint8Array): Promise<boolean> {
+    this.assertWriter();
+    const r = await this.pool.query('INSERT INTO thumbnails (image_id, webp) SELECT id, $2 FROM images WHERE id = $1 ON CONFLICT DO NOTHING', [id, Buffer.from(webp)]);
+    return (r.rowCount ?? 0) > 0;
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+
+  private async transaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    const c = await connect(this.pool, this.location);
+    try {
+      return await inTransaction(c, () => fn(c));
+    } finally {
+      c.release();
+    }
+  }
+
+  private validate(image: NewImage, vector: Float32Array): void {
+    if (!HASH_RE.test(image.contentHash)) throw new StoreError(`content hash of "${image.source}" must be 64 lowercase hex digits (sha256), got "${image.contentHash}"`);
+    if (!(vector instanceof Float32Array) || vector.length === 0) throw new StoreError(`embedding for "${image.source}" must be a non-empty Float32Array`);
+    if (!vector.every(Number.isFinite)) throw new StoreError(`embedding for "${image.source}" contains NaN or infinite values`);
+    if (vector.length !== this.dim) throw new StoreError(`embedding for "${image.source}" has ${vector.length} dimensions but model "${this.modelId}" has ${this.dim}`);
+  }
+
+  private assertWriter(): void {
+    if (!this.writer) throw new StoreError(`store ${this.location} was opened for reading; open it with { writer: true } to change it`);
+  }
+}
+
+/** A pooled connection; failing to get one is a StoreError that says whether the server was unreachable. */
+async function connect(pool: pg.Pool, where: string): Promise<pg.PoolClient> {
+  try {
+    return await pool.connect();
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const unreachable = ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ECONNRESET'].includes(e.code ?? '') || /timeout/i.test(e.message);
+    throw new StoreError(unreachable ? `cannot reach PostgreSQL at ${where}: ${e.message}` : `PostgreSQL at ${where} refused the connection: ${e.message}`);
+  }
+}
+
+/** pgvector's text form of the unit-length vector (float32 values print exactly and parse back exactly). */
+const vectorText = (v: Float32Array) => `[${normalize(v).map((x) => Math.fround(x)).join(',')}]`;
+
+function toImageRow(r: RawImageRow): ImageRow {
+  return {
+    id: Number(r.id),
+    source: r.source,
+    contentHash: r.content_hash,
+    width: r.width,
+    height: r.height,
+    format: r.format,
+    label: r.label,
+    metadata: r.metadata,
+    addedAt: r.added_at.toISOString(),
+  };
+}

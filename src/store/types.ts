@@ -1,0 +1,57 @@
+// The store contract every backend keeps: one model's images, embeddings, thumbnails and kept originals, searched by
+// vector. Two backends implement it: the embedded default (a folder: SQLite + hnswlib, src/index) and PostgreSQL
+// with pgvector (postgres.ts). openStore (open.ts) picks one from the store location; tests/store-contract.test.ts
+// runs the same tests over both.
+import type { MatViTConfig } from '../encoder/config.ts';
+import type { SearchHit } from '../index/hnsw.ts';
+import type { ImageRow, InsertResult, NewImage, StoreStats } from '../index/store.ts';
+
+export type { ImageRow, InsertResult, NewImage, SearchHit, StoreStats };
+
+/** The model whose embeddings a store is opened for. */
+export interface ModelSpec {
+  modelId: string;
+  dim: number;
+  config?: MatViTConfig; // recorded by writers (searches report FLOPs from it)
+}
+
+export interface OpenStoreOptions {
+  writer?: boolean; // writes allowed (the embedded store also takes its folder's writer lock)
+}
+
+export interface StoreBackend {
+  readonly kind: 'embedded' | 'postgres';
+  /** The folder, or the database URL without its password: what messages and stats name. */
+  readonly location: string;
+  readonly modelId: string;
+  readonly dim: number;
+  readonly writer: boolean;
+  /** The model's config: as opened with, else as recorded by an earlier writer, else null. */
+  readonly config: MatViTConfig | null;
+
+  /**
+   * Stores images with their embeddings, thumbnails and kept originals in one transaction (all or nothing). Identical
+   * content (same contentHash) is stored once: a known image keeps its row and original, gains the embedding if it
+   * had none for this model, and the thumbnail if it had none.
+   */
+  add(items: { image: NewImage; vector: Float32Array }[]): Promise<InsertResult[]>;
+  /** Deletes images with everything stored for them, in one transaction. Returns the ids that existed, in order. */
+  delete(ids: number[]): Promise<number[]>;
+  /** The rows of `ids` that exist, in the order given. */
+  rows(ids: number[]): Promise<ImageRow[]>;
+  /** The stored image with this content, and whether it has an embedding for the model. */
+  findByHash(hash: string): Promise<{ row: ImageRow; indexed: boolean } | undefined>;
+  /** The model's embedding of image `id` (its direction: backends may keep it normalised). */
+  embedding(id: number): Promise<Float32Array | undefined>;
+  /** The k images nearest to `query` by cosine similarity, best first; `ef` is the HNSW beam (raised to k). */
+  nearest(query: Float32Array, k: number, ef?: number): Promise<SearchHit[]>;
+  /** Embeddings stored for the model. */
+  count(): Promise<number>;
+  stats(): Promise<StoreStats>;
+  original(id: number): Promise<Buffer | undefined>;
+  thumbnail(id: number): Promise<Buffer | undefined>;
+  hasThumbnail(id: number): Promise<boolean>;
+  /** Gives image `id` this thumbnail if it has none; false when it has one or does not exist. */
+  addThumbnail(id: number, webp: Uint8Array): Promise<boolean>;
+  close(): Promise<void>;
+}
