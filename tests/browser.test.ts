@@ -139,7 +139,7 @@ test('no script runs from an uploaded file on the app\'s origin', async () => {
     void d.dismiss();
   });
   await page.goto(base + '/');
-  await page.locator('input[name="ffn"]').first().waitFor();
+  await page.locator('#auto').waitFor();
 
   // The picker offers the accepted formats, the one list the server and `matvit index` use.
   await page.waitForFunction(() => document.getElementById('formats')!.textContent !== '');
