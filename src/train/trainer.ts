@@ -60,7 +60,8 @@ export const TrainOptions = z.object({
   logEvery: z.number().int().positive().default(20), // steps between metrics.jsonl lines
 });
 export type TrainOptions = z.infer<typeof TrainOptions>;
-const VOLATILE: (keyof TrainOptions)[] = ['checkpointMinutes', 'threads', 'maxSteps', 'logEvery', 'out', 'data'];
+// --init only seeds step 0 (the weights it named are recorded in the model's metadata): a moved file must not block a resume.
+const VOLATILE: (keyof TrainOptions)[] = ['checkpointMinutes', 'threads', 'maxSteps', 'logEvery', 'out', 'data', 'init'];
 
 
 /** The consistency objective's settings, defaults filled in (recorded in the model's metadata and the model card). */
@@ -85,7 +86,8 @@ function modelConfig(o: TrainOptions): MatViTConfig {
   return o.model === 'tiny' ? TINY_CONFIG : DEFAULT_CONFIG;
 }
 
-function identity(o: TrainOptions): string {
+/** The options that make a run what it is (a state saved before a key became volatile still matches). */
+function identity(o: Record<string, unknown>): string {
   return JSON.stringify(Object.fromEntries(Object.entries(o).filter(([k]) => !VOLATILE.includes(k as keyof TrainOptions))));
 }
 
@@ -104,9 +106,9 @@ function initialWeights(file: string, c: MatViTConfig): TensorMap {
 
 function loadState(file: string, o: TrainOptions): RunState {
   const ckpt = loadModel(file, { requireHead: true });
-  const saved = ckpt.metadata['train.options'];
+  const saved = identity(JSON.parse(ckpt.metadata['train.options'] ?? '{}'));
   if (saved !== identity(o)) {
-    const a = JSON.parse(saved ?? '{}');
+    const a = JSON.parse(saved);
     const b = JSON.parse(identity(o));
     const diff = Object.keys({ ...a, ...b }).filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
     throw new CheckpointError(`${file} belongs to a run with different options (${diff.join(', ')}); use another --out or delete it to start over`);
