@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { formatSeconds } from '../progress.ts';
-import { writeFileAtomic } from '../encoder/safetensors.ts';
+import { writeFileAtomic } from '../durable-file.ts';
 import { pickEncoder } from '../encoder/budget.ts';
 import { toCalibration } from './calibration.ts';
 import { cascadeMarkdown } from './cascade.ts';

@@ -414,7 +414,7 @@ async function* candidates(sources: string[], report: Pick<IndexReport, 'failed'
 }
 
 /** How many candidate items the sources hold (undefined if some cannot be listed). */
-async function countItems(sources: string[]): Promise<number | undefined> {
+export async function countItems(sources: string[]): Promise<number | undefined> {
   try {
     let n = 0;
     for (const source of sources) {

@@ -162,8 +162,11 @@ export class SearchService {
     const { cost } = outcome;
     if (upload && !cost.tried) this.recordServed(cost.ffn, cost.encodeMs);
     if (upload) this.deps.load?.recordLatency(performance.now() - t0);
-    const answered = cost.tried && cost.tried.length > 1 ? cost.tried.join('→') : cost.ffn;
-    this.mix.set(answered, (this.mix.get(answered) ?? 0) + 1);
+    if (upload) {
+      // The encoder mix counts encoder runs: a search by a stored id runs none.
+      const answered = cost.tried && cost.tried.length > 1 ? cost.tried.join('→') : cost.ffn;
+      this.mix.set(answered, (this.mix.get(answered) ?? 0) + 1);
+    }
     const encoder = upload ? describeEncoder(plan, cost) : { chosenBy: plan.chosenBy, spec: cost.ffn, reason: 'a stored image: its own XL embedding is the query, no encoder runs' };
     return {
       results: outcome.results.map((r) => ({
