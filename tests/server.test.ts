@@ -299,6 +299,20 @@ describe('serving', () => {
   });
 });
 
+describe('serve --ffn auto', () => {
+  test('starts, and a search naming no encoder runs auto', async () => {
+    const auto = await openServer({ store: path.join(tmp, 'store-auto'), model: modelFile, gallery: null, encodeWorkers: 0, warmUp: false, progress: false, defaultFfn: 'auto' });
+    try {
+      await auto.service.addImages([{ name: 'a.jpg', bytes: gallery[0].bytes }], { metadata: undefined });
+      const r = await auto.service.search({ k: 1 }, { name: 'q.jpg', bytes: gallery[0].bytes });
+      assert.equal(r.encoder.chosenBy, 'default');
+      assert.match(r.encoder.reason ?? '', /^auto: /, 'the default is auto (this calibration has no cascade: its most accurate encoder)');
+    } finally {
+      await auto.close();
+    }
+  });
+});
+
 describe('a store from schema version 2', () => {
   test('its thumbnail files are moved into the database on open and served from there', async () => {
     // What version 2 left: images and embeddings in SQLite, thumbnails as <store>/thumbs/<id / 1000>/<id>.webp.
