@@ -3,25 +3,33 @@
 // all images, a 1% filter keeps 0.1 on average), so the filter acts during the search:
 // - the allowed ids come from one indexed SQLite query, kept per filter until the store changes (AllowedCache);
 // - few allowed images (at most EXACT_MAX): exact search over their vectors, which is both exact and fastest there;
-// - otherwise hnswlib's search with the filter evaluated during the graph walk (failing nodes are walked through,
-//   never returned), its beam widened as the filter gets more selective (filteredEf).
+// - otherwise hnswlib's search with the filter evaluated during the graph walk: failing nodes are walked through,
+//   never returned, and the walk ends only once ef passing nodes are found, so recall holds without a wider ef (at
+//   the index's ef 160, recall@10 0.998-1.000 from 1% to 50% selectivity: scripts/bench-filter.ts, README);
+// - but a filter that follows the embedding (a label) leaves the walk's entry far from every passing node, and the
+//   walk then crosses much of the graph (a 10% label filter: 7-18 ms, against 1 ms for a random 10% one). Each cached
+//   filter keeps its walks' mean time and goes to exact search once that is slower than exact search's estimate.
 import { bruteForceTopK } from './exact-search.ts';
 import { type ImageFilter, filterKey } from './filter.ts';
 import { type SearchHit, normalize } from './hnsw.ts';
 import type { IndexHandle } from './service.ts';
 
-// Measured by scripts/bench-filter.ts (README, Filtered search): TODO figures.
-export const EXACT_MAX = 3000;
-
-/** The HNSW beam for a filter that lets `selectivity` (0..1] of the index through. */
-export function filteredEf(ef: number, selectivity: number): number {
-  return ef;
-}
+// scripts/bench-filter.ts on 59,000 CIFAR-10 XL embeddings (dim 128), S queries, median ms per search, exact over the
+// allowed vectors / filtered HNSW walk (ef 160), random metadata filters (2 cores, shared, load average ~20):
+//   600 allowed 0.20 / 38 (a walk this selective visits most of the graph), 1,800 0.36 / 7.6, 3,000 0.59 / 14,
+//   4,800 0.91 / 1.16, 5,900 1.16 / 1.00, 8,800 1.74 / 0.67, 11,700 2.35 / 0.54, 29,300 ~6 / 0.40.
+// The two cross near 5,000 allowed vectors.
+export const EXACT_MAX = 5000;
+/** Exact search's cost per allowed vector and dimension, from the same measurement (0.2 ms per 1,000 at dim 128). */
+const EXACT_MS_PER_VECTOR_DIM = 0.2 / (1000 * 128);
+/** Above this many allowed vectors, exact search is not tried even after slow walks (its vectors stay in memory). */
+const EXACT_CAP = 25_000;
 
 export interface Allowed {
   ids: number[]; // ascending
   bitmap: Uint8Array; // bitmap[id] === 1: allowed
   vectors: { ids: number[]; flat: Float32Array } | null; // unit-length vectors of the allowed ids the index holds (exact path only)
+  walkMs: number | null; // mean time of this filter's HNSW walks (exponentially weighted), null before the first
 }
 
 /** The allowed ids of recent filters, each valid for the store generation it was read at. */
@@ -39,7 +47,7 @@ export class AllowedCache {
       const ids = handle.store.filteredIds(filter);
       const bitmap = new Uint8Array(ids.length ? ids[ids.length - 1] + 1 : 0);
       for (const id of ids) bitmap[id] = 1;
-      allowed = { ids, bitmap, vectors: null };
+      allowed = { ids, bitmap, vectors: null, walkMs: null };
     }
     this.entries.set(key, { generation, allowed });
     if (this.entries.size > this.capacity) this.entries.delete(this.entries.keys().next().value!);
@@ -53,14 +61,20 @@ export function nearestFiltered(handle: IndexHandle, query: ArrayLike<number>, k
   if (!opts.filter) return hnsw.search(query, k, { ef: opts.ef });
   const allowed = handle.allowed.get(handle, opts.filter);
   if (allowed.ids.length === 0 || hnsw.size === 0) return [];
-  return allowed.ids.length <= EXACT_MAX ? exactAmong(handle, allowed, query, k) : hnswAmong(handle, allowed, query, k, opts.ef);
+  const n = allowed.ids.length;
+  const walkSlower = allowed.walkMs !== null && n <= EXACT_CAP && allowed.walkMs > n * hnsw.dim * EXACT_MS_PER_VECTOR_DIM;
+  if (n <= EXACT_MAX || walkSlower) return exactAmong(handle, allowed, query, k);
+  const t0 = performance.now();
+  const hits = hnswAmong(handle, allowed, query, k, opts.ef);
+  const ms = performance.now() - t0;
+  allowed.walkMs = allowed.walkMs === null ? ms : 0.8 * allowed.walkMs + 0.2 * ms;
+  return hits;
 }
 
-/** HNSW search with the filter applied during the graph walk, its beam widened by the filter's selectivity. */
+/** HNSW search with the filter applied during the graph walk. */
 export function hnswAmong(handle: IndexHandle, allowed: Allowed, query: ArrayLike<number>, k: number, ef?: number): SearchHit[] {
-  const { hnsw } = handle;
   const { bitmap } = allowed;
-  return hnsw.search(query, k, { ef: filteredEf(ef ?? hnsw.getEf(), Math.min(1, allowed.ids.length / hnsw.size)), filter: (id) => bitmap[id] === 1 });
+  return handle.hnsw.search(query, k, { ef, filter: (id) => bitmap[id] === 1 });
 }
 
 /** Exact search over the allowed vectors (read from the index once per cached filter). */
