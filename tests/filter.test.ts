@@ -7,10 +7,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import Database from 'better-sqlite3';
 import { FilterError, parseWhere } from '../src/index/filter.ts';
 import { EXACT_MAX, exactAmong, hnswAmong, nearestFiltered } from '../src/index/filtered-search.ts';
 import { type IndexHandle, addEmbeddings, deleteImages, openIndex } from '../src/index/service.ts';
-import { contentHash } from '../src/index/store.ts';
+import { ImageStore, contentHash } from '../src/index/store.ts';
 import { mulberry32 } from '../src/train/rng.ts';
 
 describe('parseWhere', () => {
@@ -45,6 +46,30 @@ describe('parseWhere', () => {
     ];
     for (const [clauses, message] of cases) assert.throws(() => parseWhere(clauses), (err: Error) => err instanceof FilterError && message.test(err.message), clauses.join(' '));
   });
+});
+
+test('a version 3 store gains the filter indexes on open; a label or source filter reads them, not the table', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-filter-v3-'));
+  try {
+    ImageStore.open(dir, { writer: true }).close();
+    const db = new Database(path.join(dir, 'store.sqlite'));
+    db.exec('DROP INDEX images_by_label; DROP INDEX images_by_source; DROP INDEX images_by_added_at');
+    db.pragma('user_version = 3');
+    db.close();
+    ImageStore.open(dir).close();
+    const again = new Database(path.join(dir, 'store.sqlite'), { readonly: true });
+    try {
+      const names = again.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'images_by_%' ORDER BY name").pluck().all();
+      assert.deepEqual(names, ['images_by_added_at', 'images_by_label', 'images_by_source']);
+      const plan = (sql: string) => again.prepare(`EXPLAIN QUERY PLAN ${sql}`).all().map((r) => (r as { detail: string }).detail).join(' ');
+      assert.match(plan("SELECT id FROM images WHERE label IN ('a', 'b') ORDER BY id"), /USING (COVERING )?INDEX images_by_label/);
+      assert.match(plan("SELECT id FROM images WHERE (source >= '/a/' AND source < '/a0') ORDER BY id"), /USING (COVERING )?INDEX images_by_source/);
+    } finally {
+      again.close();
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 describe('filtered search over the embedded store', () => {

@@ -58,11 +58,12 @@ export interface StoreStats {
 export const contentHash = (bytes: Uint8Array) => crypto.createHash('sha256').update(bytes).digest('hex');
 
 // Since version 4: the columns search filters name (filter.ts), so that a filter's allowed ids are one indexed query.
-// Metadata keys are free-form and stay unindexed (a filter on them alone scans the table).
+// Metadata keys are free-form and stay unindexed (a filter on them alone scans the table). IF NOT EXISTS: tests
+// make older stores from a new one by dropping tables, which leaves these.
 const FILTER_INDEXES = `
-  CREATE INDEX images_by_label ON images(label);
-  CREATE INDEX images_by_source ON images(source);
-  CREATE INDEX images_by_added_at ON images(added_at);
+  CREATE INDEX IF NOT EXISTS images_by_label ON images(label);
+  CREATE INDEX IF NOT EXISTS images_by_source ON images(source);
+  CREATE INDEX IF NOT EXISTS images_by_added_at ON images(added_at);
 `;
 
 const SCHEMA = `
