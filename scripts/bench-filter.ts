@@ -101,6 +101,7 @@ function timed(fn: () => SearchHit[]): { hits: SearchHit[]; ms: number } {
 // ---- 1. selectivities ----------------------------------------------------------------------------------------------
 const FILTERS = [
   { name: '~50%: five labels', where: ['label=airplane,automobile,bird,cat,deer'] },
+  { name: '~20%: two labels', where: ['label=cat,dog'] },
   { name: '~10%: one label', where: ['label=cat'] },
   { name: '~10%: metadata', where: ['meta.tenth=3'] },
   { name: '~1%: metadata', where: ['meta.pct=7'] },

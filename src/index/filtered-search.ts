@@ -15,13 +15,13 @@ import { type SearchHit, normalize } from './hnsw.ts';
 import type { IndexHandle } from './service.ts';
 
 // scripts/bench-filter.ts on 59,000 CIFAR-10 XL embeddings (dim 128), S queries, median ms per search, exact over the
-// allowed vectors / filtered HNSW walk (ef 160), random metadata filters (2 cores, shared, load average ~20):
-//   600 allowed 0.20 / 38 (a walk this selective visits most of the graph), 1,800 0.36 / 7.6, 3,000 0.59 / 14,
-//   4,800 0.91 / 1.16, 5,900 1.16 / 1.00, 8,800 1.74 / 0.67, 11,700 2.35 / 0.54, 29,300 ~6 / 0.40.
-// The two cross near 5,000 allowed vectors.
-export const EXACT_MAX = 5000;
-/** Exact search's cost per allowed vector and dimension, from the same measurement (0.2 ms per 1,000 at dim 128). */
-const EXACT_MS_PER_VECTOR_DIM = 0.2 / (1000 * 128);
+// allowed vectors / filtered HNSW walk (ef 160), random metadata filters (2 cores, shared, load average ~9):
+//   600 allowed 0.08 / 11 (a walk this selective visits much of the graph), 1,800 0.21 / 2.5, 3,000 0.38 / 1.37,
+//   4,800 0.63 / 0.84, 5,900 0.74 / 0.88, 8,800 1.07 / 0.70, 11,700 1.47 / 0.41, 29,300 6.0 / 0.29.
+// The two cross near 7,000 allowed vectors.
+export const EXACT_MAX = 7000;
+/** Exact search's cost per allowed vector and dimension, from the same measurement (0.125 ms per 1,000 at dim 128). */
+const EXACT_MS_PER_VECTOR_DIM = 0.125 / (1000 * 128);
 /** Above this many allowed vectors, exact search is not tried even after slow walks (its vectors stay in memory). */
 const EXACT_CAP = 25_000;
 
