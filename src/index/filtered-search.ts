@@ -15,13 +15,13 @@ import { type SearchHit, normalize } from './hnsw.ts';
 import type { IndexHandle } from './service.ts';
 
 // scripts/bench-filter.ts on 59,000 CIFAR-10 XL embeddings (dim 128), S queries, median ms per search, exact over the
-// allowed vectors / filtered HNSW walk (ef 160), random metadata filters (2 cores, shared, load average ~9):
-//   600 allowed 0.08 / 11 (a walk this selective visits much of the graph), 1,800 0.21 / 2.5, 3,000 0.38 / 1.37,
-//   4,800 0.63 / 0.84, 5,900 0.74 / 0.88, 8,800 1.07 / 0.70, 11,700 1.47 / 0.41, 29,300 6.0 / 0.29.
+// allowed vectors / filtered HNSW walk (ef 160), random metadata filters (2 cores, shared, load average ~8):
+//   606 allowed 0.08 / 23 (a walk this selective visits much of the graph), 1,783 0.22 / 7.2, 2,984 0.38 / 3.0,
+//   4,783 0.61 / 1.22, 5,915 0.77 / 1.29, 8,801 1.14 / 0.90, 11,718 1.73 / 0.69, 29,323 7.9 / 0.36.
 // The two cross near 7,000 allowed vectors.
 export const EXACT_MAX = 7000;
-/** Exact search's cost per allowed vector and dimension, from the same measurement (0.125 ms per 1,000 at dim 128). */
-const EXACT_MS_PER_VECTOR_DIM = 0.125 / (1000 * 128);
+/** Exact search's cost per allowed vector and dimension, from the same measurement (0.13 ms per 1,000 at dim 128). */
+const EXACT_MS_PER_VECTOR_DIM = 0.13 / (1000 * 128);
 /** Above this many allowed vectors, exact search is not tried even after slow walks (its vectors stay in memory). */
 const EXACT_CAP = 25_000;
 
