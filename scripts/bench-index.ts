@@ -15,11 +15,9 @@
 //    search and median single-query latency for each ef and each graph (--m x --ef-constructions), marking
 //    HNSW_DEFAULTS.ef. Embeddings are cached per model id in .cache/bench-index/.
 // --quick: 1,000 images to index, 5,000 embeddings, 200 queries. Results are also written as JSON to runs/bench-index/.
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadLabelledPixels } from '../src/data/labelled.ts';
 import { DEFAULT_MODEL_PATH } from '../src/encoder/checkpoint.ts';
@@ -30,8 +28,8 @@ import { DEFAULT_BATCH_SIZE, defaultEncoderThreads, indexSources } from '../src/
 import { EncoderPool } from '../src/encoder/pool.ts';
 import { addEmbeddings, openIndex } from '../src/index/service.ts';
 import { contentHash } from '../src/index/store.ts';
+import { cifarEmbeddings, encodeAll, images, root } from './cifar-embeddings.ts';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: args } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
@@ -80,17 +78,6 @@ function conditions(): { loadavg: number[]; busy: string[] } {
   return { loadavg: os.loadavg().map((x) => Number(x.toFixed(2))), busy };
 }
 
-function images(pixels: Uint8Array, size: number, n: number): Uint8Array[] {
-  const per = size * size * 3;
-  return Array.from({ length: n }, (_, i) => pixels.subarray(i * per, (i + 1) * per));
-}
-
-async function encodeAll(encoder: Encoder, imgs: Uint8Array[], spec = 'XL', batch = batchSize): Promise<Float32Array[]> {
-  const out: Float32Array[] = [];
-  for (let i = 0; i < imgs.length; i += batch) out.push(...(await encoder.encode(imgs.slice(i, i + batch), spec)));
-  return out;
-}
-
 // ---- 1. indexing end to end vs the encoder alone ------------------------------------------------------------------
 
 interface IndexRound {
@@ -134,7 +121,7 @@ async function benchIndexing(encoder: Encoder) {
     const e = t === threads ? encoder : Encoder.load(args.model, { threads: t });
     if (e.modelId !== encoder.modelId) throw new Error(`the model changed during the run (${encoder.modelId} -> ${e.modelId}): run again`);
     if (e !== encoder) started.push(e);
-    layouts.set(`${t} thread${t > 1 ? 's' : ''}`, (xs) => encodeAll(e, xs));
+    layouts.set(`${t} thread${t > 1 ? 's' : ''}`, (xs) => encodeAll(e, xs, 'XL', batchSize));
     const off = await EncoderPool.start(e, { threads: t });
     started.push(off);
     layouts.set(`${t} worker${t > 1 ? 's' : ''}`, (xs) => Promise.all(batches(xs).map((b) => off.encode(b)))); // all queued: never waiting
@@ -196,41 +183,9 @@ async function benchIndexing(encoder: Encoder) {
 
 // ---- 2. HNSW recall@10 and latency on 59,000 real embeddings -------------------------------------------------------
 
-/**
- * XL embeddings of CIFAR-10 train + test (cached per model id), split into the stored vectors and held-out queries:
- * every (60,000 / nq)-th image is a query and is not stored. Queries that are not near-copies of a stored image are
- * the hard case for HNSW (mirrored copies of stored images, the query set used before, found their neighbours far
- * more easily: README, HNSW).
- */
 async function embeddings(encoder: Encoder) {
-  const size = encoder.config.imageSize;
-  const nAll = quick ? 5000 : 60_000;
-  const test = await loadLabelledPixels(args.source, size);
-  const train = quick ? null : await loadLabelledPixels(args.train, size);
-  const all = [...(train ? images(train.pixels, size, train.labels.length) : []), ...images(test.pixels, size, test.labels.length)].slice(0, nAll);
-  const key = crypto.createHash('sha256').update(`${encoder.modelId}|${args.source}|${args.train}|${all.length}`).digest('hex').slice(0, 16);
-  const cache = path.join(root, '.cache/bench-index', `db-${key}.f32`);
-  const dim = encoder.dim;
-  let vectors: Float32Array[];
-  if (fs.existsSync(cache)) {
-    const flat = new Float32Array(new Uint8Array(fs.readFileSync(cache)).buffer);
-    vectors = Array.from({ length: flat.length / dim }, (_, i) => flat.subarray(i * dim, (i + 1) * dim));
-    console.log(`${vectors.length} XL embeddings from ${path.relative(root, cache)}`);
-  } else {
-    const t0 = performance.now();
-    vectors = await encodeAll(encoder, all, 'XL', 128);
-    console.log(`encoded ${vectors.length} images with XL in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
-    fs.mkdirSync(path.dirname(cache), { recursive: true });
-    const flat = new Float32Array(vectors.length * dim);
-    vectors.forEach((v, i) => flat.set(v, i * dim));
-    fs.writeFileSync(cache, new Uint8Array(flat.buffer));
-  }
   const nq = Number(args.queries ?? (quick ? 200 : 1000));
-  const step = Math.floor(all.length / nq);
-  const isQuery = (i: number) => i % step === step - 1 && i < nq * step;
-  const db = vectors.filter((_, i) => !isQuery(i));
-  const queryIdx = all.map((_, i) => i).filter(isQuery);
-  const queries = { XL: queryIdx.map((i) => vectors[i]), S: await encodeAll(encoder, queryIdx.map((i) => all[i]), 'S') };
+  const { db, queries } = await cifarEmbeddings(encoder, { test: args.source, train: quick ? null : args.train, limit: quick ? 5000 : 60_000, queries: nq, batchSize });
   return { db, queries };
 }
 

@@ -111,6 +111,21 @@ test('upload an image with auto cost, move the cost slider, get a grid of result
   fs.mkdirSync(OUTPUT, { recursive: true });
   await page.screenshot({ path: path.join(OUTPUT, 'browser-search.png'), fullPage: true });
 
+  // A filter: only the query's label (PER_CLASS images of it in the gallery), then a malformed one, named, then none.
+  await page.fill('#where', ` label=${query.label} ; after=2000-01-01`);
+  await page.locator('#where').press('Enter');
+  await page.waitForFunction(() => /\(filtered\)/.test(document.getElementById('status')!.textContent ?? '') && !document.getElementById('results')!.hasAttribute('aria-busy'));
+  assert.equal(await cells.count(), PER_CLASS);
+  for (const cell of await cells.all()) assert.equal(await cell.locator('.label').innerText(), query.label);
+  await page.screenshot({ path: path.join(OUTPUT, 'browser-filter.png'), fullPage: true });
+  await page.fill('#where', 'colour=red');
+  await page.locator('#where').press('Enter');
+  await page.locator('#error').waitFor({ state: 'visible' });
+  assert.match(await page.locator('#error').innerText(), /where: unknown filter "colour".*400 bad_request/);
+  await page.fill('#where', '');
+  await page.locator('#where').press('Enter');
+  await page.waitForFunction(() => document.querySelectorAll('#results li').length === 12);
+
   // A new image can be added to the index from the page.
   const before = opened.handle.hnsw.size;
   const png = await sharp({ create: { width: 48, height: 48, channels: 3, background: { r: 20, g: 160, b: 200 } } }).png().toBuffer();

@@ -227,6 +227,24 @@ describe('matvit index, killed and rerun', () => {
   });
 });
 
+describe('matvit search --where', () => {
+  test('labels, a folder relative to the working folder, AND, by id', async () => {
+    const query = () => hashes.get([...hashes.keys()][0])!;
+    const labelled = await searchJson(query(), '--k', '5', '--where', 'label=class2');
+    assert.equal(labelled.results.length, 5);
+    assert.ok(labelled.results.every((r) => r.label === 'class2'));
+    const folder = path.relative(root, path.join(images, 'class3')); // matvit runs in root: a relative path
+    const under = await searchJson(query(), '--k', '7', '--where', `source=${folder}`);
+    assert.equal(under.results.length, 7);
+    assert.ok(under.results.every((r) => r.path!.startsWith(path.join(images, 'class3') + path.sep)));
+    const none = await searchJson(query(), '--where', 'label=class1', '--where', `source=${folder}`);
+    assert.deepEqual(none.results, []);
+    const byId = await searchJson('--id', String(labelled.results[0].id), '--k', '3', '--where', 'label=class2,class3', '--where', 'after=2000-01-01');
+    assert.equal(byId.results.length, 3);
+    assert.ok(byId.results.every((r) => (r.label === 'class2' || r.label === 'class3') && r.id !== labelled.results[0].id));
+  });
+});
+
 describe('exit codes', () => {
   test('bad usage and bad input exit 2 with one line on stderr', async () => {
     const q = path.join(images, 'class1', '0001.jpg');
@@ -249,6 +267,10 @@ describe('exit codes', () => {
       [['reindex', '--store', path.join(tmp, 'TYPO'), '--model', model], /no image store in ".*TYPO"/],
       [['search', q, '--ffn', 'S', '--budget', '0.5'], /--ffn or --budget/],
       [['search', q, '--budget', '2', '--model', model], /budget must be a fraction/],
+      [['search', q, '--where', 'colour=red'], /unknown filter "colour"/],
+      [['search', q, '--where', 'after=yesterday'], /filter after=yesterday is not a date/],
+      [['search', q, '--where', 'label=a', '--where', 'label=b'], /filter label is given twice/],
+      [['search', q, '--where', 'label'], /filter "label" is not key=value/],
     ];
     const runs = await Promise.all(cases.map(([args]) => matvit(args)));
     runs.forEach((r, i) => {

@@ -237,6 +237,29 @@ describe('serving', () => {
     assert.deepEqual([r.cost.flops, r.cost.encodeMs], [0, 0], 'no encoding: the stored XL embedding is the query');
   });
 
+  test('a filter (where) narrows the results: form fields (repeated), the query string, a JSON body; in the OpenAPI document', async () => {
+    const q = gallery[0];
+    const withWhere = (...where: string[]) => {
+      const f = form({ image: { bytes: q.bytes, name: 'q.jpg' } }, { k: '10' });
+      for (const w of where) f.append('where', w);
+      return call('POST', '/api/search', f);
+    };
+    const cats = SearchResponse.parse((await withWhere('label=cat')).json);
+    assert.equal(cats.results.length, PER_CLASS, 'every cat, and nothing else');
+    assert.ok(cats.results.every((r) => r.label === 'cat'));
+    const dogDir = path.dirname(gallery.find((g) => g.label === 'dog')!.file);
+    const both = SearchResponse.parse((await withWhere('label=cat,dog', `source=${dogDir}`)).json);
+    assert.deepEqual(both.results.map((r) => r.label), Array(PER_CLASS).fill('dog'), 'clauses combine with AND');
+    const byQuery = (await call('POST', `/api/search?where=${encodeURIComponent('label=bird')}&k=3`, form({ image: { bytes: q.bytes, name: 'q.jpg' } }))).json;
+    assert.deepEqual(byQuery.results.map((r: { label: string }) => r.label), ['bird', 'bird', 'bird']);
+    const byId = SearchResponse.parse((await call('POST', '/api/search', { id: cats.results[0].id, where: ['label=cat', 'after=2000-01-01'] })).json);
+    assert.equal(byId.results.length, PER_CLASS - 1, 'the other cats: the query image is left out');
+    assert.ok(byId.results.every((r) => r.label === 'cat' && r.id !== cats.results[0].id));
+    assert.deepEqual((await call('POST', '/api/search', { id: cats.results[0].id, where: 'before=2000-01-01' })).json.results, []);
+    const doc = (await call('GET', '/api/openapi.json')).json;
+    assert.match(doc.components.schemas.SearchParams.properties.where.description, /label=A,B/);
+  });
+
   test('original and thumbnail of a stored image', async () => {
     const hit = (await search({ image: { bytes: gallery[2].bytes, name: 'q.jpg' } }, { k: '1' })).json.results[0];
     const original = await call('GET', hit.imageUrl);
@@ -415,6 +438,26 @@ describe('errors', () => {
     await expectError(call('POST', '/api/images', form({ images: { bytes: jpg(), name: 'a.jpg' } }, { metadata: '[1,2]' })), 400, 'bad_request', /metadata: must be a JSON object/);
     await expectError(call('GET', '/api/images/abc'), 400, 'bad_request');
     await expectError(call('DELETE', '/api/images/0'), 400, 'bad_request');
+  });
+
+  test('400 bad_request: each malformed filter, named', async () => {
+    const img = { image: { bytes: jpg(), name: 'q.jpg' } };
+    const cases: [string, RegExp][] = [
+      ['colour=red', /where: unknown filter "colour"/],
+      ['label', /where: filter "label" is not key=value/],
+      ['label=', /where: filter label= has no value/],
+      ['label=cat,,dog', /where: filter label=cat,,dog has an empty value/],
+      ['meta.a b=1', /where: filter meta\.a b: a metadata key is/],
+      ['source=relative/dir', /where: filter source=relative\/dir: give the path as the store records it/],
+      ['after=yesterday', /where: filter after=yesterday is not a date/],
+      ['before=2026-02-30', /where: filter before=2026-02-30 is not a date of the calendar/],
+      ['after=2026-01-01T10:00', /where: filter after=2026-01-01T10:00 is not a date .* with its zone/],
+    ];
+    for (const [where, message] of cases) await expectError(search(img, { where }), 400, 'bad_request', message);
+    await expectError(call('POST', '/api/search', { id: 1, where: ['label=a', 'label=b'] }), 400, 'bad_request', /where: filter label is given twice/);
+    await expectError(call('POST', '/api/search', { id: 1, where: ['after=2026-02-01', 'before=2026-01-01'] }), 400, 'bad_request', /where: filter after=.* is not before before=/);
+    await expectError(call('POST', '/api/search', { id: 1, where: 5 }), 400, 'bad_request', /where/);
+    await expectError(call('POST', '/api/search', { id: 1, where: Array(21).fill('label=a') }), 400, 'bad_request', /where/);
   });
 
   test('404 not_found: unknown ids and routes', async () => {

@@ -261,6 +261,16 @@ export class HnswIndex {
     return this.labelState(id) === 'live';
   }
 
+  /** The unit-length vector the index holds for live image `id`, or undefined. */
+  vector(id: number): number[] | undefined {
+    if (!this.present.has(id)) return undefined;
+    try {
+      return this.native.getPoint(id);
+    } catch {
+      return undefined; // deleted, or its slot was reused
+    }
+  }
+
   /** The k nearest images by cosine similarity, best first. k over the index size returns fewer hits. */
   search(query: ArrayLike<number>, k: number, opts: { ef?: number; filter?: (id: number) => boolean } = {}): SearchHit[] {
     if (!Number.isInteger(k) || k <= 0) throw new RangeError(`k must be a positive integer, got ${k}`);

@@ -4,6 +4,8 @@
 import { countFlops, parseSubmodel } from '../encoder/config.ts';
 import { type CascadeRule, type Escalation, shouldEscalate } from '../encoder/policy.ts';
 import { NotFoundError, UsageError } from '../errors.ts';
+import type { ImageFilter } from './filter.ts';
+import { nearestFiltered } from './filtered-search.ts';
 import { DEFAULT_K, MAX_EF, MAX_K } from './limits.ts';
 import { sourcePath } from './originals.ts';
 import type { SearchHit } from './hnsw.ts';
@@ -14,6 +16,7 @@ export interface SearchOptions {
   ffn?: string; // query encoder: S | M | L | XL | a per-layer list (default XL)
   ef?: number; // HNSW beam width (default: the index's, HNSW_DEFAULTS.ef; raised to k when smaller)
   cascade?: CascadeRule; // run this cascade (src/encoder/policy.ts) instead of `ffn`
+  filter?: ImageFilter | null; // only images that pass (filter.ts)
 }
 
 export interface SearchResult {
@@ -45,6 +48,7 @@ export async function searchByPixels(
   opts: SearchOptions = {},
 ): Promise<SearchResponse> {
   const { k, ef } = checkOptions(opts);
+  const filter = opts.filter;
   const config = handle.config;
   if (!config) {
     throw new Error(`the model config of "${handle.modelId}" is unknown: pass { config: encoder.config } to openIndex`);
@@ -54,7 +58,7 @@ export async function searchByPixels(
     const t0 = performance.now();
     const query = await encode(pixels, sub.spec);
     const t1 = performance.now();
-    const hits = handle.hnsw.search(query, k, { ef });
+    const hits = nearestFiltered(handle, query, k, { ef, filter });
     return { spec: sub.spec, flops: countFlops(config, sub.widths), results: rows(handle, hits), encodeMs: t1 - t0, searchMs: performance.now() - t1 };
   };
   const rule = opts.cascade;
@@ -87,7 +91,7 @@ export async function searchById(handle: IndexHandle, id: number, opts: SearchOp
   const query = handle.store.getEmbedding(id, handle.modelId);
   if (!query) throw new NotFoundError(`image ${id} has no embedding for model ${handle.modelId}: index it again with this model`);
   const t0 = performance.now();
-  const hits = handle.hnsw.search(query, k + 1, { ef: ef === undefined ? undefined : Math.max(ef, k + 1) });
+  const hits = nearestFiltered(handle, query, k + 1, { ef: ef === undefined ? undefined : Math.max(ef, k + 1), filter: opts.filter });
   const searchMs = performance.now() - t0;
   const others = hits.filter((h) => h.id !== id).slice(0, k);
   return { results: rows(handle, others), cost: { ffn: 'XL', flops: 0, encodeMs: 0, searchMs } };

@@ -13,6 +13,7 @@ import { AUTO, type CascadeRule, type Escalation, type QueryPlan, autoLadder, pl
 import type { Encoder, ImageEncoder } from '../encoder/runtime.ts';
 import { NotFoundError } from '../errors.ts';
 import { type ImageDecoder, sharedDecoder } from '../index/decoder.ts';
+import type { ImageFilter } from '../index/filter.ts';
 import type { IndexHandle } from '../index/service.ts';
 import { UPLOAD_PREFIX } from '../index/originals.ts';
 import { deleteImages } from '../index/service.ts';
@@ -57,6 +58,7 @@ export interface SearchOpts {
   ffn?: string;
   ef?: number;
   cascade?: CascadeRule;
+  filter?: ImageFilter | null;
 }
 export interface SearchApi {
   searchByPixels(handle: IndexHandle, encode: (pixels: Uint8Array, spec: string) => Promise<Float32Array>, pixels: Uint8Array, opts: SearchOpts): Promise<SearchOutcome>;
@@ -147,7 +149,7 @@ export class SearchService {
     if (!upload && params.id === undefined) throw new HttpError('bad_request', 'upload an image (multipart field "image") or give the "id" of a stored image');
     const t0 = performance.now();
     const plan = this.plan(params);
-    const opts: SearchOpts = { k: params.k, ffn: plan.spec, ef: params.ef, ...(plan.chosenBy === 'cascade' && upload ? { cascade: plan.rule } : {}) };
+    const opts: SearchOpts = { k: params.k, ffn: plan.spec, ef: params.ef, filter: params.where, ...(plan.chosenBy === 'cascade' && upload ? { cascade: plan.rule } : {}) };
     let outcome: SearchOutcome;
     let decodeMs = 0;
     if (upload) {

@@ -28,6 +28,10 @@ export const MIGRATIONS: string[] = [
      config json,
      generation bigint NOT NULL DEFAULT 0 -- bumped by every change to the model's embeddings
    );`,
+  // The columns search filters name (src/index/filter.ts); text_pattern_ops serves the source prefix's LIKE.
+  `CREATE INDEX images_by_label ON images (label);
+   CREATE INDEX images_by_source ON images (source text_pattern_ops);
+   CREATE INDEX images_by_added_at ON images (added_at);`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -37,11 +41,17 @@ const LOCK_KEY = 0x6d617476; // 'matv': the advisory lock migrations and model c
 
 export const embeddingsTable = (modelRowId: number) => `embeddings_${modelRowId}`;
 
-/** Creates pgvector if needed, checks its version, and brings the schema to SCHEMA_VERSION. */
-export async function migrate(client: pg.PoolClient, where: string): Promise<void> {
-  await inTransaction(client, async () => {
+/** pgvector's iterative index scans (a filtered search that keeps scanning the HNSW index until k rows pass). */
+export const ITERATIVE_SCANS = [0, 8, 0];
+
+/**
+ * Creates pgvector if needed, checks its version, and brings the schema to SCHEMA_VERSION. Returns the pgvector
+ * version as numbers.
+ */
+export async function migrate(client: pg.PoolClient, where: string): Promise<number[]> {
+  return inTransaction(client, async () => {
     await client.query('SELECT pg_advisory_xact_lock($1)', [LOCK_KEY]);
-    await createVectorExtension(client, where);
+    const have = await createVectorExtension(client, where);
     await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())');
     const { rows } = await client.query<{ v: number | null }>('SELECT max(version) AS v FROM schema_migrations');
     const version = rows[0].v ?? 0;
@@ -52,10 +62,17 @@ export async function migrate(client: pg.PoolClient, where: string): Promise<voi
       await client.query(MIGRATIONS[v]);
       await client.query('INSERT INTO schema_migrations (version) VALUES ($1)', [v + 1]);
     }
+    return have;
   });
 }
 
-async function createVectorExtension(client: pg.PoolClient, where: string): Promise<void> {
+/** Whether version `have` is at least `want` (both as [major, minor, patch]). */
+export function atLeast(have: number[], want: number[]): boolean {
+  const first = want.findIndex((m, i) => (have[i] ?? 0) !== m); // the first part that differs
+  return first === -1 || (have[first] ?? 0) > want[first];
+}
+
+async function createVectorExtension(client: pg.PoolClient, where: string): Promise<number[]> {
   try {
     await client.query('SAVEPOINT ext');
     await client.query('CREATE EXTENSION IF NOT EXISTS vector');
@@ -67,10 +84,10 @@ async function createVectorExtension(client: pg.PoolClient, where: string): Prom
   }
   const { rows } = await client.query<{ v: string }>("SELECT extversion AS v FROM pg_extension WHERE extname = 'vector'");
   const have = rows[0].v.split('.').map((x) => Number.parseInt(x, 10) || 0);
-  const first = MIN_PGVECTOR.findIndex((m, i) => (have[i] ?? 0) !== m); // the first part that differs
-  if (first !== -1 && (have[first] ?? 0) < MIN_PGVECTOR[first]) {
+  if (!atLeast(have, MIN_PGVECTOR)) {
     throw new StoreError(`the database ${where} has pgvector ${rows[0].v}, older than the ${MIN_PGVECTOR.join('.')} this program needs: ALTER EXTENSION vector UPDATE`);
   }
+  return have;
 }
 
 export interface ModelRow {
