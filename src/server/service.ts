@@ -257,7 +257,7 @@ export class SearchService {
     if (version !== undefined) {
       const row = this.deps.handle.store.getImage(id);
       if (!row) throw new NotFoundError(`no image with id ${id}`);
-      if (contentVersion(row.contentHash) !== version) throw new NotFoundError(`image ${id} does not have the content v=${version} names (it was replaced: search again)`);
+      if (contentVersion(row.contentHash) !== version) throw new NotFoundError(`image ${id} does not have the content v=${version} names (the store was rebuilt since: search again)`);
     }
     const thumb = await this.deps.indexer.getThumbnail(this.deps.handle, id); // it throws NotFoundError for an unknown id
     return { ...thumb, immutable: version !== undefined };
