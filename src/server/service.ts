@@ -348,7 +348,7 @@ export class SearchService {
       hnsw: { M: hnsw.M, efConstruction: hnsw.efConstruction, ef: hnsw.getEf(), capacity: hnsw.capacity },
       dbBytes: s.dbBytes,
       limits: { ...this.limits },
-      formats: IMAGE_FORMATS.map((f) => ({ ...f })),
+      formats: IMAGE_FORMATS.map(({ name, label, extensions, contentType }) => ({ name, label, extensions, contentType })),
       server: {
         uptimeSec: round((performance.now() - this.started) / 1000, 1),
         searches: this.searches,
