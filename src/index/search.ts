@@ -25,6 +25,7 @@ export interface SearchResult {
   label: string | null;
   path: string | null; // file path, or `archive:member`; null for uploads
   source: string; // as stored: the path, or `upload:<name>`
+  contentHash: string; // names the content (the thumbnail URL carries it)
   metadata: Record<string, unknown>;
 }
 
@@ -110,6 +111,6 @@ function rows(handle: IndexHandle, hits: SearchHit[]): SearchResult[] {
   const byId = new Map(handle.store.getImages(hits.map((h) => h.id)).map((r) => [r.id, r]));
   return hits.flatMap((h) => {
     const r = byId.get(h.id);
-    return r ? [{ id: h.id, score: h.score, label: r.label, path: sourcePath(r.source), source: r.source, metadata: r.metadata }] : [];
+    return r ? [{ id: h.id, score: h.score, label: r.label, path: sourcePath(r.source), source: r.source, contentHash: r.contentHash, metadata: r.metadata }] : [];
   });
 }

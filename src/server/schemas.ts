@@ -79,6 +79,13 @@ export const UploadParams = z
 export type UploadParams = z.infer<typeof UploadParams>;
 
 export const IdPath = z.strictObject({ id: ImageId });
+export const ThumbQuery = z.strictObject({
+  v: z
+    .string()
+    .regex(/^[0-9a-f]{16}$/, 'must be 16 lowercase hex digits (the start of the content hash, as thumbUrl gives it)')
+    .optional()
+    .describe('the content version from thumbUrl: with it the thumbnail is cached for good'),
+});
 
 // ---- responses ------------------------------------------------------------------------------------------------
 

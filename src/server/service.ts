@@ -17,6 +17,7 @@ import type { ImageFilter } from '../index/filter.ts';
 import type { IndexHandle } from '../index/service.ts';
 import { UPLOAD_PREFIX } from '../index/originals.ts';
 import { deleteImages } from '../index/service.ts';
+import { contentHash } from '../index/store.ts';
 import { HttpError, decodeFailure } from './errors.ts';
 import { UploadBudget } from './upload-budget.ts';
 import type { LoadController } from './load-controller.ts';
@@ -47,6 +48,7 @@ export interface SearchHitRow {
   label: string | null;
   path: string | null; // null for uploads
   source: string; // as stored (uploads: `upload:<name>`)
+  contentHash: string;
   metadata: Record<string, unknown>;
 }
 export interface SearchOutcome {
@@ -71,7 +73,7 @@ export interface IndexerApi {
     items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown>; decoded?: DecodedImage }[],
   ): Promise<({ id: number; created: boolean } | { name: string; error: ImageDecodeError })[]>;
   getOriginal(handle: IndexHandle, id: number): Promise<{ bytes: Buffer; contentType: string }>;
-  getThumbnail(handle: IndexHandle, id: number): Promise<Buffer>;
+  getThumbnail(handle: IndexHandle, id: number): Promise<{ bytes: Buffer; contentType: string }>;
 }
 
 export interface ServiceDeps {
@@ -90,7 +92,10 @@ export interface ServiceDeps {
 const SERVED_WINDOW = 200; // encode times kept per submodel for servedEncodeMs
 
 export const imageUrl = (id: number) => `/api/images/${id}`;
-export const thumbUrl = (id: number) => `/api/images/${id}/thumb`;
+/** The content's version in a thumbnail URL: an id is never reused within a store, but a new store starts again at 1. */
+export const contentVersion = (hash: string) => hash.slice(0, 16);
+/** Names the image's content as well as its id, so that the response may be cached for good (immutable). */
+export const thumbUrl = (id: number, hash: string) => `/api/images/${id}/thumb?v=${contentVersion(hash)}`;
 
 /** A short display name: the member path of an archive entry, the file name otherwise. */
 export function displayName(source: string): string {
@@ -178,7 +183,7 @@ export class SearchService {
         name: r.path !== null ? displayName(r.path) : uploadName(r.source),
         metadata: r.metadata ?? {},
         imageUrl: imageUrl(r.id),
-        thumbUrl: thumbUrl(r.id),
+        thumbUrl: thumbUrl(r.id, r.contentHash),
       })),
       cost: { ffn: cost.ffn, flops: cost.flops, flopsRel: round(cost.flops / this.xlFlops, 4), encodeMs: round(cost.encodeMs, 3), searchMs: round(cost.searchMs, 3), decodeMs: round(decodeMs, 3) },
       encoder,
@@ -232,7 +237,7 @@ export class SearchService {
     return {
       images: results.map((r, i) => {
         const { id, created } = r as { id: number; created: boolean };
-        return { id, created, name: uploads[i].name, imageUrl: imageUrl(id), thumbUrl: thumbUrl(id) };
+        return { id, created, name: uploads[i].name, imageUrl: imageUrl(id), thumbUrl: thumbUrl(id, contentHash(uploads[i].bytes)) };
       }),
     };
   }
@@ -249,9 +254,18 @@ export class SearchService {
     return this.deps.indexer.getOriginal(this.deps.handle, id);
   }
 
-  /** The WebP thumbnail of an image (stored by the indexer with the image, or made from its kept original). */
-  async thumbnail(id: number): Promise<Buffer> {
-    return this.deps.indexer.getThumbnail(this.deps.handle, id); // it throws NotFoundError for an unknown id
+  /**
+   * The thumbnail of an image (the image itself when it is small, else a WebP: getThumbnail). `version`, from the
+   * URL's v: the content it names must be the image's; then the response never changes (`immutable`).
+   */
+  async thumbnail(id: number, version?: string): Promise<{ bytes: Buffer; contentType: string; immutable: boolean }> {
+    if (version !== undefined) {
+      const row = this.deps.handle.store.getImage(id);
+      if (!row) throw new NotFoundError(`no image with id ${id}`);
+      if (contentVersion(row.contentHash) !== version) throw new NotFoundError(`image ${id} does not have the content v=${version} names (the store was rebuilt since: search again)`);
+    }
+    const thumb = await this.deps.indexer.getThumbnail(this.deps.handle, id); // it throws NotFoundError for an unknown id
+    return { ...thumb, immutable: version !== undefined };
   }
 
   private assertExists(id: number): void {
@@ -339,7 +353,7 @@ export class SearchService {
       hnsw: { M: hnsw.M, efConstruction: hnsw.efConstruction, ef: hnsw.getEf(), capacity: hnsw.capacity },
       dbBytes: s.dbBytes,
       limits: { ...this.limits },
-      formats: IMAGE_FORMATS.map((f) => ({ ...f })),
+      formats: IMAGE_FORMATS.map(({ name, label, extensions, contentType }) => ({ name, label, extensions, contentType })),
       server: {
         uptimeSec: round((performance.now() - this.started) / 1000, 1),
         searches: this.searches,

@@ -53,6 +53,7 @@ export interface StoreBackend {
   count(): Promise<number>;
   stats(): Promise<StoreStats>;
   original(id: number): Promise<Buffer | undefined>;
+  /** The stored WebP thumbnail; an image that is its own thumbnail (src/index/thumbnails.ts) has none. */
   thumbnail(id: number): Promise<Buffer | undefined>;
   hasThumbnail(id: number): Promise<boolean>;
   /** Gives image `id` this thumbnail if it has none; false when it has one or does not exist. */
