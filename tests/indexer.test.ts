@@ -519,7 +519,7 @@ describe('the encoder pool', () => {
     try {
       const r = await indexSources(h, encoder, [dir]);
       assert.equal(r.indexed, 1);
-      assert.ok(r.encodeSeconds !== undefined && r.encodeSeconds > 0, 'encoded in the pool');
+      assert.ok(r.encodeSeconds !== undefined && r.encodeSeconds > 0 && r.encodeSeconds <= r.seconds, `encoded in the pool: ${r.encodeSeconds} s of model time per worker in ${r.seconds} s`);
     } finally {
       h.close();
     }
