@@ -1,5 +1,7 @@
-// The store commands of the `matvit` CLI: index, search, rm, stats, reindex. Each parses its flags, calls the
-// services (indexer.ts, search.ts, service.ts) and prints; heavy modules load only when a command runs.
+// The store commands of the `matvit` CLI: index, search, rm, stats, reindex. Each parses its flags, opens the store
+// through the store seam (src/store/open.ts: a folder, or a postgres:// URL), calls the services (indexer.ts,
+// search.ts, stats.ts) and prints; heavy modules load only when a command runs. Store errors reach main (cli.ts),
+// which prints them as one line with exit code 2 (4 for a store locked by another writer).
 import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
@@ -8,6 +10,7 @@ import type { Encoder } from '../encoder/runtime.ts';
 import type { IndexReport } from './indexer.ts';
 import { DEFAULT_K, MAX_EF, MAX_K } from './limits.ts';
 import type { SearchResponse } from './search.ts';
+import type { StoreBackend } from '../store/types.ts';
 
 /** Exit codes of the store commands (also listed in each command's --help). */
 export const EXIT = {
@@ -24,7 +27,7 @@ const EXIT_HELP = `
 Exit codes: 0 ok; 1 unexpected error; 2 bad usage or input (one line on stderr); 4 the store is being written by
 another process.`;
 
-const STORE_HELP = 'store folder: database (images, embeddings, thumbnails), HNSW file';
+const STORE_HELP = 'store: a folder (SQLite database of images, embeddings, thumbnails; HNSW file), or postgres://USER@HOST:PORT/DATABASE (PostgreSQL with pgvector)';
 
 const positiveInt = (name: string, max = Number.MAX_SAFE_INTEGER) => (v: string) => {
   const n = Number(v);
@@ -47,19 +50,13 @@ interface CommonOptions {
 function storeCommand(program: Command, name: string): Command {
   return program
     .command(name)
-    .addOption(new Option('--store <dir>', STORE_HELP).env('MATVIT_STORE').default('./data'))
+    .addOption(new Option('--store <dir|url>', STORE_HELP).env('MATVIT_STORE').default('./data'))
     .option('--model <file>', 'model checkpoint (default: the shipped model, models/matvit-cifar10)')
     .showHelpAfterError(false)
     .hook('preAction', async (cmd) => {
-      // PostgreSQL stores (src/store/postgres.ts) are not wired into the commands yet (issue 15): a URL must
-      // never be taken for a folder name, and a bad one is named.
-      const { StoreError } = await import('./store.ts');
+      // A bad URL is named before any model loads; a URL is never taken for a folder name.
       const { parseStoreLocation } = await import('../store/location.ts');
-      try {
-        if (parseStoreLocation(cmd.opts().store).kind === 'postgres') throw new StoreError(`matvit ${name} does not use PostgreSQL stores yet: give a store folder`);
-      } catch (err) {
-        throw err instanceof StoreError ? new UsageError(err.message) : err;
-      }
+      parseStoreLocation(cmd.opts().store);
     })
     .configureOutput({ outputError: () => {} })
     .exitOverride((err) => {
@@ -88,8 +85,7 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
       for (const p of paths) if (!fs.existsSync(p)) throw new UsageError(`no such file or directory: ${p}`);
       const { defaultEncoderThreads, indexSources } = await import('./indexer.ts');
       const encoder = await loadEncoder(opts.model, opts.threads ?? (await defaultEncoderThreads()));
-      const { openIndex } = await import('./service.ts');
-      const handle = await withStore(() => openIndex(opts.store, encoder.modelId, encoder.dim, { writer: true, config: encoder.config }));
+      const store = await openFor(opts.store, encoder, { writer: true, create: true });
       const stop = new AbortController();
       const onSignal = () => {
         if (stop.signal.aborted) process.exit(EXIT.interrupted); // second Ctrl-C: committed batches are safe
@@ -101,10 +97,10 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
       const bar = progressReporter();
       let report: IndexReport;
       try {
-        report = await indexSources(handle, encoder, paths, { batchSize: opts.batchSize, signal: stop.signal, onProgress: bar.update });
+        report = await indexSources(store, encoder, paths, { batchSize: opts.batchSize, signal: stop.signal, onProgress: bar.update });
       } finally {
         bar.stop();
-        handle.close();
+        await store.close();
         process.off('SIGINT', onSignal);
         process.off('SIGTERM', onSignal);
       }
@@ -130,7 +126,7 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
       if (opts.ffn !== undefined && (opts.budget !== undefined || opts.maxEncodeMs !== undefined)) throw new UsageError('give --ffn or --budget/--max-encode-ms, not both');
       const bytes = image === undefined ? null : readQuery(image);
       const encoder = await loadEncoder(opts.model, 1);
-      const handle = await openForReading(opts.store, encoder);
+      const store = await openFor(opts.store, encoder, { writer: false });
       try {
         const search = await import('./search.ts');
         let res: SearchResponse;
@@ -139,9 +135,9 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
           const decoded = await decodeImage(bytes, encoder.config.imageSize);
           const plan = await queryPlan(encoder, opts.model, opts);
           const cascade = plan.chosenBy === 'cascade' ? plan.rule : undefined;
-          res = await search.searchByPixels(handle, (p, s) => encoder.encode([p], s).then((e) => e[0]), decoded.pixels, { k: opts.k, ffn: plan.spec, ef: opts.ef, cascade });
+          res = await search.searchByPixels(store, (p, s) => encoder.encode([p], s).then((e) => e[0]), decoded.pixels, { k: opts.k, ffn: plan.spec, ef: opts.ef, cascade });
         } else {
-          res = await search.searchById(handle, opts.id!, { k: opts.k, ef: opts.ef });
+          res = await search.searchById(store, opts.id!, { k: opts.k, ef: opts.ef });
         }
         if (opts.json) {
           const results = res.results.map(({ id, score, label, path }) => ({ id, score, label, path }));
@@ -150,7 +146,7 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
           printResults(res);
         }
       } finally {
-        handle.close();
+        await store.close();
       }
     });
 
@@ -161,13 +157,12 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
     .addHelpText('after', `${EXIT_HELP} Ids that do not exist exit 2 after the others are removed.`)
     .action(async (ids: number[], opts: CommonOptions) => {
       const encoder = await loadEncoder(opts.model, 1);
-      const { deleteImages, openIndex } = await import('./service.ts');
-      const handle = await withStore(() => openIndex(requireStore(opts.store), encoder.modelId, encoder.dim, { writer: true, config: encoder.config }));
+      const store = await openFor(opts.store, encoder, { writer: true });
       let removed: number[];
       try {
-        removed = deleteImages(handle, ids);
+        removed = await store.delete(ids);
       } finally {
-        handle.close();
+        await store.close();
       }
       const missing = ids.filter((id) => !removed.includes(id));
       if (opts.json) console.log(JSON.stringify({ removed, missing }));
@@ -180,15 +175,26 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
     .option('--json', 'print the statistics as JSON')
     .addHelpText('after', EXIT_HELP)
     .action(async (opts: CommonOptions) => {
-      const { storeStats } = await import('./stats.ts');
-      const modelId = await modelIdOrNull(opts.model);
-      const stats = await withStore(() => storeStats(requireStore(opts.store), modelId));
+      const { databaseStats, storeStats } = await import('./stats.ts');
+      const { parseStoreLocation } = await import('../store/location.ts');
+      let stats: import('./stats.ts').StoreStatsReport;
+      if (parseStoreLocation(opts.store).kind === 'embedded') {
+        stats = storeStats(requireStore(opts.store), await modelIdOrNull(opts.model));
+      } else {
+        // A PostgreSQL store is opened for a model (its table); the database holds every model's counts.
+        const store = await openFor(opts.store, await loadEncoder(opts.model, 1), { writer: false });
+        try {
+          stats = await databaseStats(store);
+        } finally {
+          await store.close();
+        }
+      }
       if (opts.json) console.log(JSON.stringify(stats));
       else console.log(formatStats(stats));
     });
 
   storeCommand(program, 'reindex')
-    .description('rebuild the HNSW index of the model from the embeddings stored in SQLite')
+    .description('rebuild the HNSW index of the model from the stored embeddings (a folder: its HNSW file; PostgreSQL: its pgvector index)')
     .option('--m <n>', 'graph degree M (default 16)', positiveInt('M', 128))
     .option('--ef-construction <n>', 'build beam width (default: HNSW_DEFAULTS)', positiveInt('ef-construction', 10_000))
     .option('--json', 'print the result as JSON')
@@ -196,7 +202,19 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
     .action(async (opts: CommonOptions & { m?: number; efConstruction?: number }) => {
       const encoder = await loadEncoder(opts.model, 1);
       const { reindex } = await import('./stats.ts');
-      const r = await withStore(() => reindex(requireStore(opts.store), encoder.modelId, encoder.dim, { M: opts.m, efConstruction: opts.efConstruction }));
+      const { parseStoreLocation } = await import('../store/location.ts');
+      const params = { M: opts.m, efConstruction: opts.efConstruction };
+      let r: import('./stats.ts').ReindexResult;
+      if (parseStoreLocation(opts.store).kind === 'embedded') {
+        r = reindex(requireStore(opts.store), encoder.modelId, encoder.dim, params);
+      } else {
+        const store = (await openFor(opts.store, encoder, { writer: true })) as import('../store/postgres.ts').PostgresStore;
+        try {
+          r = await store.rebuildIndex(params);
+        } finally {
+          await store.close();
+        }
+      }
       if (opts.json) console.log(JSON.stringify(r));
       else console.log(`rebuilt the HNSW index of ${r.modelId}: ${r.vectors} vectors, M ${r.M}, ef-construction ${r.efConstruction}, ${r.seconds.toFixed(1)} s -> ${r.file}`);
     });
@@ -223,32 +241,24 @@ function requireStore(dir: string): string {
   return dir;
 }
 
-async function openForReading(dir: string, encoder: Encoder) {
-  const { openIndex } = await import('./service.ts');
-  const handle = await withStore(() => openIndex(requireStore(dir), encoder.modelId, encoder.dim, { config: encoder.config }));
-  if (handle.store.count(encoder.modelId) === 0) {
-    const others = handle.store.stats().models.filter((m) => m.embeddings > 0);
-    if (others.length > 0) {
-      handle.close();
-      throw new UsageError(`the store has no embeddings of model ${encoder.modelId} (it has ${others.map((m) => m.modelId).join(', ')}): index with this model, or pass the --model they were made with`);
-    }
-  }
-  return handle;
-}
-
-/** Runs a store operation, turning store errors into one-line usage errors and a busy store into exit code 4. */
-async function withStore<T>(fn: () => T | Promise<T>): Promise<T> {
-  const { StoreError, StoreLockedError } = await import('./store.ts');
+/**
+ * Opens the store at `location` for the encoder's model. A folder must hold a store already unless `create`;
+ * a reader is refused a store that has embeddings of other models only (it would find nothing).
+ */
+async function openFor(location: string, encoder: Encoder, opts: { writer: boolean; create?: boolean }): Promise<StoreBackend> {
+  const { assertHoldsModel, openStore } = await import('../store/open.ts');
+  const { parseStoreLocation } = await import('../store/location.ts');
+  const loc = parseStoreLocation(location);
+  if (loc.kind === 'embedded' && !opts.create) requireStore(loc.dir);
+  const store = await openStore(location, { modelId: encoder.modelId, dim: encoder.dim, config: encoder.config }, { writer: opts.writer });
+  if (opts.writer) return store;
   try {
-    return await fn();
+    await assertHoldsModel(store);
   } catch (err) {
-    if (err instanceof StoreLockedError) {
-      process.stderr.write(`matvit: ${err.message}\n`);
-      process.exit(EXIT.storeBusy);
-    }
-    if (err instanceof StoreError) throw new UsageError(err.message);
+    await store.close();
     throw err;
   }
+  return store;
 }
 
 function readQuery(file: string): Buffer {
@@ -314,7 +324,9 @@ function formatStats(s: import('./stats.ts').StoreStatsReport): string {
   ];
   for (const m of s.models) {
     const h = m.hnsw;
-    const state = h.file === null ? 'no HNSW file' : `HNSW ${mb(h.bytes)}, ${h.inSync ? 'in sync' : `stale (${h.staleReason}; rebuilt at the next open)`}, M ${h.M ?? '?'}, ef-construction ${h.efConstruction ?? '?'}`;
+    const state = s.kind === 'postgres'
+      ? `pgvector HNSW index in the database${h.M === null ? '' : `, M ${h.M}, ef-construction ${h.efConstruction}`}`
+      : h.file === null ? 'no HNSW file' : `HNSW ${mb(h.bytes)}, ${h.inSync ? 'in sync' : `stale (${h.staleReason}; rebuilt at the next open)`}, M ${h.M ?? '?'}, ef-construction ${h.efConstruction ?? '?'}`;
     lines.push(`${m.current ? '* ' : '  '}${m.modelId}: ${m.embeddings} embeddings of dimension ${m.dim ?? '?'}; ${state}`);
   }
   if (s.models.length === 0) lines.push('no embeddings yet');

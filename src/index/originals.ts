@@ -7,7 +7,7 @@ import path from 'node:path';
 import { NotFoundError } from '../errors.ts';
 import { acceptedFormat } from '../data/formats.ts';
 import { DEFAULT_MAX_PIXELS } from '../data/images.ts';
-import type { IndexHandle } from './service.ts';
+import type { StoreBackend } from '../store/types.ts';
 import { contentHash } from './store.ts';
 import { thumbnailFromBytes, thumbnailOnRequest } from './thumbnails.ts';
 
@@ -26,12 +26,12 @@ export function needsCopy(source: string): boolean {
 const isPlainFile = (source: string) => path.isAbsolute(source) && !/\.(tar\.gz|tgz|tar):/i.test(source);
 
 /** The original bytes of image `id` and their content type. NotFoundError when the image or its bytes are gone. */
-export async function getOriginal(handle: IndexHandle, id: number): Promise<{ bytes: Buffer; contentType: string }> {
-  const row = handle.store.getImage(id);
+export async function getOriginal(store: StoreBackend, id: number): Promise<{ bytes: Buffer; contentType: string }> {
+  const [row] = await store.rows([id]);
   if (!row) throw new NotFoundError(`no image with id ${id}`);
   // A format no longer accepted (an SVG stored before it was refused) is served as bytes to download, never rendered.
   const contentType = acceptedFormat(row.format)?.contentType ?? 'application/octet-stream';
-  const kept = handle.store.getOriginal(id);
+  const kept = await store.original(id);
   if (kept) return { bytes: kept, contentType };
   if (!needsCopy(row.source)) {
     const bytes = await readIfExists(row.source);
@@ -42,12 +42,12 @@ export async function getOriginal(handle: IndexHandle, id: number): Promise<{ by
 }
 
 /** The WebP thumbnail of image `id`: stored, or made from its kept original (thumbnailOnRequest). */
-export async function getThumbnail(handle: IndexHandle, id: number): Promise<Buffer> {
-  const stored = handle.store.getThumbnail(id);
+export async function getThumbnail(store: StoreBackend, id: number): Promise<Buffer> {
+  const stored = await store.thumbnail(id);
   if (stored) return stored;
-  const row = handle.store.getImage(id);
+  const [row] = await store.rows([id]);
   if (!row) throw new NotFoundError(`no image with id ${id}`);
-  const kept = handle.store.getOriginal(id);
+  const kept = await store.original(id);
   if (kept && thumbnailOnRequest(row.width, row.height, true)) return thumbnailFromBytes(kept, row.width, row.height, DEFAULT_MAX_PIXELS);
   throw new NotFoundError(`image ${id} has no thumbnail`);
 }

@@ -28,6 +28,8 @@ export const MIGRATIONS: string[] = [
      config json,
      generation bigint NOT NULL DEFAULT 0 -- bumped by every change to the model's embeddings
    );`,
+  // Values recorded by the program (how far the demo gallery's indexing got), as the embedded store's index_state.
+  `CREATE TABLE store_state (key text PRIMARY KEY, value text NOT NULL);`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
