@@ -85,7 +85,8 @@ export async function main(argv = process.argv): Promise<void> {
       process.exitCode = EXIT.storeBusy;
       return;
     }
-    const known = err instanceof StoreError || err instanceof UsageError || err instanceof NotFoundError || err instanceof ConfigError || err instanceof CheckpointError || (err as Error)?.name === 'ImageDecodeError';
+    const { QueueError } = await import('./queue/connection.ts');
+    const known = err instanceof StoreError || err instanceof QueueError || err instanceof UsageError || err instanceof NotFoundError || err instanceof ConfigError || err instanceof CheckpointError || (err as Error)?.name === 'ImageDecodeError';
     if (known) {
       process.stderr.write(`matvit: ${(err as Error).message}\n`);
       process.exitCode = 2;

@@ -72,17 +72,22 @@ export function registerIndexCommands(program: Command): void {
     .option('--batch-size <n>', 'images per encoder run', positiveInt('batch size', 4096), 64)
     .option('--threads <n>', 'encoder threads, each a worker with a one-thread session (default: all cores when the machine is idle, else 1)', positiveInt('threads', 256))
     .option('--json', 'print the report as JSON')
+    .option('--queue <url>', 'enqueue the work for `matvit worker` processes on this Redis (redis://HOST:PORT) instead of indexing here; needs a PostgreSQL --store')
+    .option('--queue-name <name>', 'BullMQ queue name, the same for the workers (default matvit-index)')
+    .option('--job-size <n>', 'with --queue: images per job', positiveInt('job size', 4096), 64)
     .addHelpText(
       'after',
       `
 Images already indexed with the same model (same content) are skipped, so a rerun after Ctrl-C or a crash indexes
-only the rest. Bad files are listed with their reason and never stop the job.
+only the rest. Bad files are listed with their reason and never stop the job. With --queue, jobs are named after
+what they hold, so enqueueing the same sources again adds nothing; Ctrl-C stops waiting, the workers go on.
 ${EXIT_HELP} 3: nothing could be indexed (no image found, or every file failed); 5: a folder or archive could
 not be read (whole, or past some point: listed, everything else is indexed); 130: interrupted (what was committed
 is kept). Some files failing still exits 0: they are listed in the summary.`,
     )
-    .action(async (paths: string[], opts: CommonOptions & { batchSize: number; threads?: number }) => {
+    .action(async (paths: string[], opts: CommonOptions & { batchSize: number; threads?: number; queue?: string; queueName?: string; jobSize: number }) => {
       for (const p of paths) if (!fs.existsSync(p)) throw new UsageError(`no such file or directory: ${p}`);
+      if (opts.queue !== undefined) return enqueueCommand(paths, { ...opts, queue: opts.queue });
       const { defaultEncoderThreads, indexSources } = await import('./indexer.ts');
       const encoder = await loadEncoder(opts.model, opts.threads ?? (await defaultEncoderThreads()));
       const store = await openFor(opts.store, encoder, { writer: true, create: true });
@@ -108,6 +113,47 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
       if (opts.json) console.log(JSON.stringify({ ...report, interrupted }));
       else printSummary(report, interrupted);
       process.exitCode = interrupted ? EXIT.interrupted : report.unread.length > 0 ? EXIT.incomplete : report.indexed + report.duplicates === 0 ? EXIT.nothingIndexed : EXIT.ok;
+    });
+
+  storeCommand(program, 'worker')
+    .description('index images enqueued by `matvit index --queue`: take jobs from Redis, encode with XL, write to the PostgreSQL --store; runs until SIGTERM/SIGINT')
+    .requiredOption('--queue <url>', 'the Redis of the queue (redis://HOST:PORT)')
+    .option('--queue-name <name>', 'BullMQ queue name (default matvit-index)')
+    .option('--threads <n>', 'encoder threads (default: all cores when the machine is idle, else 1)', positiveInt('threads', 256))
+    .option('--concurrency <n>', 'jobs in hand at once', positiveInt('concurrency', 64), 2)
+    .option('--batch-size <n>', 'images per encoder run', positiveInt('batch size', 4096), 64)
+    .option('--stall-seconds <n>', 'lock of a job in hand: the job of a worker that died goes to another after about this long', positiveInt('stall seconds', 3600), 30)
+    .addHelpText('after', `${EXIT_HELP} On SIGTERM/SIGINT the jobs in hand are finished first (a second signal exits at once: they are retried elsewhere).`)
+    .action(async (opts: CommonOptions & { queue: string; queueName?: string; threads?: number; concurrency: number; batchSize: number; stallSeconds: number }) => {
+      const queueLoc = await sharedStoreAndQueue(opts.store, opts.queue);
+      const { defaultEncoderThreads } = await import('./indexer.ts');
+      const encoder = await loadEncoder(opts.model, opts.threads ?? (await defaultEncoderThreads()));
+      const store = await openFor(opts.store, encoder, { writer: true, create: true });
+      const { connectQueue } = await import('../queue/connection.ts');
+      const { runWorker } = await import('../queue/worker.ts');
+      const { EncoderPool } = await import('../encoder/pool.ts');
+      let redis: import('ioredis').Redis | undefined;
+      let pool: import('../encoder/pool.ts').EncoderPool | null = null;
+      const stop = new AbortController();
+      const onSignal = () => {
+        if (stop.signal.aborted) process.exit(EXIT.interrupted); // the jobs in hand go back to the queue when their locks expire
+        stop.abort();
+        process.stderr.write('matvit: worker stopping after the jobs in hand (signal again to quit at once)\n');
+      };
+      process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
+      try {
+        redis = await connectQueue(queueLoc);
+        pool = await EncoderPool.tryStart(encoder, { threads: encoder.threads });
+        process.stderr.write(`matvit: worker ready: queue on ${queueLoc.display}, store ${store.location}\n`);
+        const r = await runWorker(redis, store, pool ?? encoder, stop.signal, { queueName: opts.queueName, concurrency: opts.concurrency, batchSize: opts.batchSize, stallSeconds: opts.stallSeconds });
+        process.stderr.write(`matvit: worker stopped: ${r.jobs} jobs, ${r.indexed} images indexed\n`);
+      } finally {
+        process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+        await pool?.close();
+        await store.close();
+        redis?.disconnect();
+        await encoder.close();
+      }
     });
 
   storeCommand(program, 'search')
@@ -218,6 +264,53 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
       if (opts.json) console.log(JSON.stringify(r));
       else console.log(`rebuilt the HNSW index of ${r.modelId}: ${r.vectors} vectors, M ${r.M}, ef-construction ${r.efConstruction}, ${r.seconds.toFixed(1)} s -> ${r.file}`);
     });
+}
+
+/** A queue needs a store every worker can write (PostgreSQL) and a Redis URL; both checked before any work. */
+async function sharedStoreAndQueue(store: string, queue: string) {
+  const { parseStoreLocation } = await import('../store/location.ts');
+  const { parseQueueLocation } = await import('../queue/connection.ts');
+  const queueLoc = parseQueueLocation(queue);
+  if (parseStoreLocation(store).kind !== 'postgres') throw new UsageError(`--queue needs a store every worker can write: give --store postgres://USER@HOST:PORT/DATABASE (not the folder ${store})`);
+  return queueLoc;
+}
+
+/** `matvit index --queue`: enqueue the sources, follow the workers, report as local indexing does. */
+async function enqueueCommand(paths: string[], opts: CommonOptions & { queue: string; queueName?: string; jobSize: number }): Promise<void> {
+  const queueLoc = await sharedStoreAndQueue(opts.store, opts.queue);
+  // The store is opened to check it (reachable, pgvector, built for this model) before anything is enqueued.
+  const encoder = await loadEncoder(opts.model, 1);
+  await (await openFor(opts.store, encoder, { writer: true, create: true })).close();
+  await encoder.close();
+  const { connectQueue } = await import('../queue/connection.ts');
+  const { indexThroughQueue } = await import('../queue/enqueue.ts');
+  const redis = await connectQueue(queueLoc);
+  const stop = new AbortController();
+  const onSignal = () => {
+    if (stop.signal.aborted) process.exit(EXIT.interrupted);
+    stop.abort();
+    process.stderr.write('\nmatvit: no longer waiting; the enqueued jobs stay queued for the workers\n');
+  };
+  process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
+  const bar = progressReporter();
+  let report: import('../queue/enqueue.ts').QueueReport;
+  try {
+    report = await indexThroughQueue(redis, paths, {
+      queueName: opts.queueName,
+      jobItems: opts.jobSize,
+      signal: stop.signal,
+      onProgress: bar.update,
+      onNoWorkers: () => process.stderr.write(`matvit: no worker is connected yet: the jobs wait for one (matvit worker --queue ${queueLoc.display} --store ...)\n`),
+    });
+  } finally {
+    bar.stop();
+    redis.disconnect();
+    process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+  }
+  const interrupted = stop.signal.aborted;
+  if (opts.json) console.log(JSON.stringify({ ...report, interrupted }));
+  else printSummary(report, interrupted);
+  process.exitCode = interrupted ? EXIT.interrupted : report.unread.length > 0 ? EXIT.incomplete : report.indexed + report.duplicates === 0 ? EXIT.nothingIndexed : EXIT.ok;
 }
 
 async function loadEncoder(model: string | undefined, threads: number): Promise<Encoder> {

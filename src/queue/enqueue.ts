@@ -28,20 +28,22 @@ export async function indexThroughQueue(redis: Redis, sources: string[], opts: E
   const t0 = Date.now();
   const name = opts.queueName ?? DEFAULT_QUEUE_NAME;
   const queue = new Queue(name, { connection: redis });
-  const events = new QueueEvents(name, { connection: redis.duplicate() });
+  const eventsConnection = redis.duplicate(); // QueueEvents blocks on its connection: one of its own
+  const events = new QueueEvents(name, { connection: eventsConnection });
   const report: QueueReport = { indexed: 0, duplicates: 0, failed: [], unread: [], ids: [], seconds: 0, jobs: 0, progress: { done: 0, total: 0 } };
   const size = new Map<string, number>(); // job id -> items
   const partial = new Map<string, number>(); // job id -> items done, from its progress events
   const finished = new Set<string>();
   let walked = false;
+  let total = 0; // items enqueued
   let allDone: () => void = () => {};
   const done = new Promise<void>((resolve) => (allDone = resolve));
 
   const emit = () => {
     let n = 0;
     for (const [id, items] of size) n += finished.has(id) ? items : Math.min(items, partial.get(id) ?? 0);
-    report.progress = { done: n, total: walked ? report.progress.total : 0 };
-    opts.onProgress?.({ done: n, total: walked ? report.progress.total : undefined, indexed: report.indexed, duplicates: report.duplicates, failed: report.failed.length });
+    report.progress = { done: n, total };
+    opts.onProgress?.({ done: n, total: walked ? total : undefined, indexed: report.indexed, duplicates: report.duplicates, failed: report.failed.length });
     if (walked && finished.size === size.size) allDone();
   };
   /** A job's result; `earlier`: it finished before this run (the same sources enqueued again): all duplicates now. */
@@ -101,16 +103,16 @@ export async function indexThroughQueue(redis: Redis, sources: string[], opts: E
       if (opts.signal?.aborted) break;
       if (size.has(job.id)) continue; // the same items twice on the command line
       size.set(job.id, job.data.items.length);
-      report.progress.total += job.data.items.length;
+      total += job.data.items.length;
       chunk.push({ name: 'index', data: job.data, opts: { ...jobOptions, jobId: job.id } });
       if (chunk.length >= ADD_CHUNK) await flush();
     }
     await flush();
     report.jobs = size.size;
     walked = true;
-    if (size.size > 0 && (await queue.getWorkersCount()) === 0) opts.onNoWorkers?.();
     await reconcile();
     emit();
+    if (finished.size < size.size && (await queue.getWorkersCount()) === 0) opts.onNoWorkers?.();
     timer = setInterval(() => void reconcile().catch(() => {}), RECONCILE_MS);
     const stopped = new Promise<void>((resolve) => opts.signal?.addEventListener('abort', () => resolve(), { once: true }));
     await Promise.race([done, stopped]);
@@ -118,6 +120,7 @@ export async function indexThroughQueue(redis: Redis, sources: string[], opts: E
     clearInterval(timer);
     await events.close();
     await queue.close();
+    eventsConnection.disconnect();
   }
   report.seconds = (Date.now() - t0) / 1000;
   return report;
