@@ -126,13 +126,20 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
     .addHelpText('after', `${EXIT_HELP} On SIGTERM/SIGINT the jobs in hand are finished first (a second signal exits at once: they are retried elsewhere).`)
     .action(async (opts: CommonOptions & { queue: string; queueName?: string; threads?: number; concurrency: number; batchSize: number; stallSeconds: number }) => {
       const queueLoc = await sharedStoreAndQueue(opts.store, opts.queue);
-      const { defaultEncoderThreads } = await import('./indexer.ts');
-      const encoder = await loadEncoder(opts.model, opts.threads ?? (await defaultEncoderThreads()));
-      const store = await openFor(opts.store, encoder, { writer: true, create: true });
       const { connectQueue } = await import('../queue/connection.ts');
+      const redis = await connectQueue(queueLoc); // first: a queue that is down must not leave a new store behind
+      const { defaultEncoderThreads } = await import('./indexer.ts');
+      let encoder: Encoder;
+      let store: StoreBackend;
+      try {
+        encoder = await loadEncoder(opts.model, opts.threads ?? (await defaultEncoderThreads()));
+        store = await openFor(opts.store, encoder, { writer: true, create: true });
+      } catch (err) {
+        redis.disconnect();
+        throw err;
+      }
       const { runWorker } = await import('../queue/worker.ts');
       const { EncoderPool } = await import('../encoder/pool.ts');
-      let redis: import('ioredis').Redis | undefined;
       let pool: import('../encoder/pool.ts').EncoderPool | null = null;
       const stop = new AbortController();
       const onSignal = () => {
@@ -142,7 +149,6 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
       };
       process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
       try {
-        redis = await connectQueue(queueLoc);
         pool = await EncoderPool.tryStart(encoder, { threads: encoder.threads });
         process.stderr.write(`matvit: worker ready: queue on ${queueLoc.display}, store ${store.location}\n`);
         const r = await runWorker(redis, store, pool ?? encoder, stop.signal, { queueName: opts.queueName, concurrency: opts.concurrency, batchSize: opts.batchSize, stallSeconds: opts.stallSeconds });
@@ -151,7 +157,7 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
         process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
         await pool?.close();
         await store.close();
-        redis?.disconnect();
+        redis.disconnect();
         await encoder.close();
       }
     });
@@ -278,13 +284,18 @@ async function sharedStoreAndQueue(store: string, queue: string) {
 /** `matvit index --queue`: enqueue the sources, follow the workers, report as local indexing does. */
 async function enqueueCommand(paths: string[], opts: CommonOptions & { queue: string; queueName?: string; jobSize: number }): Promise<void> {
   const queueLoc = await sharedStoreAndQueue(opts.store, opts.queue);
-  // The store is opened to check it (reachable, pgvector, built for this model) before anything is enqueued.
-  const encoder = await loadEncoder(opts.model, 1);
-  await (await openFor(opts.store, encoder, { writer: true, create: true })).close();
-  await encoder.close();
   const { connectQueue } = await import('../queue/connection.ts');
   const { indexThroughQueue } = await import('../queue/enqueue.ts');
   const redis = await connectQueue(queueLoc);
+  try {
+    // The store is checked (reachable, pgvector, built for this model) before anything is enqueued.
+    const encoder = await loadEncoder(opts.model, 1);
+    await (await openFor(opts.store, encoder, { writer: true, create: true })).close();
+    await encoder.close();
+  } catch (err) {
+    redis.disconnect();
+    throw err;
+  }
   const stop = new AbortController();
   const onSignal = () => {
     if (stop.signal.aborted) process.exit(EXIT.interrupted);
