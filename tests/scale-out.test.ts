@@ -241,13 +241,15 @@ describe('distributed indexing', () => {
     assert.equal(rows.length, expected.size);
     assert.deepEqual(new Set(rows.map((x) => x.content_hash)), new Set(expected.keys()));
     assert.equal((await sql<{ n: number }>('SELECT count(*)::int AS n FROM embeddings_1'))[0].n, expected.size);
-    const queue = new Queue('matvit-index', { connection: new Redis(redis.url, { maxRetriesPerRequest: null }) });
+    const connection = new Redis(redis.url, { maxRetriesPerRequest: null });
+    const queue = new Queue('matvit-index', { connection });
     try {
       const jobs = await queue.getJobs(['completed']);
       assert.equal(jobs.length, report.jobs);
       assert.ok(jobs.some((j) => j.stalledCounter > 0 || j.attemptsMade > 0), 'a job of the killed worker was run again by another');
     } finally {
       await queue.close();
+      connection.disconnect();
     }
 
     // Searchable: an image's own bytes find it first.

@@ -39,12 +39,12 @@ describe('store locations', () => {
 });
 
 describe('store URLs on the command line', () => {
-  test('a bad URL, or a PostgreSQL store the command cannot use yet: one line, exit 2, no folder named after the URL', () => {
+  test('a bad URL, or a PostgreSQL server that is not there: one line, exit 2, no folder named after the URL', () => {
     const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
     const cases: [string[], RegExp][] = [
       [['stats', '--store', 'mysql://me@h/db'], /^matvit: unsupported store URL "mysql:\/\/me@h\/db"/],
       [['rm', '5', '--store', 'postgres://me:pw@h:99999/db'], /^matvit: invalid PostgreSQL URL "postgres:\/\/me:\*\*\*@h:99999\/db"/],
-      [['index', 'datasets', '--store', 'postgres://me@127.0.0.1:1/db'], /^matvit: matvit index does not use PostgreSQL stores yet: give a store folder/],
+      [['index', 'datasets', '--store', 'postgres://me@127.0.0.1:1/db'], /^matvit: cannot reach PostgreSQL at postgres:\/\/me@127\.0\.0\.1:1\/db: connect ECONNREFUSED/],
     ];
     for (const [args, re] of cases) {
       const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], { cwd: root, encoding: 'utf8', env: { ...process.env, NODE_ENV: 'test' } });
