@@ -201,7 +201,7 @@ describe('the commands on a PostgreSQL store', () => {
     for (const args of [['search', '--id', '1'], ['search', path.join(folder, fs.readdirSync(folder)[0])], ['stats']]) {
       const r = await run([...args, '--store', pgs.url, '--model', model]);
       if (args[0] === 'stats') assert.equal(r.code, 0, 'stats lists what the store holds');
-      else assertUsageError(r, /^matvit: the store postgres:\/\/postgres@127\.0\.0\.1:\d+\/postgres has no embeddings of model model\/model\.safetensors@1 \(it has other\/model\.safetensors@1\): index with this model, or pass the --model they were made with$/, args.join(' '));
+      else assertUsageError(r, /^matvit: the store postgres:\/\/postgres@127\.0\.0\.1:\d+\/postgres has no embeddings of model model\/model\.safetensors@1 \(it has other\/model\.safetensors@1\): index with this model, or pass the --model they were made with$/m, args.join(' '));
     }
     assert.deepEqual(await sql('SELECT count(*)::int AS n FROM models'), before, 'readers created nothing');
   });
