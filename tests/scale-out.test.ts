@@ -82,6 +82,12 @@ async function sql<T extends pg.QueryResultRow>(text: string): Promise<T[]> {
   }
 }
 
+/** An image of the folder. */
+function firstImage(): string {
+  const label = fs.readdirSync(folder)[0];
+  return path.join(folder, label, fs.readdirSync(path.join(folder, label))[0]);
+}
+
 /** One line on stderr, exit code 2. */
 function assertUsageError(r: Run, re: RegExp, what: string): void {
   assert.equal(r.code, 2, `${what}: exit ${r.code}: ${r.stderr}`);
@@ -130,7 +136,7 @@ describe('the commands on a PostgreSQL store', () => {
     assert.deepEqual([rb.indexed, rb.duplicates, rb.failed, rb.ids], [ra.indexed, ra.duplicates, ra.failed, ra.ids]);
     assert.equal(ra.indexed + ra.duplicates, FOLDER_IMAGES);
 
-    const query = path.join(folder, fs.readdirSync(folder)[0], fs.readdirSync(path.join(folder, fs.readdirSync(folder)[0]))[0]);
+    const query = firstImage();
     for (const args of [['search', query, '--k', '5', '--json'], ['search', '--id', '3', '--k', '5', '--json']]) {
       const [sa, sb] = await both(args);
       assert.equal(sa.code, 0, sa.stderr);
@@ -198,7 +204,7 @@ describe('the commands on a PostgreSQL store', () => {
     // A store built with another model: searching it with this one would find nothing.
     assert.equal((await run(['index', folder, '--store', pgs.url, '--model', otherModel, '--threads', '1'])).code, 0);
     const before = await sql('SELECT count(*)::int AS n FROM models');
-    for (const args of [['search', '--id', '1'], ['search', path.join(folder, fs.readdirSync(folder)[0])], ['stats']]) {
+    for (const args of [['search', '--id', '1'], ['search', firstImage()], ['stats']]) {
       const r = await run([...args, '--store', pgs.url, '--model', model]);
       if (args[0] === 'stats') assert.equal(r.code, 0, 'stats lists what the store holds');
       else assertUsageError(r, /^matvit: the store postgres:\/\/postgres@127\.0\.0\.1:\d+\/postgres has no embeddings of model model\/model\.safetensors@1 \(it has other\/model\.safetensors@1\): index with this model, or pass the --model they were made with$/m, args.join(' '));

@@ -234,7 +234,9 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
         stats = storeStats(requireStore(opts.store), await modelIdOrNull(opts.model));
       } else {
         // A PostgreSQL store is opened for a model (its table); the database holds every model's counts.
-        const store = await openFor(opts.store, await loadEncoder(opts.model, 1), { writer: false });
+        const { openStore } = await import('../store/open.ts');
+        const encoder = await loadEncoder(opts.model, 1);
+        const store = await openStore(opts.store, { modelId: encoder.modelId, dim: encoder.dim }, { writer: false });
         try {
           stats = await databaseStats(store);
         } finally {
