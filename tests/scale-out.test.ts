@@ -241,6 +241,7 @@ describe('distributed indexing', () => {
     assert.equal(report.indexed + report.duplicates, 10_000);
     assert.deepEqual(report.failed, []);
     assert.equal(report.indexed, expected.size, 'each distinct image indexed once');
+    assert.equal(new Set(report.ids).size, report.indexed, 'the ids of the indexed images, once each');
 
     // Every image exactly once, with its embedding; the killed worker's jobs were taken over (stalled, then done).
     const rows = await sql<{ content_hash: string; source: string }>('SELECT content_hash, source FROM images');

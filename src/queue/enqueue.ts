@@ -16,6 +16,7 @@ export interface EnqueueOptions {
   signal?: AbortSignal;
 }
 
+/** IndexReport with its ids in the order the jobs finished (they run in parallel), and the queue's figures. */
 export interface QueueReport extends IndexReport {
   jobs: number;
   progress: { done: number; total: number };
@@ -54,6 +55,7 @@ export async function indexThroughQueue(redis: Redis, sources: string[], opts: E
     else {
       report.indexed += result.indexed;
       report.duplicates += result.duplicates;
+      report.ids.push(...(result.ids ?? []));
     }
     report.failed.push(...result.failed);
     emit();

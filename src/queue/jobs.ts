@@ -26,8 +26,9 @@ export const IndexJobResult = z.object({
   indexed: z.number().int(),
   duplicates: z.number().int(),
   failed: z.array(z.object({ path: z.string(), reason: z.string() })),
+  ids: z.array(z.number().int()).default([]), // of the images it indexed
 });
-export type IndexJobResult = z.infer<typeof IndexJobResult>;
+export type IndexJobResult = z.input<typeof IndexJobResult>;
 
 export const jobOptions = {
   attempts: 5, // an error of the store or the encoder (not a bad image: those are reported) is retried

@@ -37,7 +37,7 @@ export async function runWorker(redis: Redis, store: StoreBackend, encoder: Imag
       totals.jobs++;
       totals.indexed += r.indexed;
       logger.info({ job: job.id, indexed: r.indexed, duplicates: r.duplicates, failed: r.failed.length, attempt: job.attemptsMade + 1 }, 'job done');
-      return { indexed: r.indexed, duplicates: r.duplicates, failed: r.failed };
+      return { indexed: r.indexed, duplicates: r.duplicates, failed: r.failed, ids: r.ids };
     },
     {
       connection: redis,
