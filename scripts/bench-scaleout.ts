@@ -98,7 +98,8 @@ async function queueOverhead(): Promise<void> {
   const data = first.value!.data;
   const jobs = Number(args.jobs);
   const queue = new Queue(name, { connection });
-  const events = new QueueEvents(name, { connection: connection.duplicate() });
+  const eventsConnection = connection.duplicate();
+  const events = new QueueEvents(name, { connection: eventsConnection });
   await events.waitUntilReady();
   let left = jobs;
   const done = new Promise<void>((resolve) => events.on('completed', () => --left === 0 && resolve()));
@@ -113,6 +114,7 @@ async function queueOverhead(): Promise<void> {
   await events.close();
   await queue.close();
   connection.disconnect();
+  eventsConnection.disconnect();
 }
 
 async function search(): Promise<void> {
