@@ -1,7 +1,7 @@
-// The store commands of the `matvit` CLI: index, search, rm, stats, reindex. Each parses its flags, opens the store
-// through the store seam (src/store/open.ts: a folder, or a postgres:// URL), calls the services (indexer.ts,
-// search.ts, stats.ts) and prints; heavy modules load only when a command runs. Store errors reach main (cli.ts),
-// which prints them as one line with exit code 2 (4 for a store locked by another writer).
+// The store commands of the `matvit` CLI: index (here, or through a queue), worker, search, rm, stats, reindex. Each
+// parses its flags, opens the store through the store seam (src/store/open.ts: a folder, or a postgres:// URL),
+// calls the services (indexer.ts, search.ts, stats.ts, src/queue) and prints; heavy modules load only when a
+// command runs. Store and queue errors reach main (cli.ts): one line, exit code 2 (4: a store locked by a writer).
 import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
