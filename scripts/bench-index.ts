@@ -1,25 +1,24 @@
-// npx tsx scripts/bench-index.ts [--quick] [--source datasets/cifar10-test.tar.gz] [--threads N] [--encoder-threads 1,2]
+// npx tsx scripts/bench-index.ts [--quick] [--source datasets/cifar10-test.tar.gz] [--folder] [--threads N] [--encoder-threads 1,2]
 //                                [--rounds 2] [--skip-index] [--skip-hnsw] [--queries 1000]
 //                                [--efs 32,48,64,96,128,160,192,256] [--ef-constructions 128,200] [--m 12,16]
 // 1. Indexing end to end: the 10,000 CIFAR-10 test images into a fresh store (read, hash, decode, XL encoding,
-//    SQLite, HNSW; archive members keep their originals, so their thumbnails are made on request, not here) with
+//    SQLite, HNSW; archive members keep their originals, which are their own thumbnails; with --folder the members are
+//    written out first and indexed as files, which the store does not copy, as `matvit index` of a folder) with
 //    `--threads` encoder threads (default: what `matvit index` picks; one single-thread worker each), against the
 //    encoder alone on the same images already decoded, for each of `--encoder-threads` in two layouts (one session
 //    with t onnxruntime threads; t single-thread workers, as indexing runs it), measured in the same run and
 //    alternated (encoder, index, encoder, index, encoder) so that both see the same background load. Ratios are given
 //    against the encoder alone in indexing's layout and against its fastest layout. They are what to compare across
 //    runs: the machine has two cores and is often shared (a training job), and the kernel gives each process group a
-//    fair share.
+//    fair share. Each round also gives the store's size per image (SQLite and HNSW file, once closed).
 // 2. HNSW: CIFAR-10's 60,000 images (train + test) encoded with XL, of which 1,000 spread over train and test are held
 //    out as queries (encoded with XL and with S) and 59,000 are stored through the service; recall@10 against exact
 //    search and median single-query latency for each ef and each graph (--m x --ef-constructions), marking
 //    HNSW_DEFAULTS.ef. Embeddings are cached per model id in .cache/bench-index/.
 // --quick: 1,000 images to index, 5,000 embeddings, 200 queries. Results are also written as JSON to runs/bench-index/.
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadLabelledPixels } from '../src/data/labelled.ts';
 import { DEFAULT_MODEL_PATH } from '../src/encoder/checkpoint.ts';
@@ -31,11 +30,12 @@ import { EncoderPool } from '../src/encoder/pool.ts';
 import { addEmbeddings, openIndex } from '../src/index/service.ts';
 import { EmbeddedStore } from '../src/store/embedded.ts';
 import { contentHash } from '../src/index/store.ts';
+import { cifarEmbeddings, encodeAll, images, root } from './cifar-embeddings.ts';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: args } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
+    folder: { type: 'boolean', default: false },
     model: { type: 'string', default: DEFAULT_MODEL_PATH },
     source: { type: 'string', default: path.join(root, 'datasets/cifar10-test.tar.gz') },
     train: { type: 'string', default: path.join(root, '../shared/datasets/cifar10/train.tar.gz') },
@@ -81,15 +81,9 @@ function conditions(): { loadavg: number[]; busy: string[] } {
   return { loadavg: os.loadavg().map((x) => Number(x.toFixed(2))), busy };
 }
 
-function images(pixels: Uint8Array, size: number, n: number): Uint8Array[] {
-  const per = size * size * 3;
-  return Array.from({ length: n }, (_, i) => pixels.subarray(i * per, (i + 1) * per));
-}
-
-async function encodeAll(encoder: Encoder, imgs: Uint8Array[], spec = 'XL', batch = batchSize): Promise<Float32Array[]> {
-  const out: Float32Array[] = [];
-  for (let i = 0; i < imgs.length; i += batch) out.push(...(await encoder.encode(imgs.slice(i, i + batch), spec)));
-  return out;
+/** Bytes of the files in a folder and its sub-folders. */
+function folderBytes(dir: string): number {
+  return fs.readdirSync(dir, { withFileTypes: true, recursive: true }).reduce((sum, e) => sum + (e.isFile() ? fs.statSync(path.join(e.parentPath, e.name)).size : 0), 0);
 }
 
 // ---- 1. indexing end to end vs the encoder alone ------------------------------------------------------------------
@@ -104,6 +98,7 @@ interface IndexRound {
   cpuMsPerImage: { endToEnd: number; encoderOnly: number };
   encoderBusy: number | null; // fraction of the end-to-end time the encoder worker was running the model
   encodeMsPerImage: number | null; // its model time per image, to set against 1000 / encoderOnly
+  storeBytesPerImage: number; // the store folder once closed (SQLite and HNSW file) over the images indexed
 }
 
 async function benchIndexing(encoder: Encoder) {
@@ -113,8 +108,8 @@ async function benchIndexing(encoder: Encoder) {
   const imgs = images(data.pixels, size, data.labels.length);
   let source = args.source;
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-index-'));
-  if (quick) {
-    // The first 1,000 images as a folder of files (the archive cannot be cut short).
+  if (quick || args.folder) {
+    // The images as a folder of files (--folder; --quick: the first 1,000, as the archive cannot be cut short).
     source = path.join(tmp, 'images');
     const { iterateImageSource } = await import('../src/data/sources.ts');
     let n = 0;
@@ -135,7 +130,7 @@ async function benchIndexing(encoder: Encoder) {
     const e = t === threads ? encoder : Encoder.load(args.model, { threads: t });
     if (e.modelId !== encoder.modelId) throw new Error(`the model changed during the run (${encoder.modelId} -> ${e.modelId}): run again`);
     if (e !== encoder) started.push(e);
-    layouts.set(`${t} thread${t > 1 ? 's' : ''}`, (xs) => encodeAll(e, xs));
+    layouts.set(`${t} thread${t > 1 ? 's' : ''}`, (xs) => encodeAll(e, xs, 'XL', batchSize));
     const off = await EncoderPool.start(e, { threads: t });
     started.push(off);
     layouts.set(`${t} worker${t > 1 ? 's' : ''}`, (xs) => Promise.all(batches(xs).map((b) => off.encode(b)))); // all queued: never waiting
@@ -162,7 +157,8 @@ async function benchIndexing(encoder: Encoder) {
     const c0 = cpuMs();
     const report = await indexSources(handle, encoder, [source], { batchSize });
     const cpu = (cpuMs() - c0) / Math.max(1, report.indexed);
-    await handle.close();
+    await handle.close(); // checkpoints the WAL into the database file
+    const storeBytes = folderBytes(store);
     fs.rmSync(store, { recursive: true, force: true });
     if (report.indexed !== imgs.length) throw new Error(`indexed ${report.indexed} of ${imgs.length} (failed: ${JSON.stringify(report.failed.slice(0, 3))})`);
     const afterEnc = await encoderOnly();
@@ -172,9 +168,10 @@ async function benchIndexing(encoder: Encoder) {
     const busy = report.encodeSeconds === undefined ? null : report.encodeSeconds / report.seconds;
     const encMs = report.encodeSeconds === undefined ? null : (report.encodeSeconds * 1000) / report.indexed;
     const encCpu = (before[indexLayout].cpu + afterEnc[indexLayout].cpu) / 2;
-    rounds.push({ encoderOnly: enc, endToEnd: e2e, ratio: e2e / enc[indexLayout], ratioBest: e2e / best, indexed: report.indexed, seconds: report.seconds, cpuMsPerImage: { endToEnd: cpu, encoderOnly: encCpu }, encoderBusy: busy, encodeMsPerImage: encMs });
+    const storeBytesPerImage = storeBytes / report.indexed;
+    rounds.push({ encoderOnly: enc, endToEnd: e2e, ratio: e2e / enc[indexLayout], ratioBest: e2e / best, indexed: report.indexed, seconds: report.seconds, cpuMsPerImage: { endToEnd: cpu, encoderOnly: encCpu }, encoderBusy: busy, encodeMsPerImage: encMs, storeBytesPerImage });
     const encText = [...layouts.keys()].map((k) => `${enc[k].toFixed(0)} with ${k} (${before[k].rate.toFixed(0)} before, ${afterEnc[k].rate.toFixed(0)} after)`).join(', ');
-    console.log(`round ${r + 1}: end to end ${e2e.toFixed(0)} images/s (${report.seconds.toFixed(1)} s, ${indexLayout}); encoder only: ${encText} images/s`);
+    console.log(`round ${r + 1}: end to end ${e2e.toFixed(0)} images/s (${report.seconds.toFixed(1)} s, ${indexLayout}), store ${(storeBytes / 1e6).toFixed(1)} MB = ${storeBytesPerImage.toFixed(0)} bytes per image; encoder only: ${encText} images/s`);
     console.log(`  ratio ${(e2e / enc[indexLayout]).toFixed(3)} against the encoder alone in the same layout, ${(e2e / best).toFixed(3)} against its fastest`);
     console.log(
       `  CPU ${cpu.toFixed(2)} ms/image end to end vs ${encCpu.toFixed(2)} encoder only; encoder workers busy ${busy === null ? '?' : `${(100 * busy).toFixed(0)}%`} of the time, ${encMs === null ? '?' : encMs.toFixed(2)} ms/image of model time (encoder only: ${(1000 / enc[indexLayout]).toFixed(2)})`,
@@ -185,6 +182,7 @@ async function benchIndexing(encoder: Encoder) {
   for (const e of started) await e.close();
   return {
     source: args.source,
+    asFolder: quick || args.folder,
     images: imgs.length,
     threads,
     batchSize,
@@ -192,46 +190,15 @@ async function benchIndexing(encoder: Encoder) {
     medianRatio: median(rounds.map((r) => r.ratio)),
     medianRatioBest: median(rounds.map((r) => r.ratioBest)),
     medianEndToEnd: median(rounds.map((r) => r.endToEnd)),
+    storeBytesPerImage: median(rounds.map((r) => r.storeBytesPerImage)),
   };
 }
 
 // ---- 2. HNSW recall@10 and latency on 59,000 real embeddings -------------------------------------------------------
 
-/**
- * XL embeddings of CIFAR-10 train + test (cached per model id), split into the stored vectors and held-out queries:
- * every (60,000 / nq)-th image is a query and is not stored. Queries that are not near-copies of a stored image are
- * the hard case for HNSW (mirrored copies of stored images, the query set used before, found their neighbours far
- * more easily: README, HNSW).
- */
 async function embeddings(encoder: Encoder) {
-  const size = encoder.config.imageSize;
-  const nAll = quick ? 5000 : 60_000;
-  const test = await loadLabelledPixels(args.source, size);
-  const train = quick ? null : await loadLabelledPixels(args.train, size);
-  const all = [...(train ? images(train.pixels, size, train.labels.length) : []), ...images(test.pixels, size, test.labels.length)].slice(0, nAll);
-  const key = crypto.createHash('sha256').update(`${encoder.modelId}|${args.source}|${args.train}|${all.length}`).digest('hex').slice(0, 16);
-  const cache = path.join(root, '.cache/bench-index', `db-${key}.f32`);
-  const dim = encoder.dim;
-  let vectors: Float32Array[];
-  if (fs.existsSync(cache)) {
-    const flat = new Float32Array(new Uint8Array(fs.readFileSync(cache)).buffer);
-    vectors = Array.from({ length: flat.length / dim }, (_, i) => flat.subarray(i * dim, (i + 1) * dim));
-    console.log(`${vectors.length} XL embeddings from ${path.relative(root, cache)}`);
-  } else {
-    const t0 = performance.now();
-    vectors = await encodeAll(encoder, all, 'XL', 128);
-    console.log(`encoded ${vectors.length} images with XL in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
-    fs.mkdirSync(path.dirname(cache), { recursive: true });
-    const flat = new Float32Array(vectors.length * dim);
-    vectors.forEach((v, i) => flat.set(v, i * dim));
-    fs.writeFileSync(cache, new Uint8Array(flat.buffer));
-  }
   const nq = Number(args.queries ?? (quick ? 200 : 1000));
-  const step = Math.floor(all.length / nq);
-  const isQuery = (i: number) => i % step === step - 1 && i < nq * step;
-  const db = vectors.filter((_, i) => !isQuery(i));
-  const queryIdx = all.map((_, i) => i).filter(isQuery);
-  const queries = { XL: queryIdx.map((i) => vectors[i]), S: await encodeAll(encoder, queryIdx.map((i) => all[i]), 'S') };
+  const { db, queries } = await cifarEmbeddings(encoder, { test: args.source, train: quick ? null : args.train, limit: quick ? 5000 : 60_000, queries: nq, batchSize });
   return { db, queries };
 }
 
@@ -312,7 +279,7 @@ await encoder.close();
 const ix = result.indexing as Awaited<ReturnType<typeof benchIndexing>> | undefined;
 if (ix) {
   console.log(
-    `\nindexing: median end-to-end ${ix.medianEndToEnd.toFixed(0)} images/s; median ratio to the encoder alone ${ix.medianRatio.toFixed(3)} (same layout), ${ix.medianRatioBest.toFixed(3)} (its fastest layout)`,
+    `\nindexing: median end-to-end ${ix.medianEndToEnd.toFixed(0)} images/s, ${ix.storeBytesPerImage.toFixed(0)} store bytes per image; median ratio to the encoder alone ${ix.medianRatio.toFixed(3)} (same layout), ${ix.medianRatioBest.toFixed(3)} (its fastest layout)`,
   );
 }
 console.log(`load average at the end ${(result.conditionsAtEnd as { loadavg: number[] }).loadavg.join(' ')}`);

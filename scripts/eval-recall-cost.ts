@@ -1,6 +1,6 @@
 // npm run eval [-- --model models/matvit-cifar10/model.safetensors --db ../shared/datasets/cifar10/train.tar.gz
 //   --queries ../shared/datasets/cifar10/test.tar.gz --task all|recall|self|copies|own --mixnmatch-queries 5000
-//   --baselines models/baseline-S,models/baseline-M --compare models/matvit-cifar10-v2 --self-queries 1000
+//   --baselines models/baseline-S,models/baseline-M --compare models/matvit-cifar10-v1 --self-queries 1000
 //   --limit 300 --seed 0 --threads 2 --out reports/cifar10]
 // Recall-vs-cost evaluation of every query encoder (uniform S/M/L/XL, the monotone Mix'n'Match lists, any
 // independently trained baselines) against a database encoded once with XL, an HNSW ef sweep, self-retrieval

@@ -1,8 +1,10 @@
-// npx tsx scripts/model-card.ts [--model models/matvit-cifar10] [--baselines models/baseline-S,...] [--test SRC]
+// npx tsx scripts/model-card.ts [--model models/matvit-cifar10] [--init models/matvit-cifar10-v1]
+//                                [--baselines models/baseline-S,...] [--test SRC]
 //                                [--report reports/cifar10] [--own-report reports/cifar10-own]
-// Measures CIFAR-10 test top-1 of every trained granularity of the shipped model and of the baselines, reads the
-// run's options, epochs and wall time from its checkpoint and metrics log, and writes <model>/MODEL_CARD.md.
-// 1-NN retrieval figures come from the evaluation reports' results.json (npm run eval; --task own) when they exist.
+// Measures CIFAR-10 test top-1 of every trained granularity of the shipped model, of the model it was fine-tuned from
+// (--init, when the run was a fine-tune) and of the baselines, reads each run's options, epochs and wall time from its
+// checkpoint and metrics log, and writes <model>/MODEL_CARD.md. Retrieval figures come from the evaluation reports'
+// results.json (npm run eval; --task own) when they exist.
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -11,10 +13,12 @@ import { loadLabelledPixels } from '../src/data/labelled.ts';
 import { METRICS_FILE, MODEL_FILE, STATE_FILE, evaluateTop1 } from '../src/train/trainer.ts';
 import { formatSeconds } from '../src/progress.ts';
 import type { RecallCostResult } from '../src/eval/result.ts';
+import { headline } from '../src/eval/report.ts';
 
 const { values: args } = parseArgs({
   options: {
     model: { type: 'string', default: 'models/matvit-cifar10' },
+    init: { type: 'string', default: 'models/matvit-cifar10-v1' }, // the run's --init (its recorded path may have moved)
     baselines: { type: 'string' },
     test: { type: 'string', default: '../shared/datasets/cifar10/test.tar.gz' },
     report: { type: 'string', default: 'reports/cifar10' },
@@ -46,6 +50,8 @@ async function summarise(dir: string): Promise<RunSummary> {
 }
 
 const main = await summarise(args.model);
+const consistency = main.options.objective === 'consistency' ? JSON.parse(loadModel(path.join(args.model, MODEL_FILE)).metadata['train.objective'] ?? '{}') : null;
+const init = consistency && fs.existsSync(path.join(args.init, MODEL_FILE)) ? await summarise(args.init) : null;
 const baselineDirs = args.baselines ? args.baselines.split(',') : fs.readdirSync('models').filter((d) => d.startsWith('baseline-')).map((d) => path.join('models', d));
 const baselines = await Promise.all(baselineDirs.filter((d) => fs.existsSync(path.join(d, MODEL_FILE))).map(summarise));
 
@@ -69,10 +75,22 @@ const lines = [
   '- Test: the 10,000 CIFAR-10 test images (never seen in training; also the bundled demo gallery).',
   '',
   '## Recipe',
-  `- \`${fs.readFileSync(path.join(args.model, 'command.txt'), 'utf8').trim()}\` (scripts/train-default.sh), resumable.`,
-  `- Options: \`${JSON.stringify(main.options)}\``,
-  '- MatFormer objective: one granularity sampled per step with the paper\'s probabilities S/M/L/XL = 0.17/0.20/0.22/0.41;',
-  '  AdamW, linear warm-up then cosine decay, global-norm clipping, label smoothing, random crop (pad 4) and flip.',
+  `- \`${fs.readFileSync(path.join(args.model, 'command.txt'), 'utf8').trim()}\` (${consistency ? 'scripts/train-v2.sh' : 'scripts/train-default.sh'}), resumable.`,
+  `- Options: \`${JSON.stringify({ ...main.options, ...(init ? { init: path.join(init.dir, MODEL_FILE) } : {}) })}\``,
+  ...(consistency
+    ? [
+        `- Fine-tuned from ${init ? `\`${init.dir}\` (${status(init)}; its command: \`${fs.readFileSync(path.join(init.dir, 'command.txt'), 'utf8').trim()}\`)` : 'the model named by --init'}.`,
+        `- Consistency objective (src/train/step-graph.ts), settings \`${JSON.stringify({ ...consistency, init: undefined })}\`: each step runs XL on the`,
+        '  labels and one student width (sampled with studentProbs S/M/L/XL) on the same batch; the student learns the labels,',
+        '  XL\'s logits (KL at temperature kdTemp, weight kd) and XL\'s embedding (1 - cosine to the stop-gradient XL embedding,',
+        '  weight cos); an InfoNCE loss (temperature nceTemp, weight nce) pairs the student\'s embedding of a copy view (random',
+        '  resized crop, flip, rotation, colour jitter and grayscale, blur, JPEG re-compression, down-and-up scaling) with XL\'s',
+        '  embedding of the light view, the other images of the batch as negatives. AdamW, cosine decay, clipping, label smoothing.',
+      ]
+    : [
+        '- MatFormer objective: one granularity sampled per step with the paper\'s probabilities S/M/L/XL = 0.17/0.20/0.22/0.41;',
+        '  AdamW, linear warm-up then cosine decay, global-norm clipping, label smoothing, random crop (pad 4) and flip.',
+      ]),
   '- Baselines: `scripts/train-baseline.sh FFN [EPOCHS]` (the same recipe with `--baseline FFN --seed 1`; each run\'s',
   '  command.txt has its exact command): ordinary ViTs with one fixed FFN width, initialised and trained independently.',
   `- Status: ${status(main)}.`,
@@ -81,7 +99,8 @@ const lines = [
   '',
   '| model | S | M | L | XL | training |',
   '| --- | ---: | ---: | ---: | ---: | --- |',
-  `| MatViT (shared weights) | ${['S', 'M', 'L', 'XL'].map((g) => pct(main.top1[g])).join(' | ')} | ${status(main)} |`,
+  `| MatViT (shared weights, ${main.dir}) | ${['S', 'M', 'L', 'XL'].map((g) => pct(main.top1[g])).join(' | ')} | ${status(main)}${init ? ', after the run below' : ''} |`,
+  ...(init ? [`| MatViT it was fine-tuned from (${init.dir}) | ${['S', 'M', 'L', 'XL'].map((g) => pct(init.top1[g])).join(' | ')} | ${status(init)} |`] : []),
   ...baselines.map((b) => `| baseline ViT-${b.trained[0]} (${b.dir}) | ${['S', 'M', 'L', 'XL'].map((g) => pct(b.top1[g])).join(' | ')} | ${status(b)} |`),
   '',
 ];
@@ -101,9 +120,10 @@ function retrievalSection(r: RecallCostResult): string[] {
   return [
     '## Retrieval (1-NN, XL-encoded database)',
     '',
-    `From \`${args.report}\` (\`npm run eval\`, model \`${r.modelId}\`): ${r.dataset.dbSize} database images encoded with XL, ` +
+    `From \`${args.report}\` (\`npm run eval\`, model \`${r.modelId}\`${r.compare ? `, compared in the same run with \`${r.compare.modelId}\`` : ''}): ${r.dataset.dbSize} database images encoded with XL, ` +
       `${r.dataset.queryCount} queries encoded by each encoder; its summary.md has every Mix'n'Match list, the HNSW sweep and the near-duplicate task.`,
     '',
+    ...headline(r).map((l) => l.replace(/^## /, '### ')),
     '| query encoder | family | × XL FLOPs | 1-NN accuracy | vs XL (points) | recall@10 of XL\'s neighbours | on the frontier |',
     '| --- | --- | ---: | ---: | ---: | ---: | --- |',
     ...rows.map((e) => `| \`${e.id}\` | ${e.family} | ${e.flopsRel.toFixed(3)} | ${pct(e.all!.accuracy)} | ${(100 * (e.all!.accuracy - xl.accuracy)).toFixed(2)} | ${e.all!.recall10.toFixed(3)} | ${e.onFrontier ? 'yes' : ''} |`),

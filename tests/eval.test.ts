@@ -6,7 +6,7 @@ import { after, before, test } from 'node:test';
 import { decodeImage } from '../src/data/images.ts';
 import type { LabelledPixels } from '../src/data/labelled.ts';
 import { iterateImageSource } from '../src/data/sources.ts';
-import { type Calibration, BudgetError, defaultCalibration, loadCalibration, pickEncoder } from '../src/encoder/budget.ts';
+import { type Calibration, BudgetError, CalibrationError, defaultCalibration, loadCalibration, parseCalibration, pickEncoder } from '../src/encoder/budget.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { TINY_CONFIG } from '../src/encoder/config.ts';
 import { ExactSearch, bruteForceTopK, mergeRows, recallAtK, selectRows } from '../src/index/exact-search.ts';
@@ -328,4 +328,12 @@ test('pickEncoder: budget, latency, the S fallback, bad arguments, and no calibr
   assert.equal(pickEncoder(missing, { budget: 0.6 }).spec, 'M');
   assert.equal(pickEncoder(missing).spec, 'XL');
   assert.equal(pickEncoder(defaultCalibration(), { budget: 0.01 }).spec, 'S');
+
+  // A hand-edited cascade fails when the file is read, not on the first auto query.
+  const rule = { first: 'M', then: 'XL', minMargin: 0.01, minAgreement: 0.3, agreementK: 10, target: 't', calibrationQueries: 10, heldOut: { queries: 10, accuracy: 0.7, xlAccuracy: 0.7, recall10: 0.5, flopsRel: 0.6, escalated: 0.1 } };
+  const withCascade = (cascade: unknown) => JSON.stringify({ ...defaultCalibration(), source: 'measured', cascade });
+  assert.equal(parseCalibration(withCascade(rule)).cascade?.first, 'M');
+  for (const bad of [{ ...rule, minMargin: 'x' }, { ...rule, agreementK: 0 }, { ...rule, heldOut: {} }, { ...rule, then: undefined }, 'M>XL']) {
+    assert.throws(() => parseCalibration(withCascade(bad), 'calibration.json'), (err: Error) => err instanceof CalibrationError && /calibration.json: bad cascade/.test(err.message));
+  }
 });

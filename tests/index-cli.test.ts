@@ -78,15 +78,18 @@ function committed(dir: string): number | null {
   }
 }
 
-/** Committed images that have no thumbnail, read the way another process would. */
-function withoutThumbnail(dir: string): number {
+/** Committed images over 256 px that have no stored thumbnail, read the way another process would. */
+function largeWithoutThumbnail(dir: string): number {
   const db = new Database(path.join(dir, 'store.sqlite'), { readonly: true, fileMustExist: true });
   try {
-    return (db.prepare('SELECT count(*) AS n FROM images LEFT JOIN thumbnails ON thumbnails.image_id = images.id WHERE thumbnails.image_id IS NULL').get() as { n: number }).n;
+    return (db.prepare('SELECT count(*) AS n FROM images LEFT JOIN thumbnails ON thumbnails.image_id = images.id WHERE max(width, height) > 256 AND thumbnails.image_id IS NULL').get() as { n: number }).n;
   } finally {
     db.close();
   }
 }
+
+/** Every 8th image is large (it gets a stored WebP thumbnail); the others are 32x32 (their own thumbnails). */
+const isLarge = (i: number) => i % 8 === 7;
 
 const searchJson = async (...args: string[]) => {
   const r = await matvit(['search', ...args, '--model', model, '--json']);
@@ -104,13 +107,14 @@ before(async () => {
   for (let i = 0; i < N; i++) {
     const dir = path.join(images, `class${i % 4}`);
     fs.mkdirSync(dir, { recursive: true });
-    const px = Buffer.alloc(32 * 32 * 3);
+    const [w, h] = isLarge(i) ? [300, 260] : [32, 32];
+    const px = Buffer.alloc(w * h * 3);
     let s = i + 1;
     for (let j = 0; j < px.length; j++) {
       s = (Math.imul(s, 1664525) + 1013904223) >>> 0; // an LCG seeded by the image number
       px[j] = s >>> 24;
     }
-    const bytes = await sharp(px, { raw: { width: 32, height: 32, channels: 3 } }).jpeg().toBuffer();
+    const bytes = await sharp(px, { raw: { width: w, height: h, channels: 3 } }).jpeg().toBuffer();
     const file = path.join(dir, `${String(i).padStart(4, '0')}.jpg`);
     fs.writeFileSync(file, bytes);
     hashes.set(contentHash(bytes), file);
@@ -140,7 +144,7 @@ describe('matvit index, killed and rerun', () => {
     assert.equal(killed.signal, 'SIGKILL', `killed mid-run (exit ${killed.code}, stderr ${killed.stderr})`);
     const after = committed(store)!;
     assert.ok(after >= atKill && after < N, `killed with ${after} of ${N} committed`);
-    assert.equal(withoutThumbnail(store), 0, 'every committed image has its thumbnail (same transaction)');
+    assert.equal(largeWithoutThumbnail(store), 0, 'every committed image has its thumbnail (same transaction)');
 
     const rerun = await matvit(['index', images, '--model', model, '--json']);
     assert.equal(rerun.code, 0, rerun.stderr);
@@ -154,15 +158,16 @@ describe('matvit index, killed and rerun', () => {
       assert.deepEqual(new Set(rows.map((r) => r.hash)), new Set(hashes.keys()));
       for (const r of rows) assert.equal(r.source, hashes.get(r.hash));
       assert.equal((db.prepare('SELECT count(*) AS n FROM embeddings').get() as { n: number }).n, N);
-      const thumb = db.prepare<[number], { webp: Buffer }>('SELECT webp FROM thumbnails WHERE image_id = ?');
-      for (const id of [1, N]) {
-        const meta = await sharp(thumb.get(id)!.webp).metadata();
-        assert.deepEqual([meta.format, meta.width, meta.height], ['webp', 96, 96], `thumbnail ${id}`);
+      const thumbs = db.prepare('SELECT width, height, webp FROM thumbnails JOIN images ON images.id = image_id').all() as { width: number; height: number; webp: Buffer }[];
+      assert.equal(thumbs.length, N / 8, 'only the large images store one: the small ones are their own');
+      for (const t of thumbs) {
+        const meta = await sharp(t.webp).metadata();
+        assert.deepEqual([t.width, t.height, meta.format, meta.width, meta.height], [300, 260, 'webp', 256, 222]);
       }
     } finally {
       db.close();
     }
-    assert.equal(withoutThumbnail(store), 0);
+    assert.equal(largeWithoutThumbnail(store), 0);
     assert.ok(!fs.existsSync(path.join(store, 'thumbs')), 'no thumbnail files');
   });
 
@@ -215,7 +220,8 @@ describe('matvit index, killed and rerun', () => {
 
     const stats = JSON.parse((await matvit(['stats', '--model', model, '--json'])).stdout);
     assert.equal(stats.images, N - 2);
-    assert.equal(stats.thumbnails, N - 2);
+    const largeRemoved = [1, 2].filter((i) => isLarge(Number(path.basename(before.results[i].path!, '.jpg')))).length;
+    assert.equal(stats.thumbnails, N / 8 - largeRemoved, 'the large images\' stored thumbnails');
     assert.ok(stats.thumbnailBytes > 0);
     const m = stats.models[0];
     assert.deepEqual([m.current, m.embeddings, m.hnsw.inSync, m.hnsw.M, m.hnsw.efConstruction], [true, N - 2, true, 8, 100]);
@@ -224,6 +230,24 @@ describe('matvit index, killed and rerun', () => {
     const gone = new Set([before.results[1].id, before.results[2].id]);
     assert.ok(!after.results.some((r) => gone.has(r.id)), 'removed images are never returned');
     assert.deepEqual(after.results.slice(0, 2).map((r) => r.id), before.results.slice(3, 5).map((r) => r.id));
+  });
+});
+
+describe('matvit search --where', () => {
+  test('labels, a folder relative to the working folder, AND, by id', async () => {
+    const query = () => hashes.get([...hashes.keys()][0])!;
+    const labelled = await searchJson(query(), '--k', '5', '--where', 'label=class2');
+    assert.equal(labelled.results.length, 5);
+    assert.ok(labelled.results.every((r) => r.label === 'class2'));
+    const folder = path.relative(root, path.join(images, 'class3')); // matvit runs in root: a relative path
+    const under = await searchJson(query(), '--k', '7', '--where', `source=${folder}`);
+    assert.equal(under.results.length, 7);
+    assert.ok(under.results.every((r) => r.path!.startsWith(path.join(images, 'class3') + path.sep)));
+    const none = await searchJson(query(), '--where', 'label=class1', '--where', `source=${folder}`);
+    assert.deepEqual(none.results, []);
+    const byId = await searchJson('--id', String(labelled.results[0].id), '--k', '3', '--where', 'label=class2,class3', '--where', 'after=2000-01-01');
+    assert.equal(byId.results.length, 3);
+    assert.ok(byId.results.every((r) => (r.label === 'class2' || r.label === 'class3') && r.id !== labelled.results[0].id));
   });
 });
 
@@ -249,6 +273,10 @@ describe('exit codes', () => {
       [['reindex', '--store', path.join(tmp, 'TYPO'), '--model', model], /no image store in ".*TYPO"/],
       [['search', q, '--ffn', 'S', '--budget', '0.5'], /--ffn or --budget/],
       [['search', q, '--budget', '2', '--model', model], /budget must be a fraction/],
+      [['search', q, '--where', 'colour=red'], /unknown filter "colour"/],
+      [['search', q, '--where', 'after=yesterday'], /filter after=yesterday is not a date/],
+      [['search', q, '--where', 'label=a', '--where', 'label=b'], /filter label is given twice/],
+      [['search', q, '--where', 'label'], /filter "label" is not key=value/],
     ];
     const runs = await Promise.all(cases.map(([args]) => matvit(args)));
     runs.forEach((r, i) => {

@@ -10,6 +10,7 @@ import { Worker } from 'node:worker_threads';
 import zlib from 'node:zlib';
 import sharp from 'sharp';
 import tar from 'tar-stream';
+import { acceptedFormat } from '../src/data/formats.ts';
 import { MAX_IMAGE_BYTES, decodeImage } from '../src/data/images.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { TINY_CONFIG } from '../src/encoder/config.ts';
@@ -24,7 +25,6 @@ import Database from 'better-sqlite3';
 import { ImageStore, SCHEMA_VERSION, contentHash } from '../src/index/store.ts';
 import { PlainJpegDecoder, plainJpegSize } from '../src/index/plain-jpeg.ts';
 import { EncoderPool } from '../src/encoder/pool.ts';
-import { encodeWebpLosslessUpscaled } from '../src/index/webp-lossless.ts';
 import { maxAbsDiff, randomModel } from './helpers/model.ts';
 
 let tmp: string;
@@ -43,7 +43,8 @@ function deleteThumbnail(storeDir: string, id: number): void {
 /** Width and height of an image's thumbnail as served (stored, or made from the kept original), checking it is WebP. */
 async function thumbSize(h: IndexHandle, id: number): Promise<[number, number]> {
   const thumb = await getThumbnail(embedded(h), id);
-  const meta = await sharp(thumb).metadata();
+  assert.equal(thumb.contentType, 'image/webp');
+  const meta = await sharp(thumb.bytes).metadata();
   assert.equal(meta.format, 'webp');
   return [meta.width!, meta.height!];
 }
@@ -99,7 +100,7 @@ interface Fixture {
   duplicates: number;
 }
 
-/** A folder of good images in every format (in class folders, some 32x32, one EXIF-rotated) and bad files. */
+/** A folder of good images in every format (in class folders, some 32x32, one EXIF-rotated, one heavy) and bad files. */
 async function makeFolder(dir: string): Promise<Fixture> {
   const good = new Map<string, Buffer>();
   const bad = new Map<string, string>();
@@ -120,6 +121,7 @@ async function makeFolder(dir: string): Promise<Fixture> {
   good.set(put('formats/e.avif', await raw(64, 48, seed++).avif().toBuffer()), Buffer.alloc(0));
   good.set(put('formats/big.jpg', await raw(400, 300, seed++).jpeg().toBuffer()), Buffer.alloc(0));
   good.set(put('formats/rotated.jpg', await raw(40, 20, seed++).jpeg().withMetadata({ orientation: 6 }).toBuffer()), Buffer.alloc(0));
+  good.set(put('formats/heavy.png', await raw(120, 100, seed++).png().toBuffer()), Buffer.alloc(0)); // fits, but 36 KB of noise
   for (const p of good.keys()) good.set(p, fs.readFileSync(p));
   // The same content twice: stored once.
   good.set(put('dup/copy-of-cat-0.jpg', good.get(path.join(dir, 'cat/0.jpg'))!), good.get(path.join(dir, 'cat/0.jpg'))!);
@@ -200,37 +202,30 @@ describe('indexSources', () => {
     assert.equal(avif.format, 'avif');
   });
 
-  test('thumbnails: tiny images enlarged to 96 px with the nearest kernel, larger ones shrunk to 256 px', async () => {
-    const seen = { tiny: 0, big: 0, rotated: 0 };
-    const ids = handle.store.getImages([...Array(40).keys()].map((i) => i + 1)).map((r) => r.id);
-    assert.equal(handle.store.stats().thumbnails, ids.length, 'every image has one, in the database');
-    assert.ok(!fs.existsSync(path.join(handle.store.dir, 'thumbs')), 'and no files');
-    for (const id of ids) {
-      const row = handle.store.getImage(id)!;
-      const thumb = handle.store.getThumbnail(id)!;
-      assert.ok(thumb, row.source);
-      const meta = await sharp(thumb).metadata();
-      assert.equal(meta.format, 'webp');
-      if (row.width === 32 && row.height === 32) {
-        assert.deepEqual([meta.width, meta.height], [96, 96], row.source);
-        // Lossless and nearest: each source pixel becomes a 3x3 block of the decoded pixel.
-        const { data } = await sharp(thumb).raw().toBuffer({ resolveWithObject: true });
-        const px = (await decodeImage(fs.readFileSync(row.source), 32)).pixels;
-        assert.deepEqual([data[(3 * 96 + 4) * 3], data[(3 * 96 + 4) * 3 + 1]], [px[(1 * 32 + 1) * 3], px[(1 * 32 + 1) * 3 + 1]]);
-        seen.tiny++;
-      } else if (row.source.endsWith('big.jpg')) {
-        assert.deepEqual([meta.width, meta.height], [256, 192]);
-        seen.big++;
-      } else if (row.source.endsWith('rotated.jpg')) {
-        assert.deepEqual([meta.width, meta.height], [40, 80], 'rotated, enlarged x2');
-        seen.rotated++;
+  test('thumbnails: a small image is its own (its bytes, its type); a TIFF, a heavy file and a large image get a stored WebP', async () => {
+    const made: Record<string, [number, number]> = { 'd.tiff': [33, 31], 'heavy.png': [120, 100], 'big.jpg': [256, 192] };
+    let own = 0;
+    for (const p of new Set([...fx.good.keys()].filter((p) => !p.includes('/dup/')))) {
+      const row = handle.store.findByHash(contentHash(fx.good.get(p)!))!;
+      const thumb = await getThumbnail(embedded(handle), row.id);
+      const size = made[path.basename(p)];
+      if (size) {
+        assert.deepEqual(thumb, { bytes: handle.store.getThumbnail(row.id), contentType: 'image/webp' }, p);
+        const meta = await sharp(thumb.bytes).metadata();
+        assert.deepEqual([meta.format, meta.width, meta.height], ['webp', ...size], p);
+      } else {
+        assert.equal(handle.store.getThumbnail(row.id), undefined, `${p}: nothing stored`);
+        assert.deepEqual(thumb, { bytes: fs.readFileSync(p), contentType: acceptedFormat(row.format)!.contentType }, p);
+        own++;
       }
     }
-    assert.deepEqual(seen, { tiny: 12, big: 1, rotated: 1 });
+    assert.equal(own, 12 + 5, 'the 32x32 JPEGs, the PNG, WebP, GIF, AVIF and the EXIF-rotated JPEG');
+    assert.equal(handle.store.stats().thumbnails, 3, 'in the database');
+    assert.ok(!fs.existsSync(path.join(handle.store.dir, 'thumbs')), 'and no files');
   });
 
   test('a rerun skips everything already indexed and gives a thumbnail to an image that has none', async () => {
-    const someId = handle.store.findByHash(contentHash(fx.good.get(path.join(fx.dir, 'dog/2.jpg'))!))!.id;
+    const someId = handle.store.findByHash(contentHash(fx.good.get(path.join(fx.dir, 'formats/big.jpg'))!))!.id;
     const before = handle.store.getThumbnail(someId)!;
     deleteThumbnail(handle.store.dir, someId); // e.g. its thumbnail failed, or a migrated store had no file for it
     assert.equal(handle.store.getThumbnail(someId), undefined);
@@ -269,14 +264,12 @@ describe('indexSources', () => {
     await assert.rejects(getOriginal(embedded(handle), file.id), (err) => err instanceof NotFoundError && /changed since it was indexed/.test(err.message));
     await assert.rejects(getOriginal(embedded(handle), 999_999), NotFoundError);
 
-    // A tiny image whose original is kept gets its thumbnail made from it on request; a file gets a stored one.
+    // Small images are their own thumbnails: an archive member's from its kept copy, a file's from the file, as long
+    // as it holds the content indexed.
     assert.equal(handle.store.getThumbnail(member.id), undefined);
-    const memberThumb = await getThumbnail(embedded(handle), member.id);
-    const { data, info } = await sharp(memberThumb).removeAlpha().raw().toBuffer({ resolveWithObject: true });
-    assert.deepEqual([info.width, info.height], [96, 96]);
-    const memberPx = (await decodeImage(members['set/bird/1.jpg'], 32)).pixels;
-    assert.deepEqual([...data.subarray((4 * 96 + 7) * 3, (4 * 96 + 7) * 3 + 3)], [...memberPx.subarray((1 * 32 + 2) * 3, (1 * 32 + 3) * 3)], 'nearest x3');
-    assert.ok(handle.store.getThumbnail(file.id), 'stored for a file on disk');
+    assert.deepEqual(await getThumbnail(embedded(handle), member.id), { bytes: members['set/bird/1.jpg'], contentType: 'image/jpeg' });
+    assert.equal(handle.store.getThumbnail(file.id), undefined);
+    await assert.rejects(getThumbnail(embedded(handle), file.id), (err) => err instanceof NotFoundError && /thumbnail .*of image \d+ is gone: the file has changed since it was indexed/.test(err.message));
     deleteImages(handle, [member.id]);
     assert.equal(handle.store.getOriginal(member.id), undefined, 'rm removes the copy');
     await assert.rejects(getThumbnail(embedded(handle), member.id), NotFoundError);
@@ -326,12 +319,17 @@ describe('indexBuffers', () => {
       assert.deepEqual([row.source, row.label, row.metadata], ['upload:a.jpg', 'cat', { by: 'test' }]);
       assert.deepEqual(await getOriginal(embedded(h), 1), { bytes: a, contentType: 'image/jpeg' });
       assert.deepEqual(await getOriginal(embedded(h), 2), { bytes: b, contentType: 'image/png' });
-      // Tiny uploads keep their originals, and their thumbnails are made from them when asked for.
+      // Small uploads are their own thumbnails (from the kept original); a large one and a TIFF get a stored WebP.
       assert.deepEqual([h.store.getThumbnail(1), h.store.getThumbnail(2)], [undefined, undefined]);
-      assert.deepEqual(await thumbSize(h, 1), [96, 96]);
-      assert.deepEqual(await thumbSize(h, 2), [100, 80], '50x40 enlarged x2');
-      const again = await indexBuffers(embedded(h), encoder, [{ name: 'b-again.png', bytes: b }]);
-      assert.deepEqual(again, [{ id: 2, created: false }]);
+      assert.deepEqual(await getThumbnail(embedded(h), 1), { bytes: a, contentType: 'image/jpeg' });
+      assert.deepEqual(await getThumbnail(embedded(h), 2), { bytes: b, contentType: 'image/png' });
+      const again = await indexBuffers(embedded(h), encoder, [{ name: 'b-again.png', bytes: b }, { name: 'c.jpg', bytes: await raw(300, 200, 702).jpeg().toBuffer() }, { name: 'd.tif', bytes: await raw(20, 10, 703).tiff().toBuffer() }]);
+      assert.deepEqual(again, [{ id: 2, created: false }, { id: 3, created: true }, { id: 4, created: true }]);
+      assert.deepEqual(await thumbSize(h, 3), [256, 171]);
+      assert.deepEqual(await thumbSize(h, 4), [20, 10], 'never enlarged');
+      // A small TIFF kept without a thumbnail (by an older version): made from its original when asked for.
+      deleteThumbnail(h.store.dir, 4);
+      assert.deepEqual(await thumbSize(h, 4), [20, 10]);
     } finally {
       h.close();
     }
@@ -351,7 +349,7 @@ describe('search', () => {
       const encode = (p: Uint8Array, s: string) => encoder.encode([p], s).then((e) => e[0]);
       const res = await searchByPixels(embedded(h), encode, pixels, { k: 5 });
       assert.equal(res.results.length, 5);
-      assert.deepEqual(Object.keys(res.results[0]).sort(), ['id', 'label', 'metadata', 'path', 'score', 'source']);
+      assert.deepEqual(Object.keys(res.results[0]).sort(), ['contentHash', 'id', 'label', 'metadata', 'path', 'score', 'source']);
       assert.equal(res.results[0].path, query);
       assert.equal(res.results[0].label, 'x');
       assert.ok(res.results[0].score > 0.999);
@@ -379,23 +377,6 @@ describe('search', () => {
       await assert.rejects(searchById(embedded(h), 12345, {}), NotFoundError);
     } finally {
       h.close();
-    }
-  });
-});
-
-describe('lossless WebP thumbnails', () => {
-  test('decode to exactly the nearest-neighbour enlargement, for any size and factor', async () => {
-    for (const [w, h, f] of [[32, 32, 3], [5, 3, 1], [7, 2, 2], [1, 1, 4], [1500, 2, 3]]) {
-      const rgb = noise(w * h * 3, w * 31 + h);
-      const { data, info } = await sharp(encodeWebpLosslessUpscaled(rgb, w, h, f)).raw().toBuffer({ resolveWithObject: true });
-      assert.deepEqual([info.width, info.height], [w * f, h * f]);
-      const want = Buffer.alloc(w * f * h * f * info.channels, 255);
-      for (let y = 0; y < h * f; y++) {
-        for (let x = 0; x < w * f; x++) {
-          for (let c = 0; c < 3; c++) want[(y * w * f + x) * info.channels + c] = rgb[(Math.floor(y / f) * w + Math.floor(x / f)) * 3 + c];
-        }
-      }
-      assert.ok(data.equals(want), `${w}x${h} x${f}`);
     }
   });
 });
@@ -462,7 +443,7 @@ describe('store schema', () => {
   test('a version 2 store (thumbnails in files) is migrated on open; an image whose file was missing gets one when met again', async () => {
     const dir = newStore();
     const h = open(dir);
-    const a = await raw(120, 100, 910).jpeg().toBuffer(); // not tiny: uploads of tiny images store no thumbnail
+    const a = await raw(300, 260, 910).jpeg().toBuffer(); // large or heavy: they store a thumbnail
     const b = await raw(150, 120, 911).png().toBuffer();
     const c = await raw(300, 200, 912).png().toBuffer();
     const ids = (await indexBuffers(embedded(h), encoder, [{ name: 'a.jpg', bytes: a }, { name: 'b.png', bytes: b }, { name: 'c.png', bytes: c }])).map((r) => (r as { id: number }).id);
@@ -486,7 +467,7 @@ describe('store schema', () => {
       assert.ok(!fs.existsSync(path.join(dir, 'thumbs')), 'the folder is gone');
       assert.deepEqual(h2.store.getThumbnail(ids[0]), made[0]);
       assert.deepEqual(h2.store.getThumbnail(ids[1]), made[1]);
-      assert.deepEqual(await thumbSize(h2, ids[0]), [120, 100]);
+      assert.deepEqual(await thumbSize(h2, ids[0]), [256, 222]);
       assert.deepEqual(await thumbSize(h2, ids[1]), [150, 120]);
       assert.equal(h2.store.getThumbnail(ids[2]), undefined);
       assert.equal(h2.hnsw.size, 3, 'the index is intact');
@@ -502,7 +483,7 @@ describe('store schema', () => {
     const dir = newStore();
     const h = open(dir);
     const file = path.join(tmp, 'known.png');
-    fs.writeFileSync(file, await raw(32, 32, 920).png().toBuffer());
+    fs.writeFileSync(file, await raw(300, 200, 920).png().toBuffer());
     const [id] = (await indexSources(embedded(h), encoder, [file])).ids;
     h.close();
     deleteThumbnail(dir, id);
@@ -515,7 +496,7 @@ describe('store schema', () => {
       assert.notEqual(other.modelId, encoder.modelId);
       const r = await indexSources(embedded(h2), other, [file]);
       assert.deepEqual([r.indexed, r.ids], [1, [id]]);
-      assert.deepEqual(await thumbSize(h2, id), [96, 96]);
+      assert.deepEqual(await thumbSize(h2, id), [256, 171]);
     } finally {
       h2.close();
       await other.close();
@@ -541,7 +522,7 @@ describe('the encoder pool', () => {
     try {
       const r = await indexSources(embedded(h), encoder, [dir]);
       assert.equal(r.indexed, 1);
-      assert.ok(r.encodeSeconds !== undefined && r.encodeSeconds > 0, 'encoded in the pool');
+      assert.ok(r.encodeSeconds !== undefined && r.encodeSeconds > 0 && r.encodeSeconds <= r.seconds, `encoded in the pool: ${r.encodeSeconds} s of model time per worker in ${r.seconds} s`);
     } finally {
       h.close();
     }

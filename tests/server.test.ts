@@ -206,7 +206,7 @@ describe('serving', () => {
     assert.equal(xl.results[0].label, q.label);
     assert.ok(xl.results[0].score > 0.999, `self-match score ${xl.results[0].score}`);
     assert.match(xl.results[0].name, new RegExp(`${path.basename(q.file)}$`));
-    assert.equal(xl.results[0].thumbUrl, `/api/images/${xl.results[0].id}/thumb`);
+    assert.equal(xl.results[0].thumbUrl, `/api/images/${xl.results[0].id}/thumb?v=${contentHash(q.bytes).slice(0, 16)}`, 'the URL names the content');
     assert.equal(xl.cost.ffn, 'XL');
     assert.equal(xl.cost.flopsRel, 1);
     assert.ok(xl.cost.encodeMs > 0 && xl.cost.searchMs >= 0);
@@ -241,25 +241,74 @@ describe('serving', () => {
     assert.deepEqual([r.cost.flops, r.cost.encodeMs], [0, 0], 'no encoding: the stored XL embedding is the query');
   });
 
-  test('original and thumbnail of a stored image', async () => {
+  test('a filter (where) narrows the results: form fields (repeated), the query string, a JSON body; in the OpenAPI document', async () => {
+    const q = gallery[0];
+    const withWhere = (...where: string[]) => {
+      const f = form({ image: { bytes: q.bytes, name: 'q.jpg' } }, { k: '10' });
+      for (const w of where) f.append('where', w);
+      return call('POST', '/api/search', f);
+    };
+    const cats = SearchResponse.parse((await withWhere('label=cat')).json);
+    assert.equal(cats.results.length, PER_CLASS, 'every cat, and nothing else');
+    assert.ok(cats.results.every((r) => r.label === 'cat'));
+    const dogDir = path.dirname(gallery.find((g) => g.label === 'dog')!.file);
+    const both = SearchResponse.parse((await withWhere('label=cat,dog', `source=${dogDir}`)).json);
+    assert.deepEqual(both.results.map((r) => r.label), Array(PER_CLASS).fill('dog'), 'clauses combine with AND');
+    const byQuery = (await call('POST', `/api/search?where=${encodeURIComponent('label=bird')}&k=3`, form({ image: { bytes: q.bytes, name: 'q.jpg' } }))).json;
+    assert.deepEqual(byQuery.results.map((r: { label: string }) => r.label), ['bird', 'bird', 'bird']);
+    const byId = SearchResponse.parse((await call('POST', '/api/search', { id: cats.results[0].id, where: ['label=cat', 'after=2000-01-01'] })).json);
+    assert.equal(byId.results.length, PER_CLASS - 1, 'the other cats: the query image is left out');
+    assert.ok(byId.results.every((r) => r.label === 'cat' && r.id !== cats.results[0].id));
+    assert.deepEqual((await call('POST', '/api/search', { id: cats.results[0].id, where: 'before=2000-01-01' })).json.results, []);
+    const doc = (await call('GET', '/api/openapi.json')).json;
+    assert.match(doc.components.schemas.SearchParams.properties.where.description, /label=A,B/);
+  });
+
+  test('original and thumbnail of a stored image: a small file is its own thumbnail, cached for good under its versioned URL', async () => {
     const hit = (await search({ image: { bytes: gallery[2].bytes, name: 'q.jpg' } }, { k: '1' })).json.results[0];
     const original = await call('GET', hit.imageUrl);
     assert.equal(original.status, 200);
     assert.equal(original.type, 'image/jpeg');
     assert.ok(original.bytes!.equals(gallery[2].bytes));
     const thumb = await call('GET', hit.thumbUrl);
-    assert.equal(thumb.status, 200);
-    assert.equal(thumb.type, 'image/webp');
-    const meta = await sharp(thumb.bytes!).metadata();
-    assert.deepEqual([meta.format, meta.width, meta.height], ['webp', 96, 96], 'a 32x32 CIFAR image enlarged x3');
-    assert.ok(thumb.bytes!.equals((await opened.store.thumbnail(hit.id))!), 'the bytes stored with the image');
-    // Cached by the browser for an hour; revalidated by its ETag.
+    assert.deepEqual([thumb.status, thumb.type], [200, 'image/jpeg']);
+    assert.ok(thumb.bytes!.equals(gallery[2].bytes), 'the 32x32 JPEG itself, read from its file: the page scales it');
+    assert.equal(await opened.store.thumbnail(hit.id), undefined, 'nothing stored for it');
+    // The versioned URL never changes its answer: cached for good, and revalidated by its ETag if asked.
     const res = await fetch(base + hit.thumbUrl);
-    assert.equal(res.headers.get('cache-control'), 'public, max-age=3600');
+    assert.equal(res.headers.get('cache-control'), 'public, max-age=31536000, immutable');
     const etag = res.headers.get('etag');
     assert.ok(etag);
     // (fetch would add "cache-control: no-cache" to a conditional request, which forbids the 304; a browser sends max-age=0)
     assert.equal((await fetch(base + hit.thumbUrl, { headers: { 'if-none-match': etag, 'cache-control': 'max-age=0' } })).status, 304);
+    // Without the version, the same bytes, checked again each time (a new store starts its ids at 1 again).
+    const bare = await fetch(`${base}/api/images/${hit.id}/thumb`);
+    assert.equal(bare.headers.get('cache-control'), 'public, no-cache');
+    assert.ok(Buffer.from(await bare.arrayBuffer()).equals(gallery[2].bytes));
+    await expectError(call('GET', `/api/images/${hit.id}/thumb?v=${'0'.repeat(16)}`), 404, 'not_found', /does not have the content v=0{16}/);
+    await expectError(call('GET', `/api/images/${hit.id}/thumb?v=abc`), 400, 'bad_request', /\bv\b.*16 lowercase hex digits/);
+  });
+
+  test('thumbnails of a large upload (a stored WebP) and of an archive member (its kept bytes)', async () => {
+    const big = await sharp({ create: { width: 300, height: 200, channels: 3, background: { r: 10, g: 120, b: 60 } } }).jpeg().toBuffer();
+    const added = AddImagesResponse.parse((await call('POST', '/api/images', form({ images: { bytes: big, name: 'big.jpg' } }))).json).images[0];
+    assert.equal(added.thumbUrl, `/api/images/${added.id}/thumb?v=${contentHash(big).slice(0, 16)}`);
+    const thumb = await call('GET', added.thumbUrl);
+    const meta = await sharp(thumb.bytes!).metadata();
+    assert.deepEqual([thumb.status, thumb.type, meta.format, meta.width, meta.height], [200, 'image/webp', 'webp', 256, 171]);
+    assert.ok(thumb.bytes!.equals((await opened.store.thumbnail(added.id))!), 'the bytes stored with the image');
+
+    const member = await sharp({ create: { width: 32, height: 32, channels: 3, background: { r: 90, g: 10, b: 200 } } }).png().toBuffer();
+    const { id } = sqlite(opened).insertImageWithEmbedding(
+      { source: `${tmp}/set.tar.gz:set/violet.png`, contentHash: contentHash(member), width: 32, height: 32, format: 'png', original: member },
+      'an-older-model@1', // not the served model: the HNSW index is not involved
+      new Float32Array(8).fill(1),
+    );
+    const own = await call('GET', `/api/images/${id}/thumb`);
+    assert.deepEqual([own.status, own.type], [200, 'image/png']);
+    assert.ok(own.bytes!.equals(member));
+    sqlite(opened).deleteImages([id]);
+    await call('DELETE', `/api/images/${added.id}`);
   });
 
   test('upload, find, delete an image', async () => {
@@ -278,10 +327,10 @@ describe('serving', () => {
     const original = await call('GET', `/api/images/${id}`);
     assert.equal(original.type, 'image/png');
     assert.ok(original.bytes!.equals(png));
-    const thumb = await call('GET', `/api/images/${id}/thumb`);
-    const meta = await sharp(thumb.bytes!).metadata();
-    assert.deepEqual([thumb.status, meta.format, meta.width, meta.height], [200, 'webp', 80, 60], 'made from the kept original, enlarged x2');
-    assert.equal(await opened.store.thumbnail(id), undefined, 'a tiny upload stores no thumbnail');
+    const thumb = await call('GET', added.images[0].thumbUrl);
+    assert.deepEqual([thumb.status, thumb.type], [200, 'image/png']);
+    assert.ok(thumb.bytes!.equals(png), 'a small upload is its own thumbnail, from its kept bytes');
+    assert.equal(await opened.store.thumbnail(id), undefined, 'and stores none');
 
     assert.deepEqual((await call('DELETE', `/api/images/${id}`)).json, { deleted: id });
     assert.equal(await imageCount(), before);
@@ -303,12 +352,28 @@ describe('serving', () => {
   });
 });
 
+describe('serve --ffn auto', () => {
+  test('starts, and a search naming no encoder runs auto', async () => {
+    const auto = await openServer({ store: path.join(tmp, 'store-auto'), model: modelFile, gallery: null, encodeWorkers: 0, warmUp: false, progress: false, defaultFfn: 'auto' });
+    try {
+      await auto.service.addImages([{ name: 'a.jpg', bytes: gallery[0].bytes }], { metadata: undefined });
+      const r = await auto.service.search({ k: 1 }, { name: 'q.jpg', bytes: gallery[0].bytes });
+      assert.equal(r.encoder.chosenBy, 'default');
+      assert.match(r.encoder.reason ?? '', /^auto: /, 'the default is auto (this calibration has no cascade: its most accurate encoder)');
+    } finally {
+      await auto.close();
+    }
+  });
+});
+
 describe('a store from schema version 2', () => {
-  test('its thumbnail files are moved into the database on open and served from there', async () => {
+  test('its thumbnail files are moved into the database on open and served as they are; a small image is its own', async () => {
     // What version 2 left: images and embeddings in SQLite, thumbnails as <store>/thumbs/<id / 1000>/<id>.webp.
     const dir = path.join(tmp, 'store-v2');
     const old = ImageStore.open(dir, { writer: true });
     const ids = gallery.slice(0, 2).map((g) => old.insertImageWithEmbedding({ source: g.file, contentHash: contentHash(g.bytes), width: 32, height: 32, format: 'jpeg', label: g.label }, 'old-model@1', new Float32Array(8).fill(1)).id);
+    const gone = crypto.randomBytes(32).toString('hex');
+    ids.push(old.insertImageWithEmbedding({ source: path.join(tmp, 'gone.jpg'), contentHash: gone, width: 32, height: 32, format: 'jpeg' }, 'old-model@1', new Float32Array(8).fill(1)).id);
     old.close();
     const db = new Database(path.join(dir, 'store.sqlite'));
     db.exec('DROP TABLE thumbnails');
@@ -316,7 +381,7 @@ describe('a store from schema version 2', () => {
     db.close();
     const webp = await sharp(gallery[0].bytes).resize(96, 96, { kernel: 'nearest' }).webp().toBuffer();
     fs.mkdirSync(path.join(dir, 'thumbs', '0'), { recursive: true });
-    fs.writeFileSync(path.join(dir, 'thumbs', '0', `${ids[0]}.webp`), webp); // the second image's was never written
+    fs.writeFileSync(path.join(dir, 'thumbs', '0', `${ids[0]}.webp`), webp); // the second image's was never written, and the third has no file
 
     const v2 = await openServer({ store: dir, model: modelFile, gallery: null, encodeWorkers: 0, warmUp: false, progress: false });
     const srv = buildApp(v2.service).listen(0, '127.0.0.1');
@@ -327,8 +392,11 @@ describe('a store from schema version 2', () => {
       const res = await fetch(`${at}/api/images/${ids[0]}/thumb`);
       assert.equal(res.status, 200);
       assert.equal(res.headers.get('content-type'), 'image/webp');
-      assert.ok(Buffer.from(await res.arrayBuffer()).equals(webp));
-      const missing = await fetch(`${at}/api/images/${ids[1]}/thumb`);
+      assert.ok(Buffer.from(await res.arrayBuffer()).equals(webp), 'the enlarged WebP an older version made');
+      const own = await fetch(`${at}/api/images/${ids[1]}/thumb`);
+      assert.equal(own.headers.get('content-type'), 'image/jpeg');
+      assert.ok(Buffer.from(await own.arrayBuffer()).equals(gallery[1].bytes), 'the image itself, from its file');
+      const missing = await fetch(`${at}/api/images/${ids[2]}/thumb`);
       assert.equal(missing.status, 404);
       assert.match(missing.headers.get('content-type') ?? '', /^application\/json/);
       assert.equal(((await missing.json()) as { error: { code: string } }).error.code, 'not_found');
@@ -405,6 +473,26 @@ describe('errors', () => {
     await expectError(call('POST', '/api/images', form({ images: { bytes: jpg(), name: 'a.jpg' } }, { metadata: '[1,2]' })), 400, 'bad_request', /metadata: must be a JSON object/);
     await expectError(call('GET', '/api/images/abc'), 400, 'bad_request');
     await expectError(call('DELETE', '/api/images/0'), 400, 'bad_request');
+  });
+
+  test('400 bad_request: each malformed filter, named', async () => {
+    const img = { image: { bytes: jpg(), name: 'q.jpg' } };
+    const cases: [string, RegExp][] = [
+      ['colour=red', /where: unknown filter "colour"/],
+      ['label', /where: filter "label" is not key=value/],
+      ['label=', /where: filter label= has no value/],
+      ['label=cat,,dog', /where: filter label=cat,,dog has an empty value/],
+      ['meta.a b=1', /where: filter meta\.a b: a metadata key is/],
+      ['source=relative/dir', /where: filter source=relative\/dir: give the path as the store records it/],
+      ['after=yesterday', /where: filter after=yesterday is not a date/],
+      ['before=2026-02-30', /where: filter before=2026-02-30 is not a date of the calendar/],
+      ['after=2026-01-01T10:00', /where: filter after=2026-01-01T10:00 is not a date .* with its zone/],
+    ];
+    for (const [where, message] of cases) await expectError(search(img, { where }), 400, 'bad_request', message);
+    await expectError(call('POST', '/api/search', { id: 1, where: ['label=a', 'label=b'] }), 400, 'bad_request', /where: filter label is given twice/);
+    await expectError(call('POST', '/api/search', { id: 1, where: ['after=2026-02-01', 'before=2026-01-01'] }), 400, 'bad_request', /where: filter after=.* is not before before=/);
+    await expectError(call('POST', '/api/search', { id: 1, where: 5 }), 400, 'bad_request', /where/);
+    await expectError(call('POST', '/api/search', { id: 1, where: Array(21).fill('label=a') }), 400, 'bad_request', /where/);
   });
 
   test('404 not_found: unknown ids and routes', async () => {
@@ -521,10 +609,11 @@ describe('uploaded bytes are data', () => {
   test('the page, the API and the CLI take one list of formats', async () => {
     const stats = StatsResponse.parse((await call('GET', '/api/stats')).json);
     assert.deepEqual(stats.formats.map((f) => f.label), ['JPEG', 'PNG', 'WebP', 'GIF', 'TIFF', 'AVIF']);
-    assert.deepEqual(stats.formats, IMAGE_FORMATS.map((f) => ({ ...f })));
+    assert.deepEqual(stats.formats, IMAGE_FORMATS.map(({ name, label, extensions, contentType }) => ({ name, label, extensions, contentType })));
     for (const f of stats.formats) for (const ext of f.extensions) assert.ok(isImageName(`a${ext.toUpperCase()}`), `matvit index takes ${ext}`);
     for (const other of ['a.svg', 'a.heic', 'a.html', 'a.pdf']) assert.ok(!isImageName(other), `matvit index skips ${other}`);
-    // Every accepted format decodes and is served back with its own image type.
+    // Every accepted format decodes and is served back with its own image type; so is its thumbnail (a small image is
+    // its own) when browsers show the format, else it is a WebP.
     const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: { r: 9, g: 99, b: 199 } } }).png().toBuffer();
     for (const f of IMAGE_FORMATS) {
       const bytes = await sharp(png).toFormat(f.name as 'png').toBuffer(); // sharp names each accepted format
@@ -534,6 +623,8 @@ describe('uploaded bytes are data', () => {
       const res = await fetch(`${base}/api/images/${id}`);
       assert.equal(res.headers.get('content-type'), f.contentType);
       await res.arrayBuffer();
+      const thumb = await call('GET', added.json.images[0].thumbUrl);
+      assert.equal(thumb.type, f.inBrowsers ? f.contentType : 'image/webp', `${f.label} thumbnail`);
       await call('DELETE', `/api/images/${id}`);
     }
   });
@@ -549,7 +640,7 @@ describe('uploaded bytes are data', () => {
       assert.match(csp, /(^|; )sandbox(;|$)/, url);
     }
     assert.equal((await fetch(base + hit.imageUrl)).headers.get('content-type'), 'image/jpeg');
-    assert.equal((await fetch(base + hit.thumbUrl)).headers.get('content-type'), 'image/webp');
+    assert.equal((await fetch(base + hit.thumbUrl)).headers.get('content-type'), 'image/jpeg');
   });
 
   test('an SVG stored before SVGs were refused is served as a download, not as a document', async () => {

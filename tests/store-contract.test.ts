@@ -7,6 +7,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { bruteForceTopK, recallAtK, topKFromHits } from '../src/index/exact-search.ts';
 import { mulberry32 } from '../src/train/rng.ts';
+import { parseWhere } from '../src/index/filter.ts';
 import { type NewImage, StoreError, contentHash } from '../src/index/store.ts';
 import { assertHoldsModel, openStore } from '../src/store/open.ts';
 import type { ModelSpec, StoreBackend } from '../src/store/types.ts';
@@ -294,6 +295,82 @@ for (const backend of backends) {
         await stranger.close();
       }
     });
+
+    test('filtered nearest: only images that pass, for every kind of clause, right after deletes and adds', () =>
+      withStore(async (store) => {
+        const n = 90;
+        const vectors = randomVectors(n + 5, DIM, 13);
+        const source = (i: number) => (i < 30 ? `/photos/2024/img${i}.jpg` : i < 60 ? `/photos/2024-old/img${i}.jpg` : `/photos/a.tar.gz:dir/img${i}.jpg`);
+        const meta = (i: number) => ({ album: i % 4 === 0 ? 'trip' : 'home', year: i % 2 ? 2024 : '2024', exif: { camera: i % 5 === 0 ? 'x100' : 'other' } });
+        const make = (i: number) => ({ image: image(i, { source: source(i), label: ['cat', 'dog', 'bird'][i % 3], metadata: meta(i) }), vector: vectors[i] });
+        const ids = (await store.add(Array.from({ length: n }, (_, i) => make(i)))).map((r) => r.id);
+        const indexOf = new Map(ids.map((id, i) => [id, i]));
+        const cases: [string[], (i: number) => boolean][] = [
+          [['label=cat'], (i) => i % 3 === 0],
+          [['label=cat,bird'], (i) => i % 3 !== 1],
+          [['meta.album=trip'], (i) => i % 4 === 0],
+          [['meta.year=2024'], () => true], // the number 2024 and the string "2024" alike
+          [['meta.exif.camera=x100'], (i) => i % 5 === 0],
+          [['source=/photos/2024'], (i) => i < 30],
+          [['source=/photos/a.tar.gz'], (i) => i >= 60],
+          [['source=/photos/'], () => true],
+          [['label=dog', 'meta.album=trip', 'source=/photos/2024-old'], (i) => i % 3 === 1 && i % 4 === 0 && i >= 30 && i < 60],
+          [['after=2000-01-01', 'before=2999-01-01'], () => true],
+          [['before=2000-01-01'], () => false],
+          [['label=none-such'], () => false],
+        ];
+        const live = new Set(ids);
+        const check = async (where: string[], pass: (i: number) => boolean, query: Float32Array) => {
+          const filter = parseWhere(where)!;
+          const hits = await store.nearest(query, 10, undefined, filter);
+          const passing = [...live].filter((id) => pass(indexOf.get(id)!));
+          const want = passing.map((id) => ({ id, s: dot(query, vectors[indexOf.get(id)!]) })).sort((a, b) => b.s - a.s).slice(0, 10);
+          assert.deepEqual(hits.map((h) => h.id), want.map((w) => w.id), `where ${where.join(' ')}`);
+        };
+        for (const [where, pass] of cases) await check(where, pass, vectors[n]);
+        // Right after deletes: the nearest passing images are gone, the next ones come.
+        const cats = ids.filter((_, i) => i % 3 === 0);
+        const gone = (await store.nearest(vectors[n], 3, undefined, parseWhere(['label=cat']))).map((h) => h.id);
+        await store.delete(gone);
+        for (const id of gone) live.delete(id);
+        await check(['label=cat'], (i) => i % 3 === 0, vectors[n]);
+        assert.ok(cats.length - gone.length > 10);
+        // Right after adds: a new passing image equal to the query comes first; a new failing one never appears.
+        const added = await store.add([
+          { image: image(n + 1, { source: '/photos/2024/new.jpg', label: 'cat', metadata: { album: 'trip' } }), vector: vectors[n + 1] },
+          { image: image(n + 2, { source: '/photos/2024/new2.jpg', label: 'dog', metadata: { album: 'trip' } }), vector: vectors[n + 2] },
+        ]);
+        const first = await store.nearest(vectors[n + 1], 5, undefined, parseWhere(['label=cat', 'meta.album=trip']));
+        assert.equal(first[0].id, added[0].id);
+        const dogs = await store.nearest(vectors[n + 2], 10, undefined, parseWhere(['label=cat']));
+        assert.ok(!dogs.some((h) => h.id === added[1].id));
+        assert.deepEqual(await store.nearest(vectors[n], 10, undefined, parseWhere([`after=${new Date(Date.now() + 3_600_000).toISOString()}`])), []);
+      }));
+
+    test('filtered nearest: recall@10 at a 1% filter over 3,000 vectors', () =>
+      withStore(async (store) => {
+        const n = 3000;
+        const vectors = randomVectors(n, DIM, 14);
+        const rand = mulberry32(15);
+        const pct = vectors.map(() => Math.floor(rand() * 100));
+        const ids: number[] = [];
+        for (let b = 0; b < n; b += 1000) {
+          ids.push(...(await store.add(vectors.slice(b, b + 1000).map((vector, j) => ({ image: image(b + j, { metadata: { pct: pct[b + j] } }), vector })))).map((r) => r.id));
+        }
+        const passing = ids.map((_, i) => i).filter((i) => pct[i] === 7);
+        assert.ok(passing.length > 10 && passing.length < 60, `${passing.length} pass`);
+        const filter = parseWhere(['meta.pct=7'])!;
+        let found = 0;
+        const queries = randomVectors(20, DIM, 16);
+        for (const q of queries) {
+          const hits = await store.nearest(q, 10, undefined, filter);
+          const want = passing.map((i) => ({ id: ids[i], s: dot(q, vectors[i]) })).sort((a, b) => b.s - a.s).slice(0, 10).map((w) => w.id);
+          assert.ok(hits.every((h) => passing.includes(ids.indexOf(h.id))));
+          found += hits.filter((h) => want.includes(h.id)).length;
+        }
+        const recall = found / (queries.length * 10);
+        assert.ok(recall >= 0.95, `recall@10 ${recall}`);
+      }));
 
     test('a store built for a model of another dimension is refused', async () => {
       const location = await withStore(async (store, loc) => {

@@ -9,7 +9,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
+import { parseWhere } from '../src/index/filter.ts';
+import { EXACT_MAX } from '../src/index/filtered-search.ts';
 import { StoreError, contentHash } from '../src/index/store.ts';
+import { mulberry32 } from '../src/train/rng.ts';
 import { parseStoreLocation, redact } from '../src/store/location.ts';
 import { openStore } from '../src/store/open.ts';
 import { SCHEMA_VERSION } from '../src/store/pg-schema.ts';
@@ -110,6 +113,41 @@ describe('PostgreSQL store', () => {
       assert.equal((await store.nearest(Float32Array.of(1, 1, 1, 1), 25, 1)).length, 25); // ef 1 would give at most 1
       assert.equal((await store.nearest(Float32Array.of(1, 1, 1, 1), 5, 50_000)).length, 5);
       assert.equal((await query('SHOW hnsw.ef_search'))[0]['hnsw.ef_search'], '40'); // the session default: untouched
+    } finally {
+      await store.close();
+    }
+  });
+
+  test('a filter passing more than EXACT_MAX images runs as an iterative index scan: only passing images, recall@10 >= 0.95', async () => {
+    await pgs.reset();
+    const dim = 8;
+    const store = (await openStore(pgs.url, { modelId: 'filter-test', dim }, { writer: true })) as PostgresStore;
+    try {
+      const rand = mulberry32(31);
+      const n = EXACT_MAX + 1000;
+      const vectors = Array.from({ length: n + 20 }, () => Float32Array.from({ length: dim }, () => rand() - 0.5));
+      const ids: number[] = [];
+      for (let b = 0; b < n; b += 2000) {
+        const batch = vectors.slice(b, Math.min(n, b + 2000)).map((vector, j) => ({ image: { source: `/s/${b + j}`, contentHash: contentHash(Buffer.from(`pf${b + j}`)), width: 1, height: 1, format: 'png', label: (b + j) % 10 === 0 ? 'rare' : 'common' }, vector }));
+        ids.push(...(await store.add(batch)).map((r) => r.id));
+      }
+      const passing = ids.filter((_, i) => i % 10 !== 0);
+      assert.ok(passing.length > EXACT_MAX);
+      const unit = (v: Float32Array) => {
+        const norm = Math.hypot(...v);
+        return Array.from(v, (x) => x / norm);
+      };
+      let found = 0;
+      const queries = vectors.slice(n, n + 20);
+      for (const q of queries) {
+        const hits = await store.nearest(q, 10, undefined, parseWhere(['label=common']));
+        assert.equal(hits.length, 10);
+        assert.ok(hits.every((h) => (ids.indexOf(h.id) % 10) !== 0), 'only passing images');
+        const uq = unit(q);
+        const want = ids.flatMap((id, i) => (i % 10 !== 0 ? [{ id, s: unit(vectors[i]).reduce((a, x, d) => a + x * uq[d], 0) }] : [])).sort((a, b) => b.s - a.s).slice(0, 10).map((w) => w.id);
+        found += hits.filter((h) => want.includes(h.id)).length;
+      }
+      assert.ok(found / (queries.length * 10) >= 0.95, `recall@10 ${found / (queries.length * 10)}`);
     } finally {
       await store.close();
     }

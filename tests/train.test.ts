@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { loadModel } from '../src/encoder/checkpoint.ts';
-import { METRICS_FILE, STATE_FILE, train } from '../src/train/trainer.ts';
+import { METRICS_FILE, STATE_FILE, TrainOptions, train } from '../src/train/trainer.ts';
 import { writeTextureIdx } from './helpers/datasets.ts';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-train-'));
@@ -83,4 +83,16 @@ test('--baseline S trains one fixed width; its other widths are refused at extra
   const { extractToFile } = await import('../src/encoder/extract.ts');
   assert.ok(extractToFile(file, 'S', path.join(out, 's.onnx')).bytes > 0);
   assert.throws(() => extractToFile(file, 'XL', path.join(out, 'xl.onnx')), /baseline trained only at S/);
+});
+
+test('options that would do nothing are refused: consistency terms without --objective consistency, a consistency baseline', () => {
+  const base = { data: 'd', out: 'o' };
+  assert.equal(TrainOptions.safeParse({ ...base, objective: 'consistency', kdWeight: 2 }).success, true);
+  const messages = (o: object) => {
+    const r = TrainOptions.safeParse({ ...base, ...o });
+    return r.success ? [] : r.error.issues.map((i) => i.message);
+  };
+  assert.match(messages({ kdWeight: 2, studentProbs: [1, 1, 1, 1] }).join(), /--kd-weight, --student-probs only apply to --objective consistency/);
+  assert.match(messages({ objective: 'sum', nceTemp: 0.2 }).join(), /--nce-temp only apply/);
+  assert.match(messages({ objective: 'consistency', baseline: 'S' }).join(), /cannot be combined with --objective consistency/);
 });

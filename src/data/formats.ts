@@ -8,15 +8,16 @@ export interface ImageFormat {
   label: string; // as shown to users
   extensions: string[]; // file name extensions, lower case, with the dot
   contentType: string; // served as
+  inBrowsers: boolean; // every current browser shows it in an <img>: a small image of this format is its own thumbnail
 }
 
 export const IMAGE_FORMATS: readonly ImageFormat[] = [
-  { name: 'jpeg', label: 'JPEG', extensions: ['.jpg', '.jpeg'], contentType: 'image/jpeg' },
-  { name: 'png', label: 'PNG', extensions: ['.png'], contentType: 'image/png' },
-  { name: 'webp', label: 'WebP', extensions: ['.webp'], contentType: 'image/webp' },
-  { name: 'gif', label: 'GIF', extensions: ['.gif'], contentType: 'image/gif' },
-  { name: 'tiff', label: 'TIFF', extensions: ['.tif', '.tiff'], contentType: 'image/tiff' },
-  { name: 'avif', label: 'AVIF', extensions: ['.avif'], contentType: 'image/avif' },
+  { name: 'jpeg', label: 'JPEG', extensions: ['.jpg', '.jpeg'], contentType: 'image/jpeg', inBrowsers: true },
+  { name: 'png', label: 'PNG', extensions: ['.png'], contentType: 'image/png', inBrowsers: true },
+  { name: 'webp', label: 'WebP', extensions: ['.webp'], contentType: 'image/webp', inBrowsers: true },
+  { name: 'gif', label: 'GIF', extensions: ['.gif'], contentType: 'image/gif', inBrowsers: true },
+  { name: 'tiff', label: 'TIFF', extensions: ['.tif', '.tiff'], contentType: 'image/tiff', inBrowsers: false }, // Safari only
+  { name: 'avif', label: 'AVIF', extensions: ['.avif'], contentType: 'image/avif', inBrowsers: true },
 ];
 
 const BY_NAME = new Map(IMAGE_FORMATS.map((f) => [f.name, f]));

@@ -33,7 +33,8 @@ export interface DecodedImage {
 export const DEFAULT_MAX_PIXELS = 40_000_000;
 /**
  * The largest image file read, by `matvit index` as by the API's uploads (its default upload limit): the same file
- * is accepted by both or by neither. A 40-megapixel JPEG is about 10-20 MB.
+ * is accepted by both or by neither. (A member of an archive given to `matvit index` is read whole: the archive is
+ * the user's own, and its pixel count still meets DEFAULT_MAX_PIXELS.) A 40-megapixel JPEG is about 10-20 MB.
  */
 export const MAX_IMAGE_BYTES = 20 * 1024 * 1024;
 const WHITE = { r: 255, g: 255, b: 255 };

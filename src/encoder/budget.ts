@@ -7,7 +7,7 @@ import path from 'node:path';
 import { readModelConfig } from './checkpoint.ts';
 import { DEFAULT_CONFIG, GRANULARITIES, type MatViTConfig, countFlops, countParams, parseSubmodel } from './config.ts';
 import type { CascadeCalibration } from './policy.ts';
-import { writeFileAtomic } from './safetensors.ts';
+import { writeFileAtomic } from '../durable-file.ts';
 
 export const CALIBRATION_FILE = 'calibration.json';
 export const CALIBRATION_VERSION = 1;
@@ -106,8 +106,16 @@ export function parseCalibration(text: string, source = 'calibration'): Calibrat
   for (const e of c.frontier) {
     if (typeof e?.spec !== 'string' || !(e.flopsRel > 0) || !Number.isFinite(e.flops)) throw new CalibrationError(`${source}: bad frontier entry ${JSON.stringify(e)}`);
   }
+  if (c.cascade !== undefined && !isCascade(c.cascade)) throw new CalibrationError(`${source}: bad cascade ${JSON.stringify(c.cascade)}`);
   c.frontier.sort((a, b) => a.flops - b.flops);
   return c;
+}
+
+/** The fields auto reads from a cascade (a hand-edited file must fail at load, not on the first auto query). */
+function isCascade(x: CascadeCalibration): boolean {
+  const num = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
+  return typeof x?.first === 'string' && typeof x.then === 'string' && num(x.minMargin) && num(x.minAgreement) &&
+    Number.isInteger(x.agreementK) && x.agreementK > 0 && num(x.heldOut?.flopsRel);
 }
 
 export function saveCalibration(modelPath: string, cal: Calibration): string {

@@ -1,6 +1,6 @@
 // `matvit extract`: load a checkpoint, pick a submodel, write its standalone ONNX file.
 import fs from 'node:fs';
-import { writeFileAtomic } from './safetensors.ts';
+import { writeFileAtomic } from '../durable-file.ts';
 import { DEFAULT_MODEL_PATH, loadModel } from './checkpoint.ts';
 import { ConfigError, parseSubmodel } from './config.ts';
 import { exportSubmodel } from './export.ts';

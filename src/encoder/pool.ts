@@ -28,7 +28,11 @@ export class EncoderPool implements ImageEncoder {
   /** Linux thread ids of the workers seen so far (scripts/bench-server reads their CPU time from /proc). */
   readonly threadIds = new Set<number>();
 
-  private constructor(private readonly encoder: Encoder, private readonly pool: Piscina<EncodeTask, EncodeReply>) {}
+  private constructor(
+    private readonly encoder: Encoder,
+    private readonly pool: Piscina<EncodeTask, EncodeReply>,
+    readonly threads: number, // workers started (kept after close: run time per worker is read after the pool stops)
+  ) {}
 
   /** Starts the workers, each with sessions for `specs` ready, sharing `encoder`'s weights. */
   static async start(encoder: Encoder, opts: PoolOptions = {}): Promise<EncoderPool> {
@@ -43,7 +47,7 @@ export class EncoderPool implements ImageEncoder {
       concurrentTasksPerWorker: 1,
       workerData: { ckpt: encoder.checkpoint, modelPath: encoder.modelPath, specs },
     });
-    const pooled = new EncoderPool(encoder, pool);
+    const pooled = new EncoderPool(encoder, pool, threads);
     try {
       // One task per worker brings every worker up (module loaded, sessions created) before the first real one.
       const size = encoder.config.imageSize;
@@ -73,9 +77,6 @@ export class EncoderPool implements ImageEncoder {
   }
   get dim(): number {
     return this.encoder.dim;
-  }
-  get threads(): number {
-    return this.pool.threads.length;
   }
   /** Worker runs waiting for a free worker (the load controller watches it). */
   get queued(): number {

@@ -2,7 +2,7 @@
 // shape and byte range (plus a free "__metadata__" map of strings), then the raw little-endian data.
 // Only float32 tensors are used by this project. Writes are atomic (temporary file, fsync, rename).
 import fs from 'node:fs';
-import path from 'node:path';
+import { writeFileAtomic } from '../durable-file.ts';
 
 export interface NamedTensor {
   shape: number[];
@@ -95,19 +95,6 @@ export function readSafetensorsMetadata(file: string): Record<string, string> {
   } finally {
     fs.closeSync(fd);
   }
-}
-
-export function writeFileAtomic(file: string, data: Buffer | string): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.${process.pid}.tmp`;
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeFileSync(fd, data); // loops until every byte is written
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
 }
 
 export function saveSafetensors(file: string, tensors: TensorMap, metadata: Record<string, string> = {}): void {

@@ -158,8 +158,7 @@ export async function openModel(run: EvalRun, modelPath: string, label: string, 
   const since = performance.now();
   run.progress.start(run.db.rows.length, `db XL (${label})`);
   const bulkXl = new Encoder(ckpt, modelPath, { threads: s.threads });
-  const dbEmb = await encodeImages(bulkXl, 'XL', run.db.data.pixels, c.imageSize, run.db.rows, { batch: s.batch, onBatch: run.progress.tick });
-  await bulkXl.close();
+  const dbEmb = await encodeImages(bulkXl, 'XL', run.db.data.pixels, c.imageSize, run.db.rows, { batch: s.batch, onBatch: run.progress.tick }).finally(() => bulkXl.close());
   lap(run, 'encodeDatabase', since);
   const searchStart = performance.now();
   const search = await ExactSearch.create(dbEmb, run.db.rows.length, c.width, { k: 10, threads: s.threads });
@@ -187,11 +186,10 @@ export async function withEncoder<T>(ctx: ModelContext, ref: QueryEncoderRef, fn
       const cpu0 = process.cpuUsage();
       const wall0 = performance.now();
       const image = singleImage(run.qs.data.pixels, run.qs.data.size, run.qs.rows[0]);
-      r.encodeMs = await measureLatency(lat, ref.spec, image, s.latencyRuns);
+      r.encodeMs = await measureLatency(lat, ref.spec, image, s.latencyRuns).finally(() => (lat !== enc ? lat.close() : undefined));
       const cpu = process.cpuUsage(cpu0);
       run.latencyClock.cpuMs += (cpu.user + cpu.system) / 1000;
       run.latencyClock.wallMs += performance.now() - wall0;
-      if (lat !== enc) await lat.close();
       lap(run, 'latency', since);
     }
     return await fn(enc);

@@ -4,8 +4,8 @@
 // (neighbour recall@1/@10 against exact search with the XL query, 1-NN label accuracy, mAP@10, top-1 label agreement
 // with XL, the Pareto frontier, an HNSW ef sweep at XL and S), self (stored images find their own XL entry), copies
 // (the near-duplicate task) and, on request, own (same-encoder search). With `compare`, a second MatViT runs every
-// task on the same data and both land in one report. The evaluated model's frontier becomes its calibration file,
-// which src/encoder/budget.ts turns into a query-encoder choice.
+// task on the same data and both land in one report. The evaluated model's frontier and its cascade become its
+// calibration file, from which src/encoder/budget.ts (budgets) and src/encoder/policy.ts (auto) choose the encoder.
 import os from 'node:os';
 import path from 'node:path';
 import { saveCalibration } from '../encoder/budget.ts';

@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { formatSeconds } from '../progress.ts';
-import { writeFileAtomic } from '../encoder/safetensors.ts';
+import { writeFileAtomic } from '../durable-file.ts';
 import { pickEncoder } from '../encoder/budget.ts';
 import { toCalibration } from './calibration.ts';
 import { cascadeMarkdown } from './cascade.ts';
@@ -192,7 +192,7 @@ export function copiesSummary(copies: EncoderResult['copies']): { mean: number; 
  * neighbours, self-retrieval, 1-NN accuracy against XL's, the copies' mean recall@1 over edits and the worst edit;
  * then the best 1-NN accuracy within 60% of XL's FLOPs.
  */
-function headline(r: RecallCostResult): string[] {
+export function headline(r: RecallCostResult): string[] {
   const models = modelsOf(r);
   const compared = models.length > 1;
   const widths = [...new Set(models.flatMap((m) => m.encoders.filter((e) => e.family === 'uniform').map((e) => e.id)))];

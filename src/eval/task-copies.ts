@@ -47,8 +47,7 @@ export async function copiesTask(ctx: ModelContext, set: CopySet): Promise<void>
   run.progress.start(made.count * refs.length + nOriginals, `copies (${ctx.label})`);
   // Database: every database image (as distractors) plus the originals, all encoded with XL.
   const enc = new Encoder(ctx.ckpt, ctx.modelPath, { threads: run.settings.threads });
-  const origEmb = await encodeImages(enc, 'XL', run.qs.data.pixels, run.qs.data.size, set.originalImages, { batch: run.settings.batch, onBatch: run.progress.tick });
-  await enc.close();
+  const origEmb = await encodeImages(enc, 'XL', run.qs.data.pixels, run.qs.data.size, set.originalImages, { batch: run.settings.batch, onBatch: run.progress.tick }).finally(() => enc.close());
   const copyDb = new Float32Array((nDb + nOriginals) * dim);
   copyDb.set(ctx.dbEmb);
   copyDb.set(origEmb, nDb * dim);

@@ -8,6 +8,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import { UsageError } from '../errors.ts';
 import type { Encoder } from '../encoder/runtime.ts';
 import type { IndexReport } from './indexer.ts';
+import { WHERE_SYNTAX, parseWhere } from './filter.ts';
 import { DEFAULT_K, MAX_EF, MAX_K } from './limits.ts';
 import type { SearchResponse } from './search.ts';
 import type { StoreBackend } from '../store/types.ts';
@@ -171,10 +172,19 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
     .option('--budget <fraction>', "pick the query encoder by cost: at most this fraction of XL's FLOPs", positiveNumber)
     .option('--max-encode-ms <ms>', 'pick the query encoder by measured encode time', positiveNumber)
     .option('--ef <n>', 'HNSW search beam width (default: the index default, shown by matvit stats)', positiveInt('ef', MAX_EF))
+    .option('--where <clause>', `only images that pass (repeatable, all must pass): ${WHERE_SYNTAX}`, (v: string, prev: string[] = []) => [...prev, v])
     .option('--json', 'print {"results": [{id, score, label, path}], "cost": {ffn, flops, encodeMs, searchMs}}')
-    .addHelpText('after', EXIT_HELP)
-    .action(async (image: string | undefined, opts: CommonOptions & { id?: number; k: number; ffn?: string; budget?: number; maxEncodeMs?: number; ef?: number }) => {
+    .addHelpText(
+      'after',
+      `
+Filters: label=cat,dog (one of these labels); meta.album=trip (a metadata value; meta.exif.camera for a nested key);
+source=photos/2024 (images under this folder or in this archive, relative to the working folder); after=2026-01-01
+and before=2026-02-01 (added at or after / before: a date in UTC, or a time with its zone).
+${EXIT_HELP}`,
+    )
+    .action(async (image: string | undefined, opts: CommonOptions & { id?: number; k: number; ffn?: string; budget?: number; maxEncodeMs?: number; ef?: number; where?: string[] }) => {
       if ((image === undefined) === (opts.id === undefined)) throw new UsageError('give a query image file or --id, not both');
+      const filter = parseWhere(opts.where ?? [], (p) => path.resolve(p));
       if (opts.ffn !== undefined && (opts.budget !== undefined || opts.maxEncodeMs !== undefined)) throw new UsageError('give --ffn or --budget/--max-encode-ms, not both');
       const bytes = image === undefined ? null : readQuery(image);
       const encoder = await loadEncoder(opts.model, 1);
@@ -187,9 +197,9 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
           const decoded = await decodeImage(bytes, encoder.config.imageSize);
           const plan = await queryPlan(encoder, opts.model, opts);
           const cascade = plan.chosenBy === 'cascade' ? plan.rule : undefined;
-          res = await search.searchByPixels(store, (p, s) => encoder.encode([p], s).then((e) => e[0]), decoded.pixels, { k: opts.k, ffn: plan.spec, ef: opts.ef, cascade });
+          res = await search.searchByPixels(store, (p, s) => encoder.encode([p], s).then((e) => e[0]), decoded.pixels, { k: opts.k, ffn: plan.spec, ef: opts.ef, cascade, filter });
         } else {
-          res = await search.searchById(store, opts.id!, { k: opts.k, ef: opts.ef });
+          res = await search.searchById(store, opts.id!, { k: opts.k, ef: opts.ef, filter });
         }
         if (opts.json) {
           const results = res.results.map(({ id, score, label, path }) => ({ id, score, label, path }));
@@ -415,7 +425,7 @@ function printSummary(r: IndexReport, interrupted: boolean): void {
 
 function printResults(res: SearchResponse): void {
   const lines = res.results.map((r, i) => `${String(i + 1).padStart(3)}  ${String(r.id).padStart(7)}  ${r.score.toFixed(4)}  ${(r.label ?? '-').padEnd(12)}  ${r.path ?? '(upload)'}`);
-  if (lines.length === 0) lines.push('no results: the store is empty');
+  if (lines.length === 0) lines.push('no results: the store is empty, or no image passes the filter');
   const c = res.cost;
   const tried = c.tried && c.tried.length > 1 ? ` (cascade: ${c.tried.join(' then ')}, ${c.escalation!.why})` : c.tried ? ` (cascade: ${c.escalation!.why})` : '';
   lines.push(`query encoder ${c.ffn}${tried}: ${(c.flops / 1e6).toFixed(2)} MFLOPs, encode ${c.encodeMs.toFixed(2)} ms, search ${c.searchMs.toFixed(2)} ms`);

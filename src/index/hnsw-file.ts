@@ -3,7 +3,6 @@
 // writes one without checking for errors (a full disk leaves a short file). So every file is checked here before it
 // is trusted: after writing, before it replaces the previous one, and on open, against the checksum in its sidecar.
 import fs from 'node:fs';
-import path from 'node:path';
 import zlib from 'node:zlib';
 
 export interface IndexFileScan {
@@ -64,39 +63,5 @@ export function scanIndexFile(file: string, expect: { dim: number; M: number }):
     return { bytes: pos, crc32: crc >>> 0, problem };
   } finally {
     fs.closeSync(fd);
-  }
-}
-
-/** Flushes a written file to the disk (a rename over the previous file must not outrun its data). */
-export function fsyncFile(file: string): void {
-  const fd = fs.openSync(file, 'r+');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-/** Renames `from` over `to` and flushes the directory entry, so that a crash keeps one or the other. */
-export function durableRename(from: string, to: string): void {
-  fs.renameSync(from, to);
-  const dir = fs.openSync(path.dirname(to), 'r');
-  try {
-    fs.fsyncSync(dir);
-  } finally {
-    fs.closeSync(dir);
-  }
-}
-
-/** Writes a small text file durably: temp file, fsync, rename, fsync of the directory. */
-export function writeFileDurably(file: string, text: string): void {
-  const tmp = `${file}.${process.pid}.tmp`;
-  try {
-    fs.writeFileSync(tmp, text);
-    fsyncFile(tmp);
-    durableRename(tmp, file);
-  } catch (err) {
-    fs.rmSync(tmp, { force: true });
-    throw err;
   }
 }

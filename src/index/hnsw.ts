@@ -5,7 +5,8 @@
 import fs from 'node:fs';
 import hnswlib from 'hnswlib-node';
 import { logger } from '../log.ts';
-import { durableRename, fsyncFile, scanIndexFile, writeFileDurably } from './hnsw-file.ts';
+import { durableRename, fsyncFile, writeFileAtomic } from '../durable-file.ts';
+import { scanIndexFile } from './hnsw-file.ts';
 import type { ImageStore } from './store.ts';
 
 const { HierarchicalNSW } = hnswlib;
@@ -175,7 +176,12 @@ export class HnswIndex {
       return 'the index file is not the one its sidecar describes (size or modification time differ)';
     }
     if (typeof side.indexFile.crc32 !== 'number') return 'its sidecar has no checksum (written by an older version)';
-    const scan = scanIndexFile(file, { dim: want.dim, M: side.M ?? HNSW_DEFAULTS.M });
+    let scan: ReturnType<typeof scanIndexFile>;
+    try {
+      scan = scanIndexFile(file, { dim: want.dim, M: side.M ?? HNSW_DEFAULTS.M });
+    } catch (err) {
+      return `the index file cannot be read (${(err as Error).message})`; // EACCES, EIO: rebuild rather than fail
+    }
     if (scan.problem) return `the index file is damaged: ${scan.problem}`;
     if (scan.crc32 !== side.indexFile.crc32) return `the index file is damaged: its checksum is ${scan.crc32.toString(16)}, its sidecar says ${side.indexFile.crc32.toString(16)}`;
     return null;
@@ -255,6 +261,16 @@ export class HnswIndex {
     return this.labelState(id) === 'live';
   }
 
+  /** The unit-length vector the index holds for live image `id`, or undefined. */
+  vector(id: number): number[] | undefined {
+    if (!this.present.has(id)) return undefined;
+    try {
+      return this.native.getPoint(id);
+    } catch {
+      return undefined; // deleted, or its slot was reused
+    }
+  }
+
   /** The k nearest images by cosine similarity, best first. k over the index size returns fewer hits. */
   search(query: ArrayLike<number>, k: number, opts: { ef?: number; filter?: (id: number) => boolean } = {}): SearchHit[] {
     if (!Number.isInteger(k) || k <= 0) throw new RangeError(`k must be a positive integer, got ${k}`);
@@ -302,7 +318,7 @@ export class HnswIndex {
       indexFile: { bytes: stat.size, mtimeMs: stat.mtimeMs, crc32: scan.crc32 },
     };
     try {
-      writeFileDurably(sidecarPath(file), `${JSON.stringify(side, null, 2)}\n`);
+      writeFileAtomic(sidecarPath(file), `${JSON.stringify(side, null, 2)}\n`);
     } catch (err) {
       throw new IndexSaveError(`saved the HNSW index to ${file} but not its sidecar (${(err as Error).message}): the next open rebuilds it from the store`);
     }

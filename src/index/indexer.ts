@@ -4,13 +4,13 @@
 //
 // indexSources is a pipeline. Items are read, hashed and decoded (sharp, on libuv's thread pool; JPEGs already at
 // the model's size by libjpeg in WebAssembly on this thread, plain-jpeg.ts) up to WINDOW_BATCHES batches ahead of
-// the encoder, which runs on worker threads (the encoder pool, src/encoder/pool.ts), so decoding, encoding and storing overlap. Each item's
-// thumbnail is made beside its decode.
+// the encoder, which runs on worker threads (the encoder pool, src/encoder/pool.ts), so decoding, encoding and storing overlap. An item
+// that needs a thumbnail (one that is not its own: thumbnails.ts) has it made beside its decode.
 // Batches are encoded and committed in source order, each in one transaction of the store (images, embeddings,
 // thumbnails, kept bytes; src/store/types.ts), with its vectors in the store's HNSW index. A batch is all or nothing, so a job killed at any
 // point leaves every committed image intact, with its thumbnail, and searchable, and a rerun skips them by content
-// hash (same bytes, same model) and indexes the rest. An image stored without a thumbnail (its thumbnail failed,
-// or it came from a store before schema version 3 that lacked one) gets one when it is met again.
+// hash (same bytes, same model) and indexes the rest. An image stored without the thumbnail it needs (its thumbnail
+// failed, or it came from a store before schema version 3 that lacked one) gets one when it is met again.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,7 +24,7 @@ import { type ImageDecoder, sharedDecoder } from './decoder.ts';
 export { getOriginal, getThumbnail } from './originals.ts'; // the API's image routes use them beside indexBuffers
 import type { StoreBackend } from '../store/types.ts';
 import { type ImageRow, type NewImage, StoreError, contentHash } from './store.ts';
-import { thumbnailFromBytes, thumbnailFromPixels, thumbnailOnRequest } from './thumbnails.ts';
+import { makeThumbnail, needsMadeThumbnail } from './thumbnails.ts';
 
 export interface IndexProgress {
   done: number; // items finished: indexed + duplicates + failed
@@ -68,7 +68,7 @@ interface Ready {
   bytes: Buffer;
   hash: string;
   decoded: DecodedImage;
-  thumb: Promise<Buffer | null> | null; // null: the image (same content, stored for another model) already has one
+  thumb: Promise<Buffer | null> | null; // null: it needs none (its own thumbnail, or stored for another model with one)
 }
 
 type Prepared = { kind: 'ready'; item: Ready } | { kind: 'duplicate' } | { kind: 'failed'; path: string; reason: string; hash?: string; held?: number };
@@ -101,7 +101,6 @@ export async function defaultEncoderThreads(sampleMs = 250): Promise<number> {
 
 /** What indexSources and indexBuffers share: checks, decoding with thumbnails, encoding and commits. */
 class Indexing {
-  readonly size: number;
   readonly maxPixels: number;
   private decoder: ImageDecoder;
   private pool: Promise<EncoderPool | null> = Promise.resolve(null); // the workers batches go to (startPool)
@@ -113,9 +112,8 @@ class Indexing {
     if (store.modelId !== encoder.modelId || store.dim !== encoder.dim) {
       throw new Error(`the store was opened for model "${store.modelId}" (${store.dim}-d) but the encoder is "${encoder.modelId}" (${encoder.dim}-d)`);
     }
-    this.size = encoder.config.imageSize;
     this.maxPixels = maxPixels ?? DEFAULT_MAX_PIXELS;
-    this.decoder = sharedDecoder(this.size);
+    this.decoder = sharedDecoder(encoder.config.imageSize);
   }
 
   /** The stored image with this content, if any, and whether it already has an embedding for the model. */
@@ -125,9 +123,9 @@ class Indexing {
   }
 
   /**
-   * Decodes an item and starts its thumbnail, unless it needs none: `known` (the same content stored for another
-   * model) has one, or it is made on request (thumbnailOnRequest). Bad images come back as ImageDecodeError;
-   * anything else throws. `given`: the caller decoded the bytes already (the server checks uploads first).
+   * Decodes an item and starts its thumbnail, unless it needs none: it is its own thumbnail, or `known` (the same
+   * content stored for another model) has one. Bad images come back as ImageDecodeError; anything else throws.
+   * `given`: the caller decoded the bytes already (the server checks uploads first).
    */
   async decode(path: string, label: string | null, metadata: Record<string, unknown>, bytes: Buffer, hash: string, known?: ImageRow, given?: DecodedImage): Promise<Ready | ImageDecodeError> {
     let decoded: DecodedImage;
@@ -137,19 +135,14 @@ class Indexing {
       if (err instanceof ImageDecodeError) return err;
       throw err;
     }
-    const needsNone = known ? !(await this.needsThumbnail(known)) : thumbnailOnRequest(decoded.width, decoded.height, needsCopy(path));
-    const thumb = needsNone ? null : this.thumbnail(decoded, bytes, path);
+    const needed = known ? await this.lacksThumbnail(known, bytes) : needsMadeThumbnail(decoded.width, decoded.height, decoded.format, bytes.length);
+    const thumb = needed ? orNull(makeThumbnail(bytes, this.maxPixels), path) : null;
     return { path, label, metadata, bytes, hash, decoded, thumb };
   }
 
-  private thumbnail(d: DecodedImage, bytes: Buffer, path: string): Promise<Buffer | null> {
-    const whole = d.width === this.size && d.height === this.size; // then the decoded pixels are the whole image
-    return orNull(whole ? thumbnailFromPixels(d.pixels, this.size) : thumbnailFromBytes(bytes, d.width, d.height, this.maxPixels), path);
-  }
-
-  /** Whether a stored image lacks the thumbnail it should have stored. (Its original is kept iff needsCopy.) */
-  private async needsThumbnail(row: ImageRow): Promise<boolean> {
-    return !thumbnailOnRequest(row.width, row.height, needsCopy(row.source)) && !(await this.store.hasThumbnail(row.id));
+  /** Whether a stored image (with these bytes) lacks the thumbnail it should have stored. */
+  private async lacksThumbnail(row: ImageRow, bytes: Buffer): Promise<boolean> {
+    return needsMadeThumbnail(row.width, row.height, row.format, bytes.length) && !(await this.store.hasThumbnail(row.id));
   }
 
   /**
@@ -211,8 +204,8 @@ class Indexing {
    * store was migrated from thumbnail files and one was missing). Resolves once it is stored.
    */
   async addMissingThumbnail(row: ImageRow, bytes: Buffer): Promise<void> {
-    if (!(await this.needsThumbnail(row))) return;
-    const thumb = await orNull(thumbnailFromBytes(bytes, row.width, row.height, this.maxPixels), row.source);
+    if (!(await this.lacksThumbnail(row, bytes))) return;
+    const thumb = await orNull(makeThumbnail(bytes, this.maxPixels), row.source);
     if (thumb) await this.store.addThumbnail(row.id, thumb);
   }
 }
@@ -370,8 +363,8 @@ async function indexAll(
 /**
  * Indexes uploaded images. Each item gets its stored id (created: false when the same content was already stored;
  * its label and metadata are then left as they were) or its decode error, in the order given; nothing is stored
- * for an item that fails. Originals are kept and thumbnails stored with the images, except the thumbnails of tiny
- * images, made from their original on request (see getOriginal, getThumbnail).
+ * for an item that fails. Originals are kept, and thumbnails stored with the images that are not their own thumbnail
+ * (see getOriginal, getThumbnail).
  * An item may carry its `decoded` pixels (the server decodes uploads to check them first): they are not decoded again.
  */
 export async function indexBuffers(
@@ -439,7 +432,7 @@ export async function* sourceItems(sources: string[], report: Pick<IndexReport, 
 }
 
 /** How many candidate items the sources hold (undefined if some cannot be listed). */
-async function countItems(sources: string[]): Promise<number | undefined> {
+export async function countItems(sources: string[]): Promise<number | undefined> {
   try {
     let n = 0;
     for (const source of sources) {

@@ -4,6 +4,7 @@
 import { countFlops, parseSubmodel } from '../encoder/config.ts';
 import { type CascadeRule, type Escalation, shouldEscalate } from '../encoder/policy.ts';
 import { NotFoundError, UsageError } from '../errors.ts';
+import type { ImageFilter } from './filter.ts';
 import { DEFAULT_K, MAX_EF, MAX_K } from './limits.ts';
 import { sourcePath } from './originals.ts';
 import type { SearchHit } from './hnsw.ts';
@@ -14,6 +15,7 @@ export interface SearchOptions {
   ffn?: string; // query encoder: S | M | L | XL | a per-layer list (default XL)
   ef?: number; // HNSW beam width (default: the index's, HNSW_DEFAULTS.ef; raised to k when smaller)
   cascade?: CascadeRule; // run this cascade (src/encoder/policy.ts) instead of `ffn`
+  filter?: ImageFilter | null; // only images that pass (filter.ts)
 }
 
 export interface SearchResult {
@@ -22,6 +24,7 @@ export interface SearchResult {
   label: string | null;
   path: string | null; // file path, or `archive:member`; null for uploads
   source: string; // as stored: the path, or `upload:<name>`
+  contentHash: string; // names the content (the thumbnail URL carries it)
   metadata: Record<string, unknown>;
 }
 
@@ -54,7 +57,7 @@ export async function searchByPixels(
     const t0 = performance.now();
     const query = await encode(pixels, sub.spec);
     const t1 = performance.now();
-    const hits = await store.nearest(query, k, ef);
+    const hits = await store.nearest(query, k, ef, opts.filter);
     return { spec: sub.spec, flops: countFlops(config, sub.widths), results: await rows(store, hits), encodeMs: t1 - t0, searchMs: performance.now() - t1 };
   };
   const rule = opts.cascade;
@@ -87,7 +90,7 @@ export async function searchById(store: StoreBackend, id: number, opts: SearchOp
   const query = await store.embedding(id);
   if (!query) throw new NotFoundError(`image ${id} has no embedding for model ${store.modelId}: index it again with this model`);
   const t0 = performance.now();
-  const hits = await store.nearest(query, k + 1, ef === undefined ? undefined : Math.max(ef, k + 1));
+  const hits = await store.nearest(query, k + 1, ef === undefined ? undefined : Math.max(ef, k + 1), opts.filter);
   const searchMs = performance.now() - t0;
   const others = hits.filter((h) => h.id !== id).slice(0, k);
   return { results: await rows(store, others), cost: { ffn: 'XL', flops: 0, encodeMs: 0, searchMs } };
@@ -106,6 +109,6 @@ async function rows(store: StoreBackend, hits: SearchHit[]): Promise<SearchResul
   const byId = new Map((await store.rows(hits.map((h) => h.id))).map((r) => [r.id, r]));
   return hits.flatMap((h) => {
     const r = byId.get(h.id);
-    return r ? [{ id: h.id, score: h.score, label: r.label, path: sourcePath(r.source), source: r.source, metadata: r.metadata }] : [];
+    return r ? [{ id: h.id, score: h.score, label: r.label, path: sourcePath(r.source), source: r.source, contentHash: r.contentHash, metadata: r.metadata }] : [];
   });
 }

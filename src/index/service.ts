@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { MatViTConfig } from '../encoder/config.ts';
 import { logger } from '../log.ts';
+import { AllowedCache } from './filtered-search.ts';
 import { type HnswOptions, HnswIndex, IndexSaveError, sidecarPath } from './hnsw.ts';
 import { type InsertResult, type NewImage, ImageStore, StoreError } from './store.ts';
 
@@ -27,6 +28,7 @@ export interface IndexHandle {
   saveEvery: number;
   unsaved: number; // changes since the last save
   broken: boolean; // the HNSW index missed a change: never save it, the next open rebuilds
+  allowed: AllowedCache; // the ids recent search filters allow (filtered-search.ts)
   close(): void; // closeIndex(this)
 }
 
@@ -59,6 +61,7 @@ export function openIndex(storeDir: string, modelId: string, dim: number, opts: 
       saveEvery: opts.saveEvery ?? 10_000,
       unsaved: 0,
       broken: false,
+      allowed: new AllowedCache(),
       close: () => closeIndex(handle),
     };
     if (rebuilt && store.writer) saveIndex(handle);

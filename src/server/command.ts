@@ -56,7 +56,7 @@ export function registerServeCommand(program: Command): void {
     .option('--model <ckpt>', 'model checkpoint (default: the shipped model)')
     .option('--gallery <source>', 'images indexed when the store has none for the model (default: the bundled demo gallery)')
     .option('--no-gallery', 'never index a gallery on start')
-    .option('--ffn <spec>', 'query encoder when a search names none', 'XL')
+    .option('--ffn <spec>', 'query encoder when a search names none (a spec such as S or S,M,L,XL,XL,XL, or auto)', 'XL')
     .option('--max-upload-mb <x>', `largest uploaded file, in MB (default: ${DEFAULT_LIMITS.maxUploadBytes / 1024 / 1024})`, megabytes)
     .option('--max-pixels <n>', 'largest image, in pixels (width x height)', positiveInt, DEFAULT_LIMITS.maxPixels)
     .option('--max-files <n>', 'files per upload request', positiveInt, DEFAULT_LIMITS.maxFiles)

@@ -101,9 +101,9 @@ export function openApiDocument(limits: ServerLimits): Json {
       '/api/images/{id}/thumb': {
         get: {
           operationId: 'getThumbnail',
-          summary: 'A small WebP thumbnail of the image',
-          parameters: [idParam],
-          responses: { '200': { description: 'WebP bytes', content: { 'image/webp': { schema: file('thumbnail') } } }, ...errors('bad_request', 'not_found') },
+          summary: 'A thumbnail of the image: the image itself when it fits in 256x256 (shown at its native size; the page scales it), else a WebP of at most 256x256',
+          parameters: [idParam, { name: 'v', in: 'query', required: false, schema: { type: 'string', pattern: '^[0-9a-f]{16}$' }, description: 'the content version thumbUrl carries: with it the response is cached for good (immutable); an image with other content is 404' }],
+          responses: { '200': { description: "the image's own bytes with its format's type, or WebP bytes", content: Object.fromEntries(IMAGE_FORMATS.filter((f) => f.inBrowsers).map((f) => [f.contentType, { schema: file('thumbnail') }])) }, ...errors('bad_request', 'not_found') },
         },
       },
       '/api/encoders': {

@@ -5,7 +5,7 @@ import multer from 'multer';
 import type { ZodType } from 'zod';
 import { HttpError, formatBytes, methodNotAllowed } from './errors.ts';
 import { setImageType } from './headers.ts';
-import { IdPath, SearchParams, UploadParams } from './schemas.ts';
+import { IdPath, SearchParams, ThumbQuery, UploadParams } from './schemas.ts';
 import type { SearchService, Upload } from './service.ts';
 
 const MULTIPART_OVERHEAD = 64 * 1024; // headers of parts and the text fields next to the files
@@ -45,10 +45,12 @@ export function apiRouter(service: SearchService): Router {
 
   r.get('/images/:id/thumb', async (req, res) => {
     const { id } = parse(IdPath, req.params);
-    const webp = await service.thumbnail(id); // before any header is set: a 404 must go out as JSON
-    // send() adds an ETag and answers a matching If-None-Match with 304.
-    setImageType(res, 'image/webp', id);
-    res.set('Cache-Control', 'public, max-age=3600').send(webp);
+    const { v } = parse(ThumbQuery, req.query);
+    const thumb = await service.thumbnail(id, v); // before any header is set: a 404 must go out as JSON
+    // send() adds an ETag and answers a matching If-None-Match with 304. A URL with the content's version never
+    // changes its answer; without it, the cache checks back each time (a new store reuses ids).
+    setImageType(res, thumb.contentType, id);
+    res.set('Cache-Control', thumb.immutable ? 'public, max-age=31536000, immutable' : 'public, no-cache').send(thumb.bytes);
   });
 
   r.delete('/images/:id', async (req, res) => {

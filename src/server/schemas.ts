@@ -1,6 +1,7 @@
 // One zod schema per request input (parsed in the routes) and per response body (documentation only); all of them
 // feed the OpenAPI document in openapi.ts, so the document cannot drift from what the handlers accept.
 import { z } from 'zod';
+import { FilterError, WHERE_SYNTAX, parseWhere } from '../index/filter.ts';
 import { DEFAULT_K, MAX_EF, MAX_K } from '../index/limits.ts';
 
 /** An integer given as a JSON number or as text (multipart fields and query strings are text). */
@@ -10,6 +11,21 @@ const intParam = (min: number, max: number) =>
     .pipe(z.coerce.number<string | number>().int('must be an integer').min(min).max(max));
 
 const numParam = () => z.union([z.number(), z.string().trim().regex(/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i, 'must be a number')]).pipe(z.coerce.number<string | number>());
+
+const MAX_WHERE = 20;
+
+/** Search filter clauses (src/index/filter.ts), one string or several (a repeated form field or query parameter). */
+const WhereParam = z
+  .union([z.string().max(8192), z.array(z.string().max(8192)).max(MAX_WHERE)])
+  .transform((v, ctx) => {
+    try {
+      return parseWhere(typeof v === 'string' ? [v] : v);
+    } catch (err) {
+      if (!(err instanceof FilterError)) throw err;
+      ctx.addIssue({ code: 'custom', message: err.message });
+      return z.NEVER;
+    }
+  });
 
 export const ImageId = intParam(1, Number.MAX_SAFE_INTEGER).describe('image id');
 
@@ -30,6 +46,9 @@ export const SearchParams = z
       .optional()
       .describe("fraction of XL's FLOPs the query encoder may spend; picks the best encoder within it (exclusive with ffn)"),
     ef: intParam(1, MAX_EF).optional().describe('HNSW search beam width (raised to k when smaller)'),
+    where: WhereParam.optional().describe(
+      `only images that pass every clause (AND): ${WHERE_SYNTAX}. label and meta.KEY take comma-separated values (any one matches; \\, is a comma); source is an absolute path (the file, a folder's images, an archive's members) or upload:; after (inclusive) and before take a date (YYYY-MM-DD, UTC) or a time with its zone. Repeat the form field or query parameter, or give a JSON array, for several clauses`,
+    ),
   })
   .refine((p) => p.ffn === undefined || p.budget === undefined, { message: 'give either ffn or budget, not both', path: ['budget'] })
   ;
@@ -60,6 +79,13 @@ export const UploadParams = z
 export type UploadParams = z.infer<typeof UploadParams>;
 
 export const IdPath = z.strictObject({ id: ImageId });
+export const ThumbQuery = z.strictObject({
+  v: z
+    .string()
+    .regex(/^[0-9a-f]{16}$/, 'must be 16 lowercase hex digits (the start of the content hash, as thumbUrl gives it)')
+    .optional()
+    .describe('the content version from thumbUrl: with it the thumbnail is cached for good'),
+});
 
 // ---- responses ------------------------------------------------------------------------------------------------
 

@@ -4,10 +4,9 @@
 // for buildApp. Tests call it with a temporary store and a small random model.
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { listImageSource } from '../data/sources.ts';
 import { EncodeBatcher } from '../encoder/batcher.ts';
 import { loadCalibration } from '../encoder/budget.ts';
-import { autoLadder } from '../encoder/policy.ts';
+import { AUTO, autoLadder } from '../encoder/policy.ts';
 import { DEFAULT_MODEL_PATH, loadModel } from '../encoder/checkpoint.ts';
 import { GRANULARITIES } from '../encoder/config.ts';
 import { EncoderPool } from '../encoder/pool.ts';
@@ -61,7 +60,7 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
   // be the same model (the same modelId, so the same embedding space).
   const ckpt = loadModel(modelPath);
   const encoder = new Encoder(ckpt, modelPath, { threads: 1 }); // queries: one thread per run, batches share it
-  if (opts.defaultFfn !== undefined) encoder.submodel(opts.defaultFfn); // a bad --ffn fails before any indexing
+  if (opts.defaultFfn !== undefined && opts.defaultFfn.toLowerCase() !== AUTO) encoder.submodel(opts.defaultFfn); // a bad --ffn fails before any indexing
   let store: StoreBackend;
   try {
     store = await openStore(opts.store, { modelId: encoder.modelId, dim: encoder.dim, config: encoder.config }, { writer: true });
@@ -115,16 +114,22 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
       gallery,
       close: async () => {
         await service.drain(); // requests still running (their clients may be gone) finish first
-        await store.close(); // the embedded store saves its HNSW file
-        await pool?.close();
-        await encoder.close();
+        await closeAll(store, pool, encoder);
       },
     };
   } catch (err) {
+    await closeAll(store, pool, encoder).catch((closeErr) => logger.error({ err: (closeErr as Error).message }, 'closing after a failed start failed too'));
+    throw err;
+  }
+}
+
+/** Closes the store (the embedded one saves its HNSW file, which may throw: a full disk) and stops the encoder threads whatever that did. */
+async function closeAll(store: StoreBackend, pool: EncoderPool | null, encoder: Encoder): Promise<void> {
+  try {
     await store.close();
+  } finally {
     await pool?.close();
     await encoder.close();
-    throw err;
   }
 }
 
@@ -151,13 +156,12 @@ async function indexGallery(
   if (others.length && stored === 0) {
     logger.warn({ store: store.location, model: store.modelId, others: others.map((m) => m.modelId) }, 'the store has no embeddings for this model (it changed since the store was built): indexing the demo gallery again; images added by upload need `matvit reindex`');
   }
-  let total = 0;
-  for await (const _ of listImageSource(source)) total++;
+  const total = await indexerModule.countItems([source]);
   logger.info({ source, images: total, alreadyStored: stored, store: store.location }, stored ? 'continuing to index the demo gallery (an earlier first start stopped part way)' : 'first start: indexing the demo gallery');
-  const bar = opts.progress === false ? null : new Progress(total, 0, 1, 'img', 5_000);
+  const bar = opts.progress === false || total === undefined ? null : new Progress(total, 0, 1, 'img', 5_000);
   try {
     const r = await indexSources(store, encoder, [source], {
-      batchSize: 64, // 135 img/s against 99 with 256 (one thread, same load as above)
+      batchSize: 64, // 135 img/s against 99 with 256 (measured on one encoder thread)
       signal: opts.signal,
       onProgress: (p) => bar?.update(p.done, { indexed: String(p.indexed), failed: String(p.failed) }),
     });

@@ -13,7 +13,9 @@ import { AUTO, type CascadeRule, type Escalation, type QueryPlan, autoLadder, pl
 import type { Encoder, ImageEncoder } from '../encoder/runtime.ts';
 import { NotFoundError } from '../errors.ts';
 import { type ImageDecoder, sharedDecoder } from '../index/decoder.ts';
+import type { ImageFilter } from '../index/filter.ts';
 import { UPLOAD_PREFIX } from '../index/originals.ts';
+import { contentHash } from '../index/store.ts';
 import type { StoreBackend } from '../store/types.ts';
 import { HttpError, decodeFailure } from './errors.ts';
 import { UploadBudget } from './upload-budget.ts';
@@ -45,6 +47,7 @@ export interface SearchHitRow {
   label: string | null;
   path: string | null; // null for uploads
   source: string; // as stored (uploads: `upload:<name>`)
+  contentHash: string;
   metadata: Record<string, unknown>;
 }
 export interface SearchOutcome {
@@ -56,6 +59,7 @@ export interface SearchOpts {
   ffn?: string;
   ef?: number;
   cascade?: CascadeRule;
+  filter?: ImageFilter | null;
 }
 export interface SearchApi {
   searchByPixels(store: StoreBackend, encode: (pixels: Uint8Array, spec: string) => Promise<Float32Array>, pixels: Uint8Array, opts: SearchOpts): Promise<SearchOutcome>;
@@ -68,7 +72,7 @@ export interface IndexerApi {
     items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown>; decoded?: DecodedImage }[],
   ): Promise<({ id: number; created: boolean } | { name: string; error: ImageDecodeError })[]>;
   getOriginal(store: StoreBackend, id: number): Promise<{ bytes: Buffer; contentType: string }>;
-  getThumbnail(store: StoreBackend, id: number): Promise<Buffer>;
+  getThumbnail(store: StoreBackend, id: number): Promise<{ bytes: Buffer; contentType: string }>;
 }
 
 export interface ServiceDeps {
@@ -87,7 +91,10 @@ export interface ServiceDeps {
 const SERVED_WINDOW = 200; // encode times kept per submodel for servedEncodeMs
 
 export const imageUrl = (id: number) => `/api/images/${id}`;
-export const thumbUrl = (id: number) => `/api/images/${id}/thumb`;
+/** The content's version in a thumbnail URL: an id is never reused within a store, but a new store starts again at 1. */
+export const contentVersion = (hash: string) => hash.slice(0, 16);
+/** Names the image's content as well as its id, so that the response may be cached for good (immutable). */
+export const thumbUrl = (id: number, hash: string) => `/api/images/${id}/thumb?v=${contentVersion(hash)}`;
 
 /** A short display name: the member path of an archive entry, the file name otherwise. */
 export function displayName(source: string): string {
@@ -146,7 +153,7 @@ export class SearchService {
     if (!upload && params.id === undefined) throw new HttpError('bad_request', 'upload an image (multipart field "image") or give the "id" of a stored image');
     const t0 = performance.now();
     const plan = this.plan(params);
-    const opts: SearchOpts = { k: params.k, ffn: plan.spec, ef: params.ef, ...(plan.chosenBy === 'cascade' && upload ? { cascade: plan.rule } : {}) };
+    const opts: SearchOpts = { k: params.k, ffn: plan.spec, ef: params.ef, filter: params.where, ...(plan.chosenBy === 'cascade' && upload ? { cascade: plan.rule } : {}) };
     let outcome: SearchOutcome;
     let decodeMs = 0;
     if (upload) {
@@ -161,8 +168,11 @@ export class SearchService {
     const { cost } = outcome;
     if (upload && !cost.tried) this.recordServed(cost.ffn, cost.encodeMs);
     if (upload) this.deps.load?.recordLatency(performance.now() - t0);
-    const answered = cost.tried && cost.tried.length > 1 ? cost.tried.join('→') : cost.ffn;
-    this.mix.set(answered, (this.mix.get(answered) ?? 0) + 1);
+    if (upload) {
+      // The encoder mix counts encoder runs: a search by a stored id runs none.
+      const answered = cost.tried && cost.tried.length > 1 ? cost.tried.join('→') : cost.ffn;
+      this.mix.set(answered, (this.mix.get(answered) ?? 0) + 1);
+    }
     const encoder = upload ? describeEncoder(plan, cost) : { chosenBy: plan.chosenBy, spec: cost.ffn, reason: 'a stored image: its own XL embedding is the query, no encoder runs' };
     return {
       results: outcome.results.map((r) => ({
@@ -172,7 +182,7 @@ export class SearchService {
         name: r.path !== null ? displayName(r.path) : uploadName(r.source),
         metadata: r.metadata ?? {},
         imageUrl: imageUrl(r.id),
-        thumbUrl: thumbUrl(r.id),
+        thumbUrl: thumbUrl(r.id, r.contentHash),
       })),
       cost: { ffn: cost.ffn, flops: cost.flops, flopsRel: round(cost.flops / this.xlFlops, 4), encodeMs: round(cost.encodeMs, 3), searchMs: round(cost.searchMs, 3), decodeMs: round(decodeMs, 3) },
       encoder,
@@ -226,7 +236,7 @@ export class SearchService {
     return {
       images: results.map((r, i) => {
         const { id, created } = r as { id: number; created: boolean };
-        return { id, created, name: uploads[i].name, imageUrl: imageUrl(id), thumbUrl: thumbUrl(id) };
+        return { id, created, name: uploads[i].name, imageUrl: imageUrl(id), thumbUrl: thumbUrl(id, contentHash(uploads[i].bytes)) };
       }),
     };
   }
@@ -243,9 +253,18 @@ export class SearchService {
     return this.deps.indexer.getOriginal(this.deps.store, id); // it throws NotFoundError for an unknown id
   }
 
-  /** The WebP thumbnail of an image (stored by the indexer with the image, or made from its kept original). */
-  async thumbnail(id: number): Promise<Buffer> {
-    return this.deps.indexer.getThumbnail(this.deps.store, id); // it throws NotFoundError for an unknown id
+  /**
+   * The thumbnail of an image (the image itself when it is small, else a WebP: getThumbnail). `version`, from the
+   * URL's v: the content it names must be the image's; then the response never changes (`immutable`).
+   */
+  async thumbnail(id: number, version?: string): Promise<{ bytes: Buffer; contentType: string; immutable: boolean }> {
+    if (version !== undefined) {
+      const [row] = await this.deps.store.rows([id]);
+      if (!row) throw new NotFoundError(`no image with id ${id}`);
+      if (contentVersion(row.contentHash) !== version) throw new NotFoundError(`image ${id} does not have the content v=${version} names (the store was rebuilt since: search again)`);
+    }
+    const thumb = await this.deps.indexer.getThumbnail(this.deps.store, id); // it throws NotFoundError for an unknown id
+    return { ...thumb, immutable: version !== undefined };
   }
 
   // ---- encoders and stats ------------------------------------------------------------------------------------
@@ -328,7 +347,7 @@ export class SearchService {
       hnsw: { M: index.M, efConstruction: index.efConstruction, ef: index.ef, capacity: index.capacity },
       dbBytes: s.dbBytes,
       limits: { ...this.limits },
-      formats: IMAGE_FORMATS.map((f) => ({ ...f })),
+      formats: IMAGE_FORMATS.map(({ name, label, extensions, contentType }) => ({ name, label, extensions, contentType })),
       server: {
         uptimeSec: round((performance.now() - this.started) / 1000, 1),
         searches: this.searches,

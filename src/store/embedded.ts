@@ -1,7 +1,8 @@
 // The embedded backend: a folder holding SQLite (the truth) and a derived hnswlib file, as src/index keeps them.
 // This adapter only carries the StoreBackend calls to the existing functions; it adds no behaviour.
+import { nearestFiltered } from '../index/filtered-search.ts';
 import { type IndexHandle, addEmbeddings, deleteImages, openIndex } from '../index/service.ts';
-import type { ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, SearchHit, StoreBackend, StoreStats, VectorIndexInfo } from './types.ts';
+import type { ImageFilter, ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, SearchHit, StoreBackend, StoreStats, VectorIndexInfo } from './types.ts';
 
 export class EmbeddedStore implements StoreBackend {
   readonly kind = 'embedded';
@@ -49,8 +50,8 @@ export class EmbeddedStore implements StoreBackend {
     return this.handle.store.getEmbedding(id, this.modelId);
   }
 
-  async nearest(query: Float32Array, k: number, ef?: number): Promise<SearchHit[]> {
-    return this.handle.hnsw.search(query, k, { ef });
+  async nearest(query: Float32Array, k: number, ef?: number, filter?: ImageFilter | null): Promise<SearchHit[]> {
+    return nearestFiltered(this.handle, query, k, { ef, filter });
   }
 
   async count(): Promise<number> {

@@ -6,6 +6,12 @@ import type pg from 'pg';
 import { HNSW_DEFAULTS } from '../index/hnsw.ts';
 import { StoreError } from '../index/store.ts';
 
+// The columns search filters name (src/index/filter.ts); text_pattern_ops serves the source prefix's LIKE. IF NOT
+// EXISTS: version 3 creates them too (below).
+const FILTER_INDEXES = `CREATE INDEX IF NOT EXISTS images_by_label ON images (label);
+   CREATE INDEX IF NOT EXISTS images_by_source ON images (source text_pattern_ops);
+   CREATE INDEX IF NOT EXISTS images_by_added_at ON images (added_at);`;
+
 /** Each entry brings the schema from version i to i + 1. Never edit a shipped entry: add one. */
 export const MIGRATIONS: string[] = [
   `CREATE TABLE images (
@@ -28,8 +34,12 @@ export const MIGRATIONS: string[] = [
      config json,
      generation bigint NOT NULL DEFAULT 0 -- bumped by every change to the model's embeddings
    );`,
+  FILTER_INDEXES,
   // Values recorded by the program (how far the demo gallery's indexing got), as the embedded store's index_state.
-  `CREATE TABLE store_state (key text PRIMARY KEY, value text NOT NULL);`,
+  // The scale-out branch shipped this as version 2 before the filter indexes took that number: a database it made
+  // is at version 2 with this table and without the indexes, so this step creates whichever of them is missing.
+  `CREATE TABLE IF NOT EXISTS store_state (key text PRIMARY KEY, value text NOT NULL);
+   ${FILTER_INDEXES}`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -39,11 +49,17 @@ const LOCK_KEY = 0x6d617476; // 'matv': the advisory lock migrations and model c
 
 export const embeddingsTable = (modelRowId: number) => `embeddings_${modelRowId}`;
 
-/** Creates pgvector if needed, checks its version, and brings the schema to SCHEMA_VERSION. */
-export async function migrate(client: pg.PoolClient, where: string): Promise<void> {
-  await inTransaction(client, async () => {
+/** pgvector's iterative index scans (a filtered search that keeps scanning the HNSW index until k rows pass). */
+export const ITERATIVE_SCANS = [0, 8, 0];
+
+/**
+ * Creates pgvector if needed, checks its version, and brings the schema to SCHEMA_VERSION. Returns the pgvector
+ * version as numbers.
+ */
+export async function migrate(client: pg.PoolClient, where: string): Promise<number[]> {
+  return inTransaction(client, async () => {
     await client.query('SELECT pg_advisory_xact_lock($1)', [LOCK_KEY]);
-    await createVectorExtension(client, where);
+    const have = await createVectorExtension(client, where);
     await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())');
     const { rows } = await client.query<{ v: number | null }>('SELECT max(version) AS v FROM schema_migrations');
     const version = rows[0].v ?? 0;
@@ -54,10 +70,17 @@ export async function migrate(client: pg.PoolClient, where: string): Promise<voi
       await client.query(MIGRATIONS[v]);
       await client.query('INSERT INTO schema_migrations (version) VALUES ($1)', [v + 1]);
     }
+    return have;
   });
 }
 
-async function createVectorExtension(client: pg.PoolClient, where: string): Promise<void> {
+/** Whether version `have` is at least `want` (both as [major, minor, patch]). */
+export function atLeast(have: number[], want: number[]): boolean {
+  const first = want.findIndex((m, i) => (have[i] ?? 0) !== m); // the first part that differs
+  return first === -1 || (have[first] ?? 0) > want[first];
+}
+
+async function createVectorExtension(client: pg.PoolClient, where: string): Promise<number[]> {
   try {
     await client.query('SAVEPOINT ext');
     await client.query('CREATE EXTENSION IF NOT EXISTS vector');
@@ -69,10 +92,10 @@ async function createVectorExtension(client: pg.PoolClient, where: string): Prom
   }
   const { rows } = await client.query<{ v: string }>("SELECT extversion AS v FROM pg_extension WHERE extname = 'vector'");
   const have = rows[0].v.split('.').map((x) => Number.parseInt(x, 10) || 0);
-  const first = MIN_PGVECTOR.findIndex((m, i) => (have[i] ?? 0) !== m); // the first part that differs
-  if (first !== -1 && (have[first] ?? 0) < MIN_PGVECTOR[first]) {
+  if (!atLeast(have, MIN_PGVECTOR)) {
     throw new StoreError(`the database ${where} has pgvector ${rows[0].v}, older than the ${MIN_PGVECTOR.join('.')} this program needs: ALTER EXTENSION vector UPDATE`);
   }
+  return have;
 }
 
 export interface ModelRow {

@@ -3,11 +3,13 @@
 // HNSW index inside the database with hnsw.ef_search set for that query only.
 import pg from 'pg';
 import type { MatViTConfig } from '../encoder/config.ts';
+import { type ImageFilter, metaTexts, sourceRanges } from '../index/filter.ts';
+import { EXACT_MAX } from '../index/filtered-search.ts';
 import { HNSW_DEFAULTS, normalize } from '../index/hnsw.ts';
 import type { ReindexResult } from '../index/stats.ts';
 import { StoreError } from '../index/store.ts';
 import { logger } from '../log.ts';
-import { type ModelRow, SCHEMA_VERSION, embeddingsTable, ensureModel, inTransaction, migrate } from './pg-schema.ts';
+import { ITERATIVE_SCANS, type ModelRow, SCHEMA_VERSION, atLeast, embeddingsTable, ensureModel, inTransaction, migrate } from './pg-schema.ts';
 import { parseStoreLocation } from './location.ts';
 import type { ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, SearchHit, StoreBackend, StoreStats, VectorIndexInfo } from './types.ts';
 
@@ -40,6 +42,7 @@ export class PostgresStore implements StoreBackend {
     readonly writer: boolean,
     readonly config: MatViTConfig | null,
     private model: ModelRow | null, // null: a reader opened a model never written (nothing to find yet)
+    private readonly iterativeScans: boolean, // pgvector >= 0.8: filtered searches keep scanning the HNSW index
   ) {}
 
   /**
@@ -57,10 +60,10 @@ export class PostgresStore implements StoreBackend {
     try {
       const client = await connect(pool, loc.display);
       try {
-        await migrate(client, loc.display);
+        const pgvector = await migrate(client, loc.display);
         const model = await ensureModel(client, spec.modelId, spec.dim, spec.config, writer, loc.display);
         const config = spec.config ?? ((model?.config as MatViTConfig | null) ?? null);
-        return new PostgresStore(pool, loc.display, spec.modelId, spec.dim, writer, config, model);
+        return new PostgresStore(pool, loc.display, spec.modelId, spec.dim, writer, config, model, atLeast(pgvector, ITERATIVE_SCANS));
       } finally {
         client.release();
       }
@@ -150,15 +153,41 @@ export class PostgresStore implements StoreBackend {
     return r && Float32Array.from(JSON.parse(r.e) as number[]);
   }
 
-  async nearest(query: Float32Array, k: number, ef: number = HNSW_DEFAULTS.ef): Promise<SearchHit[]> {
+  /**
+   * With a filter: few passing images (EXACT_MAX, as the embedded store) are searched exactly (the HNSW index is
+   * turned off for the query); more go through pgvector's iterative index scan, which keeps scanning the index
+   * until k rows pass, where the installed pgvector has it (0.8), and exactly otherwise. An iterative scan that
+   * stops short of k (hnsw.max_scan_tuples) is answered exactly too.
+   */
+  async nearest(query: Float32Array, k: number, ef: number = HNSW_DEFAULTS.ef, filter?: ImageFilter | null): Promise<SearchHit[]> {
     if (!Number.isInteger(k) || k <= 0) throw new RangeError(`k must be a positive integer, got ${k}`);
     if (query.length !== this.dim) throw new RangeError(`query has ${query.length} dimensions, the store has ${this.dim}`);
     if (!this.table) return [];
     const beam = Math.min(PG_MAX_EF, Math.max(ef, k)); // pgvector returns at most ef_search rows
-    const q = vectorText(query);
+    const filterParams: unknown[] = [];
+    const where = filter ? filterWhere(filter, filterParams) : null;
+    const params = [...filterParams, vectorText(query), k];
+    const [q, limit] = [`$${params.length - 1}::vector`, `$${params.length}`];
+    const sql = `SELECT e.image_id, e.e <#> ${q} AS d FROM ${this.table} e${where ? ` JOIN images i ON i.id = e.image_id WHERE ${where}` : ''} ORDER BY e.e <#> ${q} LIMIT ${limit}`;
     return this.transaction(async (c) => {
-      await c.query("SELECT set_config('hnsw.ef_search', $1, true)", [String(beam)]); // this transaction only
-      const { rows } = await c.query<{ image_id: string; d: number }>(`SELECT image_id, e <#> $1::vector AS d FROM ${this.table} ORDER BY e <#> $1::vector LIMIT $2`, [q, k]);
+      const set = (name: string, value: string) => c.query('SELECT set_config($1, $2, true)', [name, value]); // this transaction only
+      await set('hnsw.ef_search', String(beam));
+      let exact = false;
+      if (where) {
+        const { rows } = await c.query<{ n: string }>(`SELECT count(*) AS n FROM ${this.table} e JOIN images i ON i.id = e.image_id WHERE ${where}`, filterParams);
+        const n = Number(rows[0].n);
+        if (n === 0) return [];
+        exact = n <= EXACT_MAX || !this.iterativeScans;
+        if (exact) await set('enable_indexscan', 'off');
+        else await set('hnsw.iterative_scan', 'strict_order');
+        let { rows: hits } = await c.query<{ image_id: string; d: number }>(sql, params);
+        if (!exact && hits.length < Math.min(k, n)) {
+          await set('enable_indexscan', 'off');
+          hits = (await c.query<{ image_id: string; d: number }>(sql, params)).rows;
+        }
+        return hits.map((r) => ({ id: Number(r.image_id), score: -r.d }));
+      }
+      const { rows } = await c.query<{ image_id: string; d: number }>(sql, params);
       return rows.map((r) => ({ id: Number(r.image_id), score: -r.d })); // <#> is the negated inner product
     });
   }
@@ -294,6 +323,26 @@ async function connect(pool: pg.Pool, where: string): Promise<pg.PoolClient> {
     const unreachable = ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ECONNRESET'].includes(e.code ?? '') || /timeout/i.test(e.message);
     throw new StoreError(unreachable ? `cannot reach PostgreSQL at ${where}: ${e.message}` : `PostgreSQL at ${where} refused the connection: ${e.message}`);
   }
+}
+
+/**
+ * The SQL condition of a filter over images `i` (the same meaning as the embedded store's, store.ts), its values
+ * appended to `params` as $n.
+ */
+function filterWhere(f: ImageFilter, params: unknown[]): string {
+  const p = (v: unknown) => `$${params.push(v)}`;
+  const where: string[] = [];
+  if (f.labels) where.push(`i.label = ANY(${p(f.labels)}::text[])`);
+  for (const m of f.meta ?? []) where.push(`(i.metadata #> ${p(m.key)}::text[])::text = ANY(${p(metaTexts(m.values))}::text[])`);
+  if (f.source !== undefined) {
+    const { exact, ranges } = sourceRanges(f.source);
+    const parts = ranges.map(([from]) => `i.source LIKE ${p(from.replace(/[\\%_]/g, '\\$&') + '%')}`);
+    if (exact !== null) parts.push(`i.source = ${p(exact)}`);
+    where.push(`(${parts.join(' OR ')})`);
+  }
+  if (f.after !== undefined) where.push(`i.added_at >= ${p(f.after)}::timestamptz`);
+  if (f.before !== undefined) where.push(`i.added_at < ${p(f.before)}::timestamptz`);
+  return where.join(' AND ') || 'true';
 }
 
 /** pgvector's text form of the unit-length vector (float32 values print exactly and parse back exactly). */

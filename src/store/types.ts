@@ -3,10 +3,11 @@
 // with pgvector (postgres.ts). openStore (open.ts) picks one from the store location; tests/store-contract.test.ts
 // runs the same tests over both.
 import type { MatViTConfig } from '../encoder/config.ts';
+import type { ImageFilter } from '../index/filter.ts';
 import type { SearchHit } from '../index/hnsw.ts';
 import type { ImageRow, InsertResult, NewImage, StoreStats } from '../index/store.ts';
 
-export type { ImageRow, InsertResult, NewImage, SearchHit, StoreStats };
+export type { ImageFilter, ImageRow, InsertResult, NewImage, SearchHit, StoreStats };
 
 /** The model whose embeddings a store is opened for. */
 export interface ModelSpec {
@@ -51,12 +52,16 @@ export interface StoreBackend {
   findByHash(hash: string): Promise<{ row: ImageRow; indexed: boolean } | undefined>;
   /** The model's embedding of image `id` (its direction: backends may keep it normalised). */
   embedding(id: number): Promise<Float32Array | undefined>;
-  /** The k images nearest to `query` by cosine similarity, best first; `ef` is the HNSW beam (raised to k). */
-  nearest(query: Float32Array, k: number, ef?: number): Promise<SearchHit[]>;
+  /**
+   * The k images nearest to `query` by cosine similarity, best first; `ef` is the HNSW beam (raised to k). With a
+   * filter (src/index/filter.ts), only images that pass, with the recall of an unfiltered search.
+   */
+  nearest(query: Float32Array, k: number, ef?: number, filter?: ImageFilter | null): Promise<SearchHit[]>;
   /** Embeddings stored for the model. */
   count(): Promise<number>;
   stats(): Promise<StoreStats>;
   original(id: number): Promise<Buffer | undefined>;
+  /** The stored WebP thumbnail; an image that is its own thumbnail (src/index/thumbnails.ts) has none. */
   thumbnail(id: number): Promise<Buffer | undefined>;
   hasThumbnail(id: number): Promise<boolean>;
   /** Gives image `id` this thumbnail if it has none; false when it has one or does not exist. */

@@ -16,7 +16,7 @@ import { CheckpointError, type TensorMap, loadSafetensors, saveSafetensors } fro
 import { loadLabelledPixels } from '../data/labelled.ts';
 import { logger } from '../log.ts';
 import { type AdamWSlot, adamwStep, learningRate } from './adamw.ts';
-import { copyViews, lightViews, makeBatch } from './augment.ts';
+import { copyViews, makeBatch } from './augment.ts';
 import { JpegRoundTrip } from './copy-edits.ts';
 import { toNchw } from '../encoder/runtime.ts';
 import { Progress } from '../progress.ts';
@@ -58,10 +58,16 @@ export const TrainOptions = z.object({
   threads: z.number().int().positive().default(2),
   maxSteps: z.number().int().positive().optional(), // stop (with a checkpoint) after this global step
   logEvery: z.number().int().positive().default(20), // steps between metrics.jsonl lines
+}).superRefine((o, ctx) => {
+  // Options that would do nothing are refused rather than silently entering the run's identity.
+  const flags = { kdWeight: '--kd-weight', kdTemp: '--kd-temp', cosWeight: '--cos-weight', nceWeight: '--nce-weight', nceTemp: '--nce-temp', studentProbs: '--student-probs' } as const;
+  const given = Object.entries(flags).filter(([k]) => o[k as keyof typeof flags] !== undefined).map(([, f]) => f);
+  if (o.objective !== 'consistency' && given.length) ctx.addIssue({ code: 'custom', path: ['objective'], message: `${given.join(', ')} only apply to --objective consistency` });
+  if (o.objective === 'consistency' && o.baseline) ctx.addIssue({ code: 'custom', path: ['baseline'], message: 'a baseline trains one width: it cannot be combined with --objective consistency' });
 });
 export type TrainOptions = z.infer<typeof TrainOptions>;
-const VOLATILE: (keyof TrainOptions)[] = ['checkpointMinutes', 'threads', 'maxSteps', 'logEvery', 'out', 'data'];
-
+// --init only seeds step 0 (the weights it named are recorded in the model's metadata): a moved file must not block a resume.
+const VOLATILE: (keyof TrainOptions)[] = ['checkpointMinutes', 'threads', 'maxSteps', 'logEvery', 'out', 'data', 'init'];
 
 /** The consistency objective's settings, defaults filled in (recorded in the model's metadata and the model card). */
 export function consistencySettings(o: TrainOptions): ConsistencyWeights & { studentProbs: number[] } {
@@ -85,7 +91,8 @@ function modelConfig(o: TrainOptions): MatViTConfig {
   return o.model === 'tiny' ? TINY_CONFIG : DEFAULT_CONFIG;
 }
 
-function identity(o: TrainOptions): string {
+/** The options that make a run what it is (a state saved before a key became volatile still matches). */
+function identity(o: Record<string, unknown>): string {
   return JSON.stringify(Object.fromEntries(Object.entries(o).filter(([k]) => !VOLATILE.includes(k as keyof TrainOptions))));
 }
 
@@ -104,9 +111,9 @@ function initialWeights(file: string, c: MatViTConfig): TensorMap {
 
 function loadState(file: string, o: TrainOptions): RunState {
   const ckpt = loadModel(file, { requireHead: true });
-  const saved = ckpt.metadata['train.options'];
+  const saved = identity(JSON.parse(ckpt.metadata['train.options'] ?? '{}'));
   if (saved !== identity(o)) {
-    const a = JSON.parse(saved ?? '{}');
+    const a = JSON.parse(saved);
     const b = JSON.parse(identity(o));
     const diff = Object.keys({ ...a, ...b }).filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
     throw new CheckpointError(`${file} belongs to a run with different options (${diff.join(', ')}); use another --out or delete it to start over`);
@@ -146,7 +153,7 @@ function exportModel(dir: string, o: TrainOptions, c: MatViTConfig, s: RunState,
     'train.step': String(s.step),
     'train.epoch': String(epoch),
     'train.val_top1': JSON.stringify(s.val),
-    'train.objective': JSON.stringify(o.objective === 'consistency' && !o.baseline ? { objective: 'consistency', ...consistencySettings(o), init: o.init } : { objective: o.objective }),
+    'train.objective': JSON.stringify(o.objective === 'consistency' ? { objective: 'consistency', ...consistencySettings(o), init: o.init } : { objective: o.objective }),
   });
 }
 
@@ -256,7 +263,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   const slots: AdamWSlot[] = names.map((k) => ({ param: s.params[k].data, m: s.m[k].data, v: s.v[k].data, decay: isDecayed(k, shapes[k]) }));
   const granularities = trainedGranularities(o);
   const sessions = new Map<string, Promise<ort.InferenceSession>>();
-  const consistency = o.objective === 'consistency' && !o.baseline ? consistencySettings(o) : undefined;
+  const consistency = o.objective === 'consistency' ? consistencySettings(o) : undefined;
   // A step graph per granularity list (sample, sum) or per student width (consistency: XL + the student).
   const session = (specs: string[]) => {
     const key = specs.join('+');
@@ -282,8 +289,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   const shape = [o.batchSize, 3, c.imageSize, c.imageSize];
   /** The step's image inputs: one light view, and with consistency the copy view (`pixels_b`) beside it. */
   const pixelFeeds = async (idx: Int32Array, rand: () => number): Promise<Record<string, ort.Tensor>> => {
-    const first = lightViews(data.pixels, c.imageSize, idx, rand, { pad: o.pad, flip: true });
-    const feeds = { pixels: new ort.Tensor('float32', toNchw(first, c.imageSize), shape) };
+    const feeds = { pixels: new ort.Tensor('float32', makeBatch(data.pixels, c.imageSize, idx, rand, { pad: o.pad, flip: true }), shape) };
     if (!consistency) return feeds;
     const second = await copyViews(data.pixels, c.imageSize, idx, rand, jpeg);
     return { ...feeds, pixels_b: new ort.Tensor('float32', toNchw(second, c.imageSize), shape) };

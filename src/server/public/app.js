@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const els = {
   stats: $('stats'), formats: $('formats'), dropzone: $('dropzone'), file: $('file'), preview: $('preview'), auto: $('auto'), slider: $('cost-slider'), choice: $('choice'),
-  k: $('k'), search: $('search'), add: $('add'), error: $('error'), status: $('status'), results: $('results'), hint: $('results-hint'),
+  k: $('k'), where: $('where'), search: $('search'), add: $('add'), error: $('error'), status: $('status'), results: $('results'), hint: $('results-hint'),
 };
 
 /** The current query: { file } for an upload, { id, label } for a stored image; null before the first pick. */
@@ -136,6 +136,10 @@ els.dropzone.addEventListener('drop', (ev) => {
 });
 els.search.addEventListener('click', () => query && runSearch());
 els.k.addEventListener('change', () => query && runSearch());
+els.where.addEventListener('change', () => query && runSearch());
+
+/** The filter's clauses (src/index/filter.ts), as typed: separated by semicolons; the server checks them. */
+const whereClauses = () => els.where.value.split(';').map((c) => c.trim()).filter((c) => c !== '');
 
 // ---- search ----------------------------------------------------------------------------------------------------
 
@@ -143,6 +147,7 @@ async function runSearch() {
   const seq = ++searchSeq;
   const ffn = selectedFfn();
   const k = els.k.value || '12';
+  const where = whereClauses();
   showError(null);
   els.status.textContent = `Searching with ${ffn ?? 'the default encoder'}…`;
   els.results.setAttribute('aria-busy', 'true');
@@ -153,9 +158,10 @@ async function runSearch() {
       form.append('image', query.file, query.file.name);
       if (ffn) form.append('ffn', ffn);
       form.append('k', k);
+      for (const clause of where) form.append('where', clause);
       init = { method: 'POST', body: form };
     } else {
-      init = { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ id: query.id, k: Number(k), ...(ffn ? { ffn } : {}) }) };
+      init = { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ id: query.id, k: Number(k), ...(ffn ? { ffn } : {}), ...(where.length ? { where } : {}) }) };
     }
     const r = await api('/api/search', init);
     if (seq !== searchSeq) return;
@@ -182,7 +188,8 @@ function whyText(e) {
 function renderResults(r) {
   const c = r.cost;
   const encode = c.flops > 0 ? `${fmtFlops(c.flops)} (${Math.round(100 * c.flopsRel)}% of XL), encode ${fmtMs(c.encodeMs)}` : 'stored embedding, no encoding';
-  els.status.textContent = `${r.results.length} results · encoder ${c.ffn}${whyText(r.encoder)}: ${encode}, search ${fmtMs(c.searchMs)}`;
+  const filtered = whereClauses().length ? ' (filtered)' : '';
+  els.status.textContent = `${r.results.length} results${filtered} · encoder ${c.ffn}${whyText(r.encoder)}: ${encode}, search ${fmtMs(c.searchMs)}`;
   els.status.title = r.encoder.reason ?? '';
   els.status.dataset.ffn = c.ffn;
   els.hint.hidden = true;
