@@ -147,6 +147,22 @@ describe('the commands on a PostgreSQL store', () => {
     const table = (r: Run) => r.stdout.split('\n').slice(0, 3).join('\n');
     assert.equal(table(tb), table(ta), 'the same printed results');
 
+    // Filters (issue 17) reach both stores: the folder's filtered search and PostgreSQL's WHERE clause agree.
+    const label = path.basename(path.dirname(query));
+    const ofLabel = fs.readdirSync(path.dirname(query)).length;
+    for (const where of [[`label=${label}`], [`source=${path.dirname(query)}`, 'after=2000-01-01']]) {
+      const [fa, fb] = await both(['search', query, '--k', String(FOLDER_IMAGES), '--json', ...where.flatMap((w) => ['--where', w])]);
+      assert.equal(fb.code, 0, fb.stderr);
+      const hits = (r: Run) => json(r).results.map((h: { id: number; label: string; path: string }) => [h.id, h.label, h.path]);
+      assert.deepEqual(hits(fb), hits(fa), where.join(' '));
+      assert.equal(hits(fb).length, ofLabel, `${where.join(' ')}: every image of the class, and only those`);
+      assert.ok(hits(fb).every(([, l]: [number, string]) => l === label), where.join(' '));
+    }
+    const [na, nb] = await both(['search', query, '--where', 'before=2000-01-01']);
+    assert.match(nb.stdout, /no results: the store is empty, or no image passes the filter/);
+    assert.equal(nb.stdout.split('\n')[0], na.stdout.split('\n')[0]);
+    assertUsageError(await run(['search', query, '--where', 'colour=red', '--store', pgs.url, '--model', model]), /^matvit: .*unknown filter "colour"/m, 'a malformed filter on PostgreSQL');
+
     const [sa, sb] = await both(['stats', '--json']);
     const pick = (r: Run) => {
       const s = json(r);
@@ -305,6 +321,19 @@ describe('search replicas', () => {
       assert.equal(up.status, 201);
       const { id } = ((await up.json()) as { images: { id: number }[] }).images[0];
       assert.equal((await search(b, png, 3))[0], id, 'uploaded through A, found through B');
+      // The API's where on this store: only the class asked for, all of it.
+      const cls = fs.readdirSync(folder)[0];
+      const byLabel = new FormData();
+      byLabel.append('image', new Blob([new Uint8Array(png)], { type: 'image/png' }), 'q.png');
+      byLabel.append('where', `label=${cls}`);
+      const filtered = await fetch(`${b}/api/search?k=${FOLDER_IMAGES}`, { method: 'POST', body: byLabel });
+      assert.equal(filtered.status, 200, await filtered.clone().text());
+      const labels = ((await filtered.json()) as { results: { label: string }[] }).results.map((r) => r.label);
+      assert.deepEqual(labels, new Array(fs.readdirSync(path.join(folder, cls)).length).fill(cls));
+      // Thumbnails as on a folder: a small upload is its own, under a versioned URL cached for good.
+      const thumb = await fetch(`${b}/api/images/${id}/thumb?v=${contentHash(png).slice(0, 16)}`);
+      assert.deepEqual([thumb.status, thumb.headers.get('content-type'), thumb.headers.get('cache-control')], [200, 'image/png', 'public, max-age=31536000, immutable']);
+      assert.ok(Buffer.from(await thumb.arrayBuffer()).equals(png));
       for (const file of fs.readdirSync(folder).slice(0, 3).map((c) => path.join(folder, c, fs.readdirSync(path.join(folder, c))[0]))) {
         const q = fs.readFileSync(file);
         assert.deepEqual(await search(a, q), await search(b, q), `the same ids through either for ${file}`);

@@ -89,6 +89,30 @@ describe('PostgreSQL store', () => {
     assert.equal(col[0].t, 'vector(4)');
   });
 
+  test('a database at version 2, with its filter indexes or (made before they took that number) with store_state, migrates to both', async () => {
+    const filterIndexes = async () => (await query("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'images_by_%' ORDER BY indexname")).map((r) => r.indexname);
+    const at2 = async (undo: string) => {
+      await pgs.reset();
+      const s = await openStore(pgs.url, MODEL, { writer: true });
+      await s.setState('gallery', 'done');
+      await s.close();
+      await query(`${undo}; DELETE FROM schema_migrations WHERE version > 2`);
+    };
+    await at2('DROP TABLE store_state'); // version 2 = the filter indexes
+    let s = await openStore(pgs.url, MODEL, { writer: true });
+    assert.equal(await s.state('gallery'), null);
+    await s.setState('gallery', 'indexing');
+    await s.close();
+    assert.deepEqual(await filterIndexes(), ['images_by_added_at', 'images_by_label', 'images_by_source']);
+
+    await at2('DROP INDEX images_by_label, images_by_source, images_by_added_at'); // version 2 = store_state
+    s = await openStore(pgs.url, MODEL, { writer: true });
+    assert.equal(await s.state('gallery'), 'done', 'its values kept');
+    await s.close();
+    assert.deepEqual(await filterIndexes(), ['images_by_added_at', 'images_by_label', 'images_by_source']);
+    assert.deepEqual((await query('SELECT version FROM schema_migrations ORDER BY version')).map((r) => r.version), [1, 2, 3]);
+  });
+
   test('a store with a newer schema is refused', async () => {
     await pgs.reset();
     await (await openStore(pgs.url, MODEL, { writer: true })).close();
