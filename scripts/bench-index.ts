@@ -28,6 +28,7 @@ import { HNSW_DEFAULTS } from '../src/index/hnsw.ts';
 import { DEFAULT_BATCH_SIZE, defaultEncoderThreads, indexSources } from '../src/index/indexer.ts';
 import { EncoderPool } from '../src/encoder/pool.ts';
 import { addEmbeddings, openIndex } from '../src/index/service.ts';
+import { EmbeddedStore } from '../src/store/embedded.ts';
 import { contentHash } from '../src/index/store.ts';
 import { cifarEmbeddings, encodeAll, images, root } from './cifar-embeddings.ts';
 
@@ -152,11 +153,11 @@ async function benchIndexing(encoder: Encoder) {
   let before = await encoderOnly();
   for (let r = 0; r < Number(args.rounds); r++) {
     const store = path.join(tmp, `store-${r}`);
-    const handle = openIndex(store, encoder.modelId, encoder.dim, { writer: true, config: encoder.config });
+    const handle = new EmbeddedStore(openIndex(store, encoder.modelId, encoder.dim, { writer: true, config: encoder.config }));
     const c0 = cpuMs();
     const report = await indexSources(handle, encoder, [source], { batchSize });
     const cpu = (cpuMs() - c0) / Math.max(1, report.indexed);
-    handle.close(); // checkpoints the WAL into the database file
+    await handle.close(); // checkpoints the WAL into the database file
     const storeBytes = folderBytes(store);
     fs.rmSync(store, { recursive: true, force: true });
     if (report.indexed !== imgs.length) throw new Error(`indexed ${report.indexed} of ${imgs.length} (failed: ${JSON.stringify(report.failed.slice(0, 3))})`);

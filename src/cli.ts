@@ -6,7 +6,7 @@ import { ConfigError } from './encoder/config.ts';
 import { CheckpointError } from './encoder/safetensors.ts';
 import { logger } from './log.ts';
 import { NotFoundError, UsageError } from './errors.ts';
-import { registerIndexCommands } from './index/commands.ts';
+import { EXIT, registerIndexCommands } from './index/commands.ts';
 import { registerServeCommand } from './server/command.ts';
 
 const int = (v: string) => {
@@ -79,7 +79,14 @@ export async function main(argv = process.argv): Promise<void> {
   try {
     await program.parseAsync(argv);
   } catch (err) {
-    const known = err instanceof UsageError || err instanceof NotFoundError || err instanceof ConfigError || err instanceof CheckpointError || (err as Error)?.name === 'ImageDecodeError';
+    const { StoreError, StoreLockedError } = await import('./index/store.ts');
+    if (err instanceof StoreLockedError) {
+      process.stderr.write(`matvit: ${err.message}\n`);
+      process.exitCode = EXIT.storeBusy;
+      return;
+    }
+    const { QueueError } = await import('./queue/connection.ts');
+    const known = err instanceof StoreError || err instanceof QueueError || err instanceof UsageError || err instanceof NotFoundError || err instanceof ConfigError || err instanceof CheckpointError || (err as Error)?.name === 'ImageDecodeError';
     if (known) {
       process.stderr.write(`matvit: ${(err as Error).message}\n`);
       process.exitCode = 2;

@@ -17,6 +17,7 @@ import { DEFAULT_CONFIG, countFlops, parseSubmodel } from '../src/encoder/config
 import { contentHash } from '../src/index/store.ts';
 import { buildApp } from '../src/server/app.ts';
 import { type OpenedServer, DEMO_GALLERY, openServer } from '../src/server/server.ts';
+import type { EmbeddedStore } from '../src/store/embedded.ts';
 import { randomModel } from './helpers/model.ts';
 import { pngChunk } from './helpers/png.ts';
 
@@ -143,13 +144,13 @@ test('upload an image with auto cost, move the cost slider, get a grid of result
   await page.waitForFunction(() => document.querySelectorAll('#results li').length === 12);
 
   // A new image can be added to the index from the page.
-  const before = opened.handle.hnsw.size;
+  const before = await opened.store.count();
   const png = await sharp({ create: { width: 48, height: 48, channels: 3, background: { r: 20, g: 160, b: 200 } } }).png().toBuffer();
   await page.setInputFiles('#file', { name: 'teal.png', mimeType: 'image/png', buffer: png });
   await page.waitForFunction(() => document.querySelectorAll('#results li').length === 12 && !document.getElementById('results')!.hasAttribute('aria-busy'));
   await page.click('#add');
   await page.waitForFunction(() => /Added teal\.png to the index as image \d+/.test(document.getElementById('status')!.textContent ?? ''));
-  assert.equal(opened.handle.hnsw.size, before + 1);
+  assert.equal(await opened.store.count(), before + 1);
 
   // A file that is not an image shows the server's message.
   await page.setInputFiles('#file', { name: 'notes.jpg', mimeType: 'image/jpeg', buffer: Buffer.from('these are notes, not a picture') });
@@ -184,7 +185,7 @@ test('no script runs from an uploaded file on the app\'s origin', async () => {
   assert.match(await page.locator('#error').innerText(), /x\.svg: not-image.*SVG is not accepted.*415 unsupported_media_type/);
 
   // An SVG kept by an older version of the store, opened directly: a download, never a document.
-  const { id } = opened.handle.store.insertImageWithEmbedding(
+  const { id } = (opened.store as EmbeddedStore).handle.store.insertImageWithEmbedding(
     { source: 'upload:old.svg', contentHash: contentHash(svg), width: 32, height: 32, format: 'svg', original: svg },
     'an-older-model@1',
     new Float32Array(8).fill(1),

@@ -16,7 +16,8 @@ import { evaluateCascade } from '../src/eval/cascade.ts';
 import type { TopK } from '../src/index/exact-search.ts';
 import * as indexer from '../src/index/indexer.ts';
 import * as search from '../src/index/search.ts';
-import { type IndexHandle, openIndex } from '../src/index/service.ts';
+import { openStore } from '../src/store/open.ts';
+import type { StoreBackend } from '../src/store/types.ts';
 import { SearchResponse } from '../src/server/schemas.ts';
 import { LoadController } from '../src/server/load-controller.ts';
 import { SearchService } from '../src/server/service.ts';
@@ -128,7 +129,7 @@ describe('calibrating the cascade', () => {
 describe('the cascade on a real store', () => {
   let tmp: string;
   let encoder: Encoder;
-  let handle: IndexHandle;
+  let store: StoreBackend;
   const images: Uint8Array[] = [];
 
   before(async () => {
@@ -136,7 +137,7 @@ describe('the cascade on a real store', () => {
     const modelPath = path.join(tmp, 'model.safetensors');
     saveModel(modelPath, TINY_CONFIG, (await randomModel(TINY_CONFIG, 11)).tensors, { 'train.step': '3' });
     encoder = Encoder.load(modelPath);
-    handle = openIndex(path.join(tmp, 'store'), encoder.modelId, encoder.dim, { writer: true, config: encoder.config });
+    store = await openStore(path.join(tmp, 'store'), { modelId: encoder.modelId, dim: encoder.dim, config: encoder.config }, { writer: true });
     const s = TINY_CONFIG.imageSize;
     const items = [];
     for (let i = 0; i < 24; i++) {
@@ -144,11 +145,11 @@ describe('the cascade on a real store', () => {
       images.push(px);
       items.push({ name: `i${i}.png`, label: `c${i % 3}`, bytes: await sharp(px, { raw: { width: s, height: s, channels: 3 } }).png().toBuffer() });
     }
-    await indexer.indexBuffers(handle, encoder, items);
+    await indexer.indexBuffers(store, encoder, items);
   });
 
   after(async () => {
-    handle?.close();
+    await store?.close();
     await encoder?.close();
     fs.rmSync(tmp, { recursive: true, force: true });
   });
@@ -157,25 +158,25 @@ describe('the cascade on a real store', () => {
 
   test('runs the wide encoder exactly when the rule escalates, and then answers with its results', async () => {
     const q = images[4];
-    const bySpec = async (ffn: string) => (await search.searchByPixels(handle, encode, q, { k: 5, ffn })).results.map((r) => r.id);
-    const always = await search.searchByPixels(handle, encode, q, { k: 5, cascade: rule(3, 0) });
+    const bySpec = async (ffn: string) => (await search.searchByPixels(store, encode, q, { k: 5, ffn })).results.map((r) => r.id);
+    const always = await search.searchByPixels(store, encode, q, { k: 5, cascade: rule(3, 0) });
     assert.deepEqual(always.cost.tried, ['S', 'XL']);
     assert.equal(always.cost.ffn, 'XL');
     assert.deepEqual(always.results.map((r) => r.id), await bySpec('XL'));
-    const never = await search.searchByPixels(handle, encode, q, { k: 5, cascade: rule(0, 0) });
+    const never = await search.searchByPixels(store, encode, q, { k: 5, cascade: rule(0, 0) });
     assert.deepEqual(never.cost.tried, ['S']);
     assert.deepEqual(never.results.map((r) => r.id), await bySpec('S'));
     assert.ok(always.cost.flops > never.cost.flops);
     // The verdict follows the rule on the first results: a threshold just above their margin escalates, at it not.
     const margin = never.cost.escalation!.margin;
-    assert.deepEqual((await search.searchByPixels(handle, encode, q, { k: 5, cascade: rule(margin + 1e-6, 0) })).cost.tried, ['S', 'XL']);
-    assert.deepEqual((await search.searchByPixels(handle, encode, q, { k: 5, cascade: rule(margin, 0) })).cost.tried, ['S']);
+    assert.deepEqual((await search.searchByPixels(store, encode, q, { k: 5, cascade: rule(margin + 1e-6, 0) })).cost.tried, ['S', 'XL']);
+    assert.deepEqual((await search.searchByPixels(store, encode, q, { k: 5, cascade: rule(margin, 0) })).cost.tried, ['S']);
   });
 
   test('the search service answers ffn=auto with the calibrated cascade and says which encoders ran', async () => {
     const base = defaultCalibration(TINY_CONFIG, encoder.modelId);
     const cascade: CascadeCalibration = { ...rule(3, 0, 10), target: 't', calibrationQueries: 1, heldOut: { queries: 1, accuracy: 1, xlAccuracy: 1, recall10: 1, flopsRel: 1.5, escalated: 1 } };
-    const service = new SearchService({ handle, encoder, batcher: new EncodeBatcher(encoder), calibration: { ...base, cascade }, search, indexer, defaultFfn: 'auto' });
+    const service = new SearchService({ store, encoder, batcher: new EncodeBatcher(encoder), calibration: { ...base, cascade }, search, indexer, defaultFfn: 'auto' });
     const s = TINY_CONFIG.imageSize;
     const upload = { name: 'q.png', bytes: await sharp(images[7], { raw: { width: s, height: s, channels: 3 } }).png().toBuffer() };
     const r = SearchResponse.parse(await service.search({ k: 3 }, upload));
@@ -195,7 +196,7 @@ describe('the cascade on a real store', () => {
     let now = 0;
     // A target far above this machine's real search times, so the real latencies it records are always calm.
     const load = new LoadController({ sloMs: 10_000, steps: ladder.length - 1, now: () => now });
-    const service = new SearchService({ handle, encoder, batcher: new EncodeBatcher(encoder), calibration, search, indexer, load });
+    const service = new SearchService({ store, encoder, batcher: new EncodeBatcher(encoder), calibration, search, indexer, load });
     const s = TINY_CONFIG.imageSize;
     const upload = { name: 'q.png', bytes: await sharp(images[9], { raw: { width: s, height: s, channels: 3 } }).png().toBuffer() };
     const auto = async () => SearchResponse.parse(await service.search({ k: 3, ffn: 'auto' }, upload)).encoder;
@@ -209,7 +210,7 @@ describe('the cascade on a real store', () => {
     assert.deepEqual([cheap.chosenBy, cheap.spec], ['load', 'S'], 'answered, by the cheapest encoder');
     assert.match(cheap.reason!, /3 steps below S→XL/);
     assert.equal((await service.search({ k: 3, ffn: 'XL' }, upload)).encoder.spec, 'XL', 'a named encoder is never stepped down');
-    const stats = service.stats().server;
+    const stats = (await service.stats()).server;
     assert.equal(stats.load!.step, 3);
     assert.deepEqual(stats.load!.ladder, ladder);
     assert.equal(stats.encoderMix.S, 2, 'the cascade that did not escalate and the stepped-down query');

@@ -20,6 +20,7 @@ import { defaultEncoderThreads, getOriginal, getThumbnail, indexBuffers, indexSo
 import { MAX_EF, MAX_K } from '../src/index/limits.ts';
 import { searchById, searchByPixels } from '../src/index/search.ts';
 import { type IndexHandle, deleteImages, openIndex } from '../src/index/service.ts';
+import { EmbeddedStore } from '../src/store/embedded.ts';
 import Database from 'better-sqlite3';
 import { ImageStore, SCHEMA_VERSION, contentHash } from '../src/index/store.ts';
 import { PlainJpegDecoder, plainJpegSize } from '../src/index/plain-jpeg.ts';
@@ -41,7 +42,7 @@ function deleteThumbnail(storeDir: string, id: number): void {
 
 /** Width and height of an image's thumbnail as served (stored, or made from the kept original), checking it is WebP. */
 async function thumbSize(h: IndexHandle, id: number): Promise<[number, number]> {
-  const thumb = await getThumbnail(h, id);
+  const thumb = await getThumbnail(embedded(h), id);
   assert.equal(thumb.contentType, 'image/webp');
   const meta = await sharp(thumb.bytes).metadata();
   assert.equal(meta.format, 'webp');
@@ -50,6 +51,8 @@ async function thumbSize(h: IndexHandle, id: number): Promise<[number, number]> 
 let stores = 0;
 const newStore = () => path.join(tmp, `store-${stores++}`);
 const open = (dir: string) => openIndex(dir, encoder.modelId, encoder.dim, { writer: true, config: encoder.config });
+/** The store seam over a handle the test keeps (and closes) itself. */
+const embedded = (h: IndexHandle) => new EmbeddedStore(h);
 
 /** Deterministic noise (an LCG), so every generated image has its own content. */
 function noise(n: number, seed: number): Buffer {
@@ -169,7 +172,7 @@ describe('indexSources', () => {
 
   test('indexes every good image, names every bad file with its reason, stores identical content once', { timeout: 60_000 }, async () => {
     const progress: number[] = [];
-    const r = await indexSources(handle, encoder, [fx.dir], { batchSize: 4, onProgress: (p) => progress.push(p.done) });
+    const r = await indexSources(embedded(handle), encoder, [fx.dir], { batchSize: 4, onProgress: (p) => progress.push(p.done) });
     const unique = new Set([...fx.good.values()].map(contentHash)).size;
     assert.equal(r.indexed, unique);
     assert.equal(r.duplicates, fx.duplicates);
@@ -204,7 +207,7 @@ describe('indexSources', () => {
     let own = 0;
     for (const p of new Set([...fx.good.keys()].filter((p) => !p.includes('/dup/')))) {
       const row = handle.store.findByHash(contentHash(fx.good.get(p)!))!;
-      const thumb = await getThumbnail(handle, row.id);
+      const thumb = await getThumbnail(embedded(handle), row.id);
       const size = made[path.basename(p)];
       if (size) {
         assert.deepEqual(thumb, { bytes: handle.store.getThumbnail(row.id), contentType: 'image/webp' }, p);
@@ -226,7 +229,7 @@ describe('indexSources', () => {
     const before = handle.store.getThumbnail(someId)!;
     deleteThumbnail(handle.store.dir, someId); // e.g. its thumbnail failed, or a migrated store had no file for it
     assert.equal(handle.store.getThumbnail(someId), undefined);
-    const r = await indexSources(handle, encoder, [fx.dir]);
+    const r = await indexSources(embedded(handle), encoder, [fx.dir]);
     assert.equal(r.indexed, 0);
     assert.equal(r.duplicates, fx.good.size);
     assert.equal(r.failed.length, fx.bad.size);
@@ -242,7 +245,7 @@ describe('indexSources', () => {
     const members = { 'set/bird/1.jpg': await raw(32, 32, 501).jpeg().toBuffer(), 'set/bird/2.webp': await raw(32, 32, 502).webp().toBuffer(), 'set/readme.md': Buffer.from('skip') };
     const archive = path.join(tmp, 'set.tar.gz');
     await tarGz(archive, members);
-    const r = await indexSources(handle, encoder, [one, fresh, archive, path.join(tmp, 'missing')]);
+    const r = await indexSources(embedded(handle), encoder, [one, fresh, archive, path.join(tmp, 'missing')]);
     assert.deepEqual([r.indexed, r.duplicates], [3, 1]);
     assert.deepEqual(r.failed, [{ path: path.join(tmp, 'missing'), reason: 'unreadable: the file could not be read (no such file or directory)' }]);
 
@@ -250,26 +253,26 @@ describe('indexSources', () => {
     assert.equal(member.source, `${archive}:set/bird/1.jpg`);
     assert.equal(member.label, 'bird');
     assert.deepEqual(handle.store.getOriginal(member.id), members['set/bird/1.jpg'], 'archive members keep a copy');
-    assert.deepEqual(await getOriginal(handle, member.id), { bytes: members['set/bird/1.jpg'], contentType: 'image/jpeg' });
-    const webpMember = await getOriginal(handle, r.ids[2]);
+    assert.deepEqual(await getOriginal(embedded(handle), member.id), { bytes: members['set/bird/1.jpg'], contentType: 'image/jpeg' });
+    const webpMember = await getOriginal(embedded(handle), r.ids[2]);
     assert.equal(webpMember.contentType, 'image/webp');
 
     const file = handle.store.getImage(r.ids[0])!;
     assert.equal(handle.store.getOriginal(file.id), undefined, 'files on disk are not copied');
-    assert.deepEqual(await getOriginal(handle, file.id), { bytes: fs.readFileSync(fresh), contentType: 'image/png' });
+    assert.deepEqual(await getOriginal(embedded(handle), file.id), { bytes: fs.readFileSync(fresh), contentType: 'image/png' });
     fs.appendFileSync(fresh, Buffer.from('changed'));
-    await assert.rejects(getOriginal(handle, file.id), (err) => err instanceof NotFoundError && /changed since it was indexed/.test(err.message));
-    await assert.rejects(getOriginal(handle, 999_999), NotFoundError);
+    await assert.rejects(getOriginal(embedded(handle), file.id), (err) => err instanceof NotFoundError && /changed since it was indexed/.test(err.message));
+    await assert.rejects(getOriginal(embedded(handle), 999_999), NotFoundError);
 
     // Small images are their own thumbnails: an archive member's from its kept copy, a file's from the file, as long
     // as it holds the content indexed.
     assert.equal(handle.store.getThumbnail(member.id), undefined);
-    assert.deepEqual(await getThumbnail(handle, member.id), { bytes: members['set/bird/1.jpg'], contentType: 'image/jpeg' });
+    assert.deepEqual(await getThumbnail(embedded(handle), member.id), { bytes: members['set/bird/1.jpg'], contentType: 'image/jpeg' });
     assert.equal(handle.store.getThumbnail(file.id), undefined);
-    await assert.rejects(getThumbnail(handle, file.id), (err) => err instanceof NotFoundError && /thumbnail .*of image \d+ is gone: the file has changed since it was indexed/.test(err.message));
+    await assert.rejects(getThumbnail(embedded(handle), file.id), (err) => err instanceof NotFoundError && /thumbnail .*of image \d+ is gone: the file has changed since it was indexed/.test(err.message));
     deleteImages(handle, [member.id]);
     assert.equal(handle.store.getOriginal(member.id), undefined, 'rm removes the copy');
-    await assert.rejects(getThumbnail(handle, member.id), NotFoundError);
+    await assert.rejects(getThumbnail(embedded(handle), member.id), NotFoundError);
   });
 
   test('an abort signal stops reading; what was read is committed and a rerun finishes', async () => {
@@ -281,10 +284,10 @@ describe('indexSources', () => {
     const h = open(newStore());
     try {
       const stop = new AbortController();
-      const r1 = await indexSources(h, encoder, [dir], { batchSize: 4, signal: stop.signal, onProgress: (p) => p.done >= 8 && stop.abort() });
+      const r1 = await indexSources(embedded(h), encoder, [dir], { batchSize: 4, signal: stop.signal, onProgress: (p) => p.done >= 8 && stop.abort() });
       assert.ok(r1.indexed >= 8 && r1.indexed < 40, `stopped early (${r1.indexed})`);
       assert.equal(h.store.count(encoder.modelId), r1.indexed);
-      const r2 = await indexSources(h, encoder, [dir], { batchSize: 4 });
+      const r2 = await indexSources(embedded(h), encoder, [dir], { batchSize: 4 });
       assert.deepEqual([r2.indexed, r2.duplicates], [40 - r1.indexed, r1.indexed]);
     } finally {
       h.close();
@@ -298,7 +301,7 @@ describe('indexBuffers', () => {
     try {
       const a = await raw(32, 32, 700).jpeg().toBuffer();
       const b = await raw(50, 40, 701).png().toBuffer();
-      const res = await indexBuffers(h, encoder, [
+      const res = await indexBuffers(embedded(h), encoder, [
         { name: 'a.jpg', bytes: a, label: 'cat', metadata: { by: 'test' } },
         { name: 'bad.jpg', bytes: Buffer.from('nope') },
         { name: 'b.png', bytes: b },
@@ -314,13 +317,13 @@ describe('indexBuffers', () => {
       assert.equal(h.store.count(encoder.modelId), 2, 'nothing stored for failures');
       const row = h.store.getImage(1)!;
       assert.deepEqual([row.source, row.label, row.metadata], ['upload:a.jpg', 'cat', { by: 'test' }]);
-      assert.deepEqual(await getOriginal(h, 1), { bytes: a, contentType: 'image/jpeg' });
-      assert.deepEqual(await getOriginal(h, 2), { bytes: b, contentType: 'image/png' });
+      assert.deepEqual(await getOriginal(embedded(h), 1), { bytes: a, contentType: 'image/jpeg' });
+      assert.deepEqual(await getOriginal(embedded(h), 2), { bytes: b, contentType: 'image/png' });
       // Small uploads are their own thumbnails (from the kept original); a large one and a TIFF get a stored WebP.
       assert.deepEqual([h.store.getThumbnail(1), h.store.getThumbnail(2)], [undefined, undefined]);
-      assert.deepEqual(await getThumbnail(h, 1), { bytes: a, contentType: 'image/jpeg' });
-      assert.deepEqual(await getThumbnail(h, 2), { bytes: b, contentType: 'image/png' });
-      const again = await indexBuffers(h, encoder, [{ name: 'b-again.png', bytes: b }, { name: 'c.jpg', bytes: await raw(300, 200, 702).jpeg().toBuffer() }, { name: 'd.tif', bytes: await raw(20, 10, 703).tiff().toBuffer() }]);
+      assert.deepEqual(await getThumbnail(embedded(h), 1), { bytes: a, contentType: 'image/jpeg' });
+      assert.deepEqual(await getThumbnail(embedded(h), 2), { bytes: b, contentType: 'image/png' });
+      const again = await indexBuffers(embedded(h), encoder, [{ name: 'b-again.png', bytes: b }, { name: 'c.jpg', bytes: await raw(300, 200, 702).jpeg().toBuffer() }, { name: 'd.tif', bytes: await raw(20, 10, 703).tiff().toBuffer() }]);
       assert.deepEqual(again, [{ id: 2, created: false }, { id: 3, created: true }, { id: 4, created: true }]);
       assert.deepEqual(await thumbSize(h, 3), [256, 171]);
       assert.deepEqual(await thumbSize(h, 4), [20, 10], 'never enlarged');
@@ -340,11 +343,11 @@ describe('search', () => {
     for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(dir, 'x', `${i}.png`), await raw(32, 32, 2000 + i).png().toBuffer());
     const h = open(newStore());
     try {
-      await indexSources(h, encoder, [dir]);
+      await indexSources(embedded(h), encoder, [dir]);
       const query = path.join(dir, 'x', '7.png');
       const pixels = (await decodeImage(fs.readFileSync(query), 32)).pixels;
       const encode = (p: Uint8Array, s: string) => encoder.encode([p], s).then((e) => e[0]);
-      const res = await searchByPixels(h, encode, pixels, { k: 5 });
+      const res = await searchByPixels(embedded(h), encode, pixels, { k: 5 });
       assert.equal(res.results.length, 5);
       assert.deepEqual(Object.keys(res.results[0]).sort(), ['contentHash', 'id', 'label', 'metadata', 'path', 'score', 'source']);
       assert.equal(res.results[0].path, query);
@@ -355,23 +358,23 @@ describe('search', () => {
       assert.equal(res.cost.flops, (await encoder.info('XL')).flops);
       assert.ok(res.cost.encodeMs > 0 && res.cost.searchMs >= 0);
 
-      const small = await searchByPixels(h, encode, pixels, { k: 3, ffn: 's', ef: 20 });
+      const small = await searchByPixels(embedded(h), encode, pixels, { k: 3, ffn: 's', ef: 20 });
       assert.equal(small.cost.ffn, 'S');
       assert.ok(small.cost.flops < res.cost.flops);
-      await assert.rejects(searchByPixels(h, encode, pixels, { ffn: 'Q' }), { name: 'ConfigError' });
-      await assert.rejects(searchByPixels(h, encode, pixels, { k: 0 }), UsageError);
-      await assert.rejects(searchByPixels(h, encode, pixels, { ef: 1.5 }), UsageError);
+      await assert.rejects(searchByPixels(embedded(h), encode, pixels, { ffn: 'Q' }), { name: 'ConfigError' });
+      await assert.rejects(searchByPixels(embedded(h), encode, pixels, { k: 0 }), UsageError);
+      await assert.rejects(searchByPixels(embedded(h), encode, pixels, { ef: 1.5 }), UsageError);
       // One set of limits for the library, the CLI and the API (limits.ts): k up to 100, ef up to 2000.
-      assert.equal((await searchByPixels(h, encode, pixels, { k: MAX_K, ef: MAX_EF })).results.length, Math.min(MAX_K, h.hnsw.size));
-      await assert.rejects(searchByPixels(h, encode, pixels, { k: MAX_K + 1 }), /k must be an integer from 1 to 100, got 101/);
-      await assert.rejects(searchById(h, 1, { ef: MAX_EF + 1 }), /ef must be an integer from 1 to 2000, got 2001/);
+      assert.equal((await searchByPixels(embedded(h), encode, pixels, { k: MAX_K, ef: MAX_EF })).results.length, Math.min(MAX_K, h.hnsw.size));
+      await assert.rejects(searchByPixels(embedded(h), encode, pixels, { k: MAX_K + 1 }), /k must be an integer from 1 to 100, got 101/);
+      await assert.rejects(searchById(embedded(h), 1, { ef: MAX_EF + 1 }), /ef must be an integer from 1 to 2000, got 2001/);
 
-      const byId = await searchById(h, res.results[0].id, { k: 4 });
+      const byId = await searchById(embedded(h), res.results[0].id, { k: 4 });
       assert.equal(byId.results.length, 4);
       assert.ok(!byId.results.some((r) => r.id === res.results[0].id), 'the query image is left out');
       assert.deepEqual(byId.results.map((r) => r.id), res.results.slice(1, 5).map((r) => r.id));
       assert.deepEqual(byId.cost, { ffn: 'XL', flops: 0, encodeMs: 0, searchMs: byId.cost.searchMs });
-      await assert.rejects(searchById(h, 12345, {}), NotFoundError);
+      await assert.rejects(searchById(embedded(h), 12345, {}), NotFoundError);
     } finally {
       h.close();
     }
@@ -419,7 +422,7 @@ describe('store schema', () => {
   test('a version 1 store (before kept originals) is migrated on open, its rows intact', async () => {
     const dir = newStore();
     const h = open(dir);
-    const [id] = (await indexBuffers(h, encoder, [{ name: 'a.png', bytes: await raw(32, 32, 900).png().toBuffer() }])).map((r) => (r as { id: number }).id);
+    const [id] = (await indexBuffers(embedded(h), encoder, [{ name: 'a.png', bytes: await raw(32, 32, 900).png().toBuffer() }])).map((r) => (r as { id: number }).id);
     h.close();
     const db = new Database(path.join(dir, 'store.sqlite'));
     db.exec('DROP TABLE originals; DROP TABLE thumbnails');
@@ -443,7 +446,7 @@ describe('store schema', () => {
     const a = await raw(300, 260, 910).jpeg().toBuffer(); // large or heavy: they store a thumbnail
     const b = await raw(150, 120, 911).png().toBuffer();
     const c = await raw(300, 200, 912).png().toBuffer();
-    const ids = (await indexBuffers(h, encoder, [{ name: 'a.jpg', bytes: a }, { name: 'b.png', bytes: b }, { name: 'c.png', bytes: c }])).map((r) => (r as { id: number }).id);
+    const ids = (await indexBuffers(embedded(h), encoder, [{ name: 'a.jpg', bytes: a }, { name: 'b.png', bytes: b }, { name: 'c.png', bytes: c }])).map((r) => (r as { id: number }).id);
     const made = ids.map((id) => h.store.getThumbnail(id)!);
     h.close();
     // Back to version 2: thumbnails as <store>/thumbs/<id / 1000>/<id>.webp, written after their commit (here the
@@ -468,7 +471,7 @@ describe('store schema', () => {
       assert.deepEqual(await thumbSize(h2, ids[1]), [150, 120]);
       assert.equal(h2.store.getThumbnail(ids[2]), undefined);
       assert.equal(h2.hnsw.size, 3, 'the index is intact');
-      const again = await indexBuffers(h2, encoder, [{ name: 'c-again.png', bytes: c }]);
+      const again = await indexBuffers(embedded(h2), encoder, [{ name: 'c-again.png', bytes: c }]);
       assert.deepEqual(again, [{ id: ids[2], created: false }]);
       assert.deepEqual(await thumbSize(h2, ids[2]), [256, 171]);
     } finally {
@@ -481,7 +484,7 @@ describe('store schema', () => {
     const h = open(dir);
     const file = path.join(tmp, 'known.png');
     fs.writeFileSync(file, await raw(300, 200, 920).png().toBuffer());
-    const [id] = (await indexSources(h, encoder, [file])).ids;
+    const [id] = (await indexSources(embedded(h), encoder, [file])).ids;
     h.close();
     deleteThumbnail(dir, id);
     const { tensors } = await randomModel(TINY_CONFIG, 4);
@@ -491,7 +494,7 @@ describe('store schema', () => {
     const h2 = openIndex(dir, other.modelId, other.dim, { writer: true, config: other.config });
     try {
       assert.notEqual(other.modelId, encoder.modelId);
-      const r = await indexSources(h2, other, [file]);
+      const r = await indexSources(embedded(h2), other, [file]);
       assert.deepEqual([r.indexed, r.ids], [1, [id]]);
       assert.deepEqual(await thumbSize(h2, id), [256, 171]);
     } finally {
@@ -517,7 +520,7 @@ describe('the encoder pool', () => {
     fs.writeFileSync(path.join(dir, 'a.png'), await raw(32, 32, 77).png().toBuffer());
     const h = open(newStore());
     try {
-      const r = await indexSources(h, encoder, [dir]);
+      const r = await indexSources(embedded(h), encoder, [dir]);
       assert.equal(r.indexed, 1);
       assert.ok(r.encodeSeconds !== undefined && r.encodeSeconds > 0 && r.encodeSeconds <= r.seconds, `encoded in the pool: ${r.encodeSeconds} s of model time per worker in ${r.seconds} s`);
     } finally {

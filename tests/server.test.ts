@@ -22,8 +22,12 @@ import { buildApp } from '../src/server/app.ts';
 import { toHttpError } from '../src/server/errors.ts';
 import { AddImagesResponse, EncodersResponse, SearchResponse, StatsResponse } from '../src/server/schemas.ts';
 import { type OpenedServer, DEMO_GALLERY, openServer } from '../src/server/server.ts';
+import type { EmbeddedStore } from '../src/store/embedded.ts';
 import { randomModel } from './helpers/model.ts';
 import { pngChunk } from './helpers/png.ts';
+
+/** The embedded store's SQLite, for what the store seam does not offer (rows of another model). */
+const sqlite = (o: OpenedServer) => (o.store as EmbeddedStore).handle.store;
 
 const PER_CLASS = 4; // 40 gallery images
 const MAX_UPLOAD = 256 * 1024; // small upload limit, so that "too large" bodies stay cheap to send
@@ -269,7 +273,7 @@ describe('serving', () => {
     const thumb = await call('GET', hit.thumbUrl);
     assert.deepEqual([thumb.status, thumb.type], [200, 'image/jpeg']);
     assert.ok(thumb.bytes!.equals(gallery[2].bytes), 'the 32x32 JPEG itself, read from its file: the page scales it');
-    assert.equal(opened.handle.store.getThumbnail(hit.id), undefined, 'nothing stored for it');
+    assert.equal(await opened.store.thumbnail(hit.id), undefined, 'nothing stored for it');
     // The versioned URL never changes its answer: cached for good, and revalidated by its ETag if asked.
     const res = await fetch(base + hit.thumbUrl);
     assert.equal(res.headers.get('cache-control'), 'public, max-age=31536000, immutable');
@@ -292,10 +296,10 @@ describe('serving', () => {
     const thumb = await call('GET', added.thumbUrl);
     const meta = await sharp(thumb.bytes!).metadata();
     assert.deepEqual([thumb.status, thumb.type, meta.format, meta.width, meta.height], [200, 'image/webp', 'webp', 256, 171]);
-    assert.ok(thumb.bytes!.equals(opened.handle.store.getThumbnail(added.id)!), 'the bytes stored with the image');
+    assert.ok(thumb.bytes!.equals((await opened.store.thumbnail(added.id))!), 'the bytes stored with the image');
 
     const member = await sharp({ create: { width: 32, height: 32, channels: 3, background: { r: 90, g: 10, b: 200 } } }).png().toBuffer();
-    const { id } = opened.handle.store.insertImageWithEmbedding(
+    const { id } = sqlite(opened).insertImageWithEmbedding(
       { source: `${tmp}/set.tar.gz:set/violet.png`, contentHash: contentHash(member), width: 32, height: 32, format: 'png', original: member },
       'an-older-model@1', // not the served model: the HNSW index is not involved
       new Float32Array(8).fill(1),
@@ -303,7 +307,7 @@ describe('serving', () => {
     const own = await call('GET', `/api/images/${id}/thumb`);
     assert.deepEqual([own.status, own.type], [200, 'image/png']);
     assert.ok(own.bytes!.equals(member));
-    opened.handle.store.deleteImages([id]);
+    sqlite(opened).deleteImages([id]);
     await call('DELETE', `/api/images/${added.id}`);
   });
 
@@ -326,7 +330,7 @@ describe('serving', () => {
     const thumb = await call('GET', added.images[0].thumbUrl);
     assert.deepEqual([thumb.status, thumb.type], [200, 'image/png']);
     assert.ok(thumb.bytes!.equals(png), 'a small upload is its own thumbnail, from its kept bytes');
-    assert.equal(opened.handle.store.getThumbnail(id), undefined, 'and stores none');
+    assert.equal(await opened.store.thumbnail(id), undefined, 'and stores none');
 
     assert.deepEqual((await call('DELETE', `/api/images/${id}`)).json, { deleted: id });
     assert.equal(await imageCount(), before);
@@ -421,23 +425,23 @@ describe('a first start stopped part way', () => {
       indexSources: ((h, e, s, o) => indexerModule.indexSources(h, e, s, { ...o, onProgress: (p) => (o?.onProgress?.(p), p.indexed > 0 && stop.abort()) })) as typeof indexerModule.indexSources,
     };
     const first = await openServer({ ...quick, signal: stop.signal, indexer });
-    const partial = first.handle.store.count(first.encoder.modelId);
+    const partial = await first.store.count();
     await first.close();
     assert.ok(partial > 0 && partial < 600, `the first start stored ${partial} of 600`);
 
     const second = await openServer(quick);
     try {
-      assert.equal(second.handle.store.count(second.encoder.modelId), 600, 'every image of the gallery');
-      assert.equal(second.handle.hnsw.size, 600);
+      assert.equal(await second.store.count(), 600, 'every image of the gallery');
+      assert.equal((await second.store.indexInfo()).vectors, 600);
       assert.deepEqual([second.gallery?.indexed, second.gallery?.duplicates], [600 - partial, partial]);
-      second.service.deleteImage(second.handle.hnsw.search(new Float32Array(second.encoder.dim).fill(1), 1)[0].id);
+      await second.service.deleteImage((await second.store.nearest(new Float32Array(second.encoder.dim).fill(1), 1))[0].id);
     } finally {
       await second.close();
     }
     const third = await openServer(quick);
     try {
       assert.equal(third.gallery, null, 'a finished gallery is not indexed again');
-      assert.equal(third.handle.store.count(third.encoder.modelId), 599, 'and an image deleted from it stays deleted');
+      assert.equal(await third.store.count(), 599, 'and an image deleted from it stays deleted');
     } finally {
       await third.close();
     }
@@ -640,7 +644,7 @@ describe('uploaded bytes are data', () => {
   });
 
   test('an SVG stored before SVGs were refused is served as a download, not as a document', async () => {
-    const { id } = opened.handle.store.insertImageWithEmbedding(
+    const { id } = sqlite(opened).insertImageWithEmbedding(
       { source: 'upload:old.svg', contentHash: contentHash(SCRIPTED_SVG), width: 32, height: 32, format: 'svg', original: SCRIPTED_SVG },
       'an-older-model@1', // not the served model: the HNSW index is not involved
       new Float32Array(8).fill(1),
@@ -656,7 +660,7 @@ describe('uploaded bytes are data', () => {
     const thumb = await fetch(`${base}/api/images/${id}/thumb`);
     assert.equal(thumb.headers.get('content-type'), 'image/webp');
     assert.equal((await sharp(Buffer.from(await thumb.arrayBuffer())).metadata()).format, 'webp');
-    opened.handle.store.deleteImages([id]);
+    sqlite(opened).deleteImages([id]);
   });
 
   test('the page runs only its own script: a CSP without inline script, and nosniff', async () => {
@@ -683,7 +687,7 @@ describe('upload memory', () => {
     try {
       await new Promise((r) => srv.once('listening', r));
       const at = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
-      const uploads = () => StatsResponse.parse(small.service.stats()).server.uploads;
+      const uploads = async () => StatsResponse.parse(await small.service.stats()).server.uploads;
       // Noise PNGs of about 480 KB (incompressible), 8 to a request: about 4 MB a body, so one fits in the budget.
       const noisy = () => sharp(crypto.randomBytes(400 * 400 * 3), { raw: { width: 400, height: 400, channels: 3 } }).png().toBuffer();
       const files = await Promise.all(Array.from({ length: 8 }, () => noisy()));
@@ -703,7 +707,7 @@ describe('upload memory', () => {
         },
       });
       const slow = fetch(`${at}/api/images`, { method: 'POST', body: stream, headers: { 'content-type': wire.headers.get('content-type')! }, duplex: 'half' } as RequestInit);
-      while (uploads().inFlightBytes < whole.length - 1000) await new Promise((r) => setTimeout(r, 20));
+      while ((await uploads()).inFlightBytes < whole.length - 1000) await new Promise((r) => setTimeout(r, 20));
 
       // Eight more at once, each with its length declared: no room, so 503 at once, each saying when to retry.
       const busy = await Promise.all(Array.from({ length: 8 }, (_, i) => fetch(`${at}/api/images`, { method: 'POST', body: body(i + 1) })));
@@ -717,7 +721,7 @@ describe('upload memory', () => {
       const done = await slow;
       assert.equal(done.status, 201, 'the upload that held the memory completes');
       assert.equal(((await done.json()) as { images: unknown[] }).images.length, 8);
-      assert.equal(uploads().inFlightBytes, 0, 'its reservation ended with it');
+      assert.equal((await uploads()).inFlightBytes, 0, 'its reservation ended with it');
       const again = await fetch(`${at}/api/images`, { method: 'POST', body: body(9) });
       assert.equal(again.status, 201, 'the next upload finds room');
       await again.arrayBuffer();
@@ -727,7 +731,7 @@ describe('upload memory', () => {
       const over = await fetch(`${at}/api/images`, { method: 'POST', body: big.body, headers: { 'content-type': big.headers.get('content-type')! }, duplex: 'half' } as RequestInit);
       assert.equal(over.status, 413);
       assert.match(((await over.json()) as { error: { message: string } }).error.message, /over the server's upload memory of 6 MB/);
-      const figures = uploads();
+      const figures = await uploads();
       assert.ok(figures.peakBytes <= BUDGET, `at most ${figures.peakBytes} bytes were held`);
       assert.deepEqual([figures.inFlightBytes, figures.refused], [0, 9]);
     } finally {
@@ -801,7 +805,7 @@ describe('a full disk', () => {
       const body = (await res.json()) as { error: { code: string; message: string } };
       assert.deepEqual([res.status, body.error.code], [507, 'insufficient_storage']);
       assert.match(body.error.message, /out of disk space/);
-      assert.equal(full.handle.store.stats().images, 0, 'nothing stored');
+      assert.equal((await full.store.stats()).images, 0, 'nothing stored');
       assert.equal((await fetch(`${at}/healthz`)).status, 200, 'the server still answers');
       fs.rmSync(filler);
       assert.equal((await upload()).status, 201, 'and stores once there is space');

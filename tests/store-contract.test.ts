@@ -221,6 +221,26 @@ for (const backend of backends) {
         assert.equal(await store.addThumbnail(777_777, webp(5)), false, 'no such image');
       }));
 
+    test('indexInfo describes the vector index; state keeps what the program records', () =>
+      withStore(async (store, location) => {
+        const v = randomVectors(5, DIM, 9);
+        await store.add(v.map((vector, i) => ({ image: image(i), vector })));
+        await store.delete([2]);
+        const info = await store.indexInfo();
+        assert.deepEqual([info.vectors, info.M, info.efConstruction, info.ef], [4, 16, 128, 160]);
+        assert.ok(info.capacity >= info.vectors);
+        assert.equal(await store.state('gallery:x'), null);
+        await store.setState('gallery:x', 'indexing');
+        await store.setState('gallery:x', 'done');
+        const reader = await openStore(location, MODEL);
+        try {
+          assert.equal(await reader.state('gallery:x'), 'done', 'seen by another handle');
+          await assert.rejects(reader.setState('gallery:x', 'no'), StoreError);
+        } finally {
+          await reader.close();
+        }
+      }));
+
     test('a batch with a bad item stores nothing', () =>
       withStore(async (store) => {
         const v = randomVectors(2, DIM, 9);

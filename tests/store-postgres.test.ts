@@ -42,12 +42,12 @@ describe('store locations', () => {
 });
 
 describe('store URLs on the command line', () => {
-  test('a bad URL, or a PostgreSQL store the command cannot use yet: one line, exit 2, no folder named after the URL', () => {
+  test('a bad URL, or a PostgreSQL server that is not there: one line, exit 2, no folder named after the URL', () => {
     const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
     const cases: [string[], RegExp][] = [
       [['stats', '--store', 'mysql://me@h/db'], /^matvit: unsupported store URL "mysql:\/\/me@h\/db"/],
       [['rm', '5', '--store', 'postgres://me:pw@h:99999/db'], /^matvit: invalid PostgreSQL URL "postgres:\/\/me:\*\*\*@h:99999\/db"/],
-      [['index', 'datasets', '--store', 'postgres://me@127.0.0.1:1/db'], /^matvit: matvit index does not use PostgreSQL stores yet: give a store folder/],
+      [['index', 'datasets', '--store', 'postgres://me@127.0.0.1:1/db'], /^matvit: cannot reach PostgreSQL at postgres:\/\/me@127\.0\.0\.1:1\/db: connect ECONNREFUSED/],
     ];
     for (const [args, re] of cases) {
       const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], { cwd: root, encoding: 'utf8', env: { ...process.env, NODE_ENV: 'test' } });
@@ -87,6 +87,30 @@ describe('PostgreSQL store', () => {
     assert.match(idx[0].indexdef, /USING hnsw \(e vector_ip_ops\)/);
     const col = await query("SELECT format_type(atttypid, atttypmod) AS t FROM pg_attribute WHERE attrelid = 'embeddings_1'::regclass AND attname = 'e'");
     assert.equal(col[0].t, 'vector(4)');
+  });
+
+  test('a database at version 2, with its filter indexes or (made before they took that number) with store_state, migrates to both', async () => {
+    const filterIndexes = async () => (await query("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'images_by_%' ORDER BY indexname")).map((r) => r.indexname);
+    const at2 = async (undo: string) => {
+      await pgs.reset();
+      const s = await openStore(pgs.url, MODEL, { writer: true });
+      await s.setState('gallery', 'done');
+      await s.close();
+      await query(`${undo}; DELETE FROM schema_migrations WHERE version > 2`);
+    };
+    await at2('DROP TABLE store_state'); // version 2 = the filter indexes
+    let s = await openStore(pgs.url, MODEL, { writer: true });
+    assert.equal(await s.state('gallery'), null);
+    await s.setState('gallery', 'indexing');
+    await s.close();
+    assert.deepEqual(await filterIndexes(), ['images_by_added_at', 'images_by_label', 'images_by_source']);
+
+    await at2('DROP INDEX images_by_label, images_by_source, images_by_added_at'); // version 2 = store_state
+    s = await openStore(pgs.url, MODEL, { writer: true });
+    assert.equal(await s.state('gallery'), 'done', 'its values kept');
+    await s.close();
+    assert.deepEqual(await filterIndexes(), ['images_by_added_at', 'images_by_label', 'images_by_source']);
+    assert.deepEqual((await query('SELECT version FROM schema_migrations ORDER BY version')).map((r) => r.version), [1, 2, 3]);
   });
 
   test('a store with a newer schema is refused', async () => {

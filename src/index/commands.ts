@@ -1,5 +1,7 @@
-// The store commands of the `matvit` CLI: index, search, rm, stats, reindex. Each parses its flags, calls the
-// services (indexer.ts, search.ts, service.ts) and prints; heavy modules load only when a command runs.
+// The store commands of the `matvit` CLI: index (here, or through a queue), worker, search, rm, stats, reindex. Each
+// parses its flags, opens the store through the store seam (src/store/open.ts: a folder, or a postgres:// URL),
+// calls the services (indexer.ts, search.ts, stats.ts, src/queue) and prints; heavy modules load only when a
+// command runs. Store and queue errors reach main (cli.ts): one line, exit code 2 (4: a store locked by a writer).
 import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
@@ -9,6 +11,7 @@ import type { IndexReport } from './indexer.ts';
 import { WHERE_SYNTAX, parseWhere } from './filter.ts';
 import { DEFAULT_K, MAX_EF, MAX_K } from './limits.ts';
 import type { SearchResponse } from './search.ts';
+import type { StoreBackend } from '../store/types.ts';
 
 /** Exit codes of the store commands (also listed in each command's --help). */
 export const EXIT = {
@@ -25,7 +28,7 @@ const EXIT_HELP = `
 Exit codes: 0 ok; 1 unexpected error; 2 bad usage or input (one line on stderr); 4 the store is being written by
 another process.`;
 
-const STORE_HELP = 'store folder: database (images, embeddings, thumbnails), HNSW file';
+const STORE_HELP = 'store: a folder (SQLite database of images, embeddings, thumbnails; HNSW file), or postgres://USER@HOST:PORT/DATABASE (PostgreSQL with pgvector)';
 
 const positiveInt = (name: string, max = Number.MAX_SAFE_INTEGER) => (v: string) => {
   const n = Number(v);
@@ -48,19 +51,13 @@ interface CommonOptions {
 function storeCommand(program: Command, name: string): Command {
   return program
     .command(name)
-    .addOption(new Option('--store <dir>', STORE_HELP).env('MATVIT_STORE').default('./data'))
+    .addOption(new Option('--store <dir|url>', STORE_HELP).env('MATVIT_STORE').default('./data'))
     .option('--model <file>', 'model checkpoint (default: the shipped model, models/matvit-cifar10)')
     .showHelpAfterError(false)
     .hook('preAction', async (cmd) => {
-      // PostgreSQL stores (src/store/postgres.ts) are not wired into the commands yet (issue 15): a URL must
-      // never be taken for a folder name, and a bad one is named.
-      const { StoreError } = await import('./store.ts');
+      // A bad URL is named before any model loads; a URL is never taken for a folder name.
       const { parseStoreLocation } = await import('../store/location.ts');
-      try {
-        if (parseStoreLocation(cmd.opts().store).kind === 'postgres') throw new StoreError(`matvit ${name} does not use PostgreSQL stores yet: give a store folder`);
-      } catch (err) {
-        throw err instanceof StoreError ? new UsageError(err.message) : err;
-      }
+      parseStoreLocation(cmd.opts().store);
     })
     .configureOutput({ outputError: () => {} })
     .exitOverride((err) => {
@@ -76,21 +73,25 @@ export function registerIndexCommands(program: Command): void {
     .option('--batch-size <n>', 'images per encoder run', positiveInt('batch size', 4096), 64)
     .option('--threads <n>', 'encoder threads, each a worker with a one-thread session (default: all cores when the machine is idle, else 1)', positiveInt('threads', 256))
     .option('--json', 'print the report as JSON')
+    .option('--queue <url>', 'enqueue the work for `matvit worker` processes on this Redis (redis://HOST:PORT) instead of indexing here; needs a PostgreSQL --store')
+    .option('--queue-name <name>', 'BullMQ queue name, the same for the workers (default matvit-index)')
+    .option('--job-size <n>', 'with --queue: images per job', positiveInt('job size', 4096), 64)
     .addHelpText(
       'after',
       `
 Images already indexed with the same model (same content) are skipped, so a rerun after Ctrl-C or a crash indexes
-only the rest. Bad files are listed with their reason and never stop the job.
+only the rest. Bad files are listed with their reason and never stop the job. With --queue, jobs are named after
+what they hold, so enqueueing the same sources again adds nothing; Ctrl-C stops waiting, the workers go on.
 ${EXIT_HELP} 3: nothing could be indexed (no image found, or every file failed); 5: a folder or archive could
 not be read (whole, or past some point: listed, everything else is indexed); 130: interrupted (what was committed
 is kept). Some files failing still exits 0: they are listed in the summary.`,
     )
-    .action(async (paths: string[], opts: CommonOptions & { batchSize: number; threads?: number }) => {
+    .action(async (paths: string[], opts: CommonOptions & { batchSize: number; threads?: number; queue?: string; queueName?: string; jobSize: number }) => {
       for (const p of paths) if (!fs.existsSync(p)) throw new UsageError(`no such file or directory: ${p}`);
+      if (opts.queue !== undefined) return enqueueCommand(paths, { ...opts, queue: opts.queue });
       const { defaultEncoderThreads, indexSources } = await import('./indexer.ts');
       const encoder = await loadEncoder(opts.model, opts.threads ?? (await defaultEncoderThreads()));
-      const { openIndex } = await import('./service.ts');
-      const handle = await withStore(() => openIndex(opts.store, encoder.modelId, encoder.dim, { writer: true, config: encoder.config }));
+      const store = await openFor(opts.store, encoder, { writer: true, create: true });
       const stop = new AbortController();
       const onSignal = () => {
         if (stop.signal.aborted) process.exit(EXIT.interrupted); // second Ctrl-C: committed batches are safe
@@ -102,10 +103,10 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
       const bar = progressReporter();
       let report: IndexReport;
       try {
-        report = await indexSources(handle, encoder, paths, { batchSize: opts.batchSize, signal: stop.signal, onProgress: bar.update });
+        report = await indexSources(store, encoder, paths, { batchSize: opts.batchSize, signal: stop.signal, onProgress: bar.update });
       } finally {
         bar.stop();
-        handle.close();
+        await store.close();
         process.off('SIGINT', onSignal);
         process.off('SIGTERM', onSignal);
       }
@@ -113,6 +114,53 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
       if (opts.json) console.log(JSON.stringify({ ...report, interrupted }));
       else printSummary(report, interrupted);
       process.exitCode = interrupted ? EXIT.interrupted : report.unread.length > 0 ? EXIT.incomplete : report.indexed + report.duplicates === 0 ? EXIT.nothingIndexed : EXIT.ok;
+    });
+
+  storeCommand(program, 'worker')
+    .description('index images enqueued by `matvit index --queue`: take jobs from Redis, encode with XL, write to the PostgreSQL --store; runs until SIGTERM/SIGINT')
+    .requiredOption('--queue <url>', 'the Redis of the queue (redis://HOST:PORT)')
+    .option('--queue-name <name>', 'BullMQ queue name (default matvit-index)')
+    .option('--threads <n>', 'encoder threads (default: all cores when the machine is idle, else 1)', positiveInt('threads', 256))
+    .option('--concurrency <n>', 'jobs in hand at once', positiveInt('concurrency', 64), 2)
+    .option('--batch-size <n>', 'images per encoder run', positiveInt('batch size', 4096), 64)
+    .option('--stall-seconds <n>', 'lock of a job in hand: the job of a worker that died goes to another after about this long', positiveInt('stall seconds', 3600), 30)
+    .addHelpText('after', `${EXIT_HELP} On SIGTERM/SIGINT the jobs in hand are finished first (a second signal exits at once: they are retried elsewhere).`)
+    .action(async (opts: CommonOptions & { queue: string; queueName?: string; threads?: number; concurrency: number; batchSize: number; stallSeconds: number }) => {
+      const queueLoc = await sharedStoreAndQueue(opts.store, opts.queue);
+      const { connectQueue } = await import('../queue/connection.ts');
+      const redis = await connectQueue(queueLoc); // first: a queue that is down must not leave a new store behind
+      const { defaultEncoderThreads } = await import('./indexer.ts');
+      let encoder: Encoder;
+      let store: StoreBackend;
+      try {
+        encoder = await loadEncoder(opts.model, opts.threads ?? (await defaultEncoderThreads()));
+        store = await openFor(opts.store, encoder, { writer: true, create: true });
+      } catch (err) {
+        redis.disconnect();
+        throw err;
+      }
+      const { runWorker } = await import('../queue/worker.ts');
+      const { EncoderPool } = await import('../encoder/pool.ts');
+      let pool: import('../encoder/pool.ts').EncoderPool | null = null;
+      const stop = new AbortController();
+      const onSignal = () => {
+        if (stop.signal.aborted) process.exit(EXIT.interrupted); // the jobs in hand go back to the queue when their locks expire
+        stop.abort();
+        process.stderr.write('matvit: worker stopping after the jobs in hand (signal again to quit at once)\n');
+      };
+      process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
+      try {
+        pool = await EncoderPool.tryStart(encoder, { threads: encoder.threads });
+        process.stderr.write(`matvit: worker ready: queue on ${queueLoc.display}, store ${store.location}\n`);
+        const r = await runWorker(redis, store, pool ?? encoder, stop.signal, { queueName: opts.queueName, concurrency: opts.concurrency, batchSize: opts.batchSize, stallSeconds: opts.stallSeconds });
+        process.stderr.write(`matvit: worker stopped: ${r.jobs} jobs, ${r.indexed} images indexed\n`);
+      } finally {
+        process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+        await pool?.close();
+        await store.close();
+        redis.disconnect();
+        await encoder.close();
+      }
     });
 
   storeCommand(program, 'search')
@@ -140,7 +188,7 @@ ${EXIT_HELP}`,
       if (opts.ffn !== undefined && (opts.budget !== undefined || opts.maxEncodeMs !== undefined)) throw new UsageError('give --ffn or --budget/--max-encode-ms, not both');
       const bytes = image === undefined ? null : readQuery(image);
       const encoder = await loadEncoder(opts.model, 1);
-      const handle = await openForReading(opts.store, encoder);
+      const store = await openFor(opts.store, encoder, { writer: false });
       try {
         const search = await import('./search.ts');
         let res: SearchResponse;
@@ -149,9 +197,9 @@ ${EXIT_HELP}`,
           const decoded = await decodeImage(bytes, encoder.config.imageSize);
           const plan = await queryPlan(encoder, opts.model, opts);
           const cascade = plan.chosenBy === 'cascade' ? plan.rule : undefined;
-          res = await search.searchByPixels(handle, (p, s) => encoder.encode([p], s).then((e) => e[0]), decoded.pixels, { k: opts.k, ffn: plan.spec, ef: opts.ef, cascade, filter });
+          res = await search.searchByPixels(store, (p, s) => encoder.encode([p], s).then((e) => e[0]), decoded.pixels, { k: opts.k, ffn: plan.spec, ef: opts.ef, cascade, filter });
         } else {
-          res = await search.searchById(handle, opts.id!, { k: opts.k, ef: opts.ef, filter });
+          res = await search.searchById(store, opts.id!, { k: opts.k, ef: opts.ef, filter });
         }
         if (opts.json) {
           const results = res.results.map(({ id, score, label, path }) => ({ id, score, label, path }));
@@ -160,7 +208,7 @@ ${EXIT_HELP}`,
           printResults(res);
         }
       } finally {
-        handle.close();
+        await store.close();
       }
     });
 
@@ -171,13 +219,12 @@ ${EXIT_HELP}`,
     .addHelpText('after', `${EXIT_HELP} Ids that do not exist exit 2 after the others are removed.`)
     .action(async (ids: number[], opts: CommonOptions) => {
       const encoder = await loadEncoder(opts.model, 1);
-      const { deleteImages, openIndex } = await import('./service.ts');
-      const handle = await withStore(() => openIndex(requireStore(opts.store), encoder.modelId, encoder.dim, { writer: true, config: encoder.config }));
+      const store = await openFor(opts.store, encoder, { writer: true });
       let removed: number[];
       try {
-        removed = deleteImages(handle, ids);
+        removed = await store.delete(ids);
       } finally {
-        handle.close();
+        await store.close();
       }
       const missing = ids.filter((id) => !removed.includes(id));
       if (opts.json) console.log(JSON.stringify({ removed, missing }));
@@ -190,15 +237,28 @@ ${EXIT_HELP}`,
     .option('--json', 'print the statistics as JSON')
     .addHelpText('after', EXIT_HELP)
     .action(async (opts: CommonOptions) => {
-      const { storeStats } = await import('./stats.ts');
-      const modelId = await modelIdOrNull(opts.model);
-      const stats = await withStore(() => storeStats(requireStore(opts.store), modelId));
+      const { databaseStats, storeStats } = await import('./stats.ts');
+      const { parseStoreLocation } = await import('../store/location.ts');
+      let stats: import('./stats.ts').StoreStatsReport;
+      if (parseStoreLocation(opts.store).kind === 'embedded') {
+        stats = storeStats(requireStore(opts.store), await modelIdOrNull(opts.model));
+      } else {
+        // A PostgreSQL store is opened for a model (its table); the database holds every model's counts.
+        const { openStore } = await import('../store/open.ts');
+        const encoder = await loadEncoder(opts.model, 1);
+        const store = await openStore(opts.store, { modelId: encoder.modelId, dim: encoder.dim }, { writer: false });
+        try {
+          stats = await databaseStats(store);
+        } finally {
+          await store.close();
+        }
+      }
       if (opts.json) console.log(JSON.stringify(stats));
       else console.log(formatStats(stats));
     });
 
   storeCommand(program, 'reindex')
-    .description('rebuild the HNSW index of the model from the embeddings stored in SQLite')
+    .description('rebuild the HNSW index of the model from the stored embeddings (a folder: its HNSW file; PostgreSQL: its pgvector index)')
     .option('--m <n>', 'graph degree M (default 16)', positiveInt('M', 128))
     .option('--ef-construction <n>', 'build beam width (default: HNSW_DEFAULTS)', positiveInt('ef-construction', 10_000))
     .option('--json', 'print the result as JSON')
@@ -206,10 +266,74 @@ ${EXIT_HELP}`,
     .action(async (opts: CommonOptions & { m?: number; efConstruction?: number }) => {
       const encoder = await loadEncoder(opts.model, 1);
       const { reindex } = await import('./stats.ts');
-      const r = await withStore(() => reindex(requireStore(opts.store), encoder.modelId, encoder.dim, { M: opts.m, efConstruction: opts.efConstruction }));
+      const { parseStoreLocation } = await import('../store/location.ts');
+      const params = { M: opts.m, efConstruction: opts.efConstruction };
+      let r: import('./stats.ts').ReindexResult;
+      if (parseStoreLocation(opts.store).kind === 'embedded') {
+        r = reindex(requireStore(opts.store), encoder.modelId, encoder.dim, params);
+      } else {
+        const store = (await openFor(opts.store, encoder, { writer: true })) as import('../store/postgres.ts').PostgresStore;
+        try {
+          r = await store.rebuildIndex(params);
+        } finally {
+          await store.close();
+        }
+      }
       if (opts.json) console.log(JSON.stringify(r));
       else console.log(`rebuilt the HNSW index of ${r.modelId}: ${r.vectors} vectors, M ${r.M}, ef-construction ${r.efConstruction}, ${r.seconds.toFixed(1)} s -> ${r.file}`);
     });
+}
+
+/** A queue needs a store every worker can write (PostgreSQL) and a Redis URL; both checked before any work. */
+async function sharedStoreAndQueue(store: string, queue: string) {
+  const { parseStoreLocation } = await import('../store/location.ts');
+  const { parseQueueLocation } = await import('../queue/connection.ts');
+  const queueLoc = parseQueueLocation(queue);
+  if (parseStoreLocation(store).kind !== 'postgres') throw new UsageError(`--queue needs a store every worker can write: give --store postgres://USER@HOST:PORT/DATABASE (not the folder ${store})`);
+  return queueLoc;
+}
+
+/** `matvit index --queue`: enqueue the sources, follow the workers, report as local indexing does. */
+async function enqueueCommand(paths: string[], opts: CommonOptions & { queue: string; queueName?: string; jobSize: number }): Promise<void> {
+  const queueLoc = await sharedStoreAndQueue(opts.store, opts.queue);
+  const { connectQueue } = await import('../queue/connection.ts');
+  const { indexThroughQueue } = await import('../queue/enqueue.ts');
+  const redis = await connectQueue(queueLoc);
+  try {
+    // The store is checked (reachable, pgvector, built for this model) before anything is enqueued.
+    const encoder = await loadEncoder(opts.model, 1);
+    await (await openFor(opts.store, encoder, { writer: true, create: true })).close();
+    await encoder.close();
+  } catch (err) {
+    redis.disconnect();
+    throw err;
+  }
+  const stop = new AbortController();
+  const onSignal = () => {
+    if (stop.signal.aborted) process.exit(EXIT.interrupted);
+    stop.abort();
+    process.stderr.write('\nmatvit: no longer waiting; the enqueued jobs stay queued for the workers\n');
+  };
+  process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
+  const bar = progressReporter();
+  let report: import('../queue/enqueue.ts').QueueReport;
+  try {
+    report = await indexThroughQueue(redis, paths, {
+      queueName: opts.queueName,
+      jobItems: opts.jobSize,
+      signal: stop.signal,
+      onProgress: bar.update,
+      onNoWorkers: () => process.stderr.write(`matvit: no worker is connected yet: the jobs wait for one (matvit worker --queue ${queueLoc.display} --store ...)\n`),
+    });
+  } finally {
+    bar.stop();
+    redis.disconnect();
+    process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+  }
+  const interrupted = stop.signal.aborted;
+  if (opts.json) console.log(JSON.stringify({ ...report, interrupted }));
+  else printSummary(report, interrupted);
+  process.exitCode = interrupted ? EXIT.interrupted : report.unread.length > 0 ? EXIT.incomplete : report.indexed + report.duplicates === 0 ? EXIT.nothingIndexed : EXIT.ok;
 }
 
 async function loadEncoder(model: string | undefined, threads: number): Promise<Encoder> {
@@ -233,32 +357,24 @@ function requireStore(dir: string): string {
   return dir;
 }
 
-async function openForReading(dir: string, encoder: Encoder) {
-  const { openIndex } = await import('./service.ts');
-  const handle = await withStore(() => openIndex(requireStore(dir), encoder.modelId, encoder.dim, { config: encoder.config }));
-  if (handle.store.count(encoder.modelId) === 0) {
-    const others = handle.store.stats().models.filter((m) => m.embeddings > 0);
-    if (others.length > 0) {
-      handle.close();
-      throw new UsageError(`the store has no embeddings of model ${encoder.modelId} (it has ${others.map((m) => m.modelId).join(', ')}): index with this model, or pass the --model they were made with`);
-    }
-  }
-  return handle;
-}
-
-/** Runs a store operation, turning store errors into one-line usage errors and a busy store into exit code 4. */
-async function withStore<T>(fn: () => T | Promise<T>): Promise<T> {
-  const { StoreError, StoreLockedError } = await import('./store.ts');
+/**
+ * Opens the store at `location` for the encoder's model. A folder must hold a store already unless `create`;
+ * a reader is refused a store that has embeddings of other models only (it would find nothing).
+ */
+async function openFor(location: string, encoder: Encoder, opts: { writer: boolean; create?: boolean }): Promise<StoreBackend> {
+  const { assertHoldsModel, openStore } = await import('../store/open.ts');
+  const { parseStoreLocation } = await import('../store/location.ts');
+  const loc = parseStoreLocation(location);
+  if (loc.kind === 'embedded' && !opts.create) requireStore(loc.dir);
+  const store = await openStore(location, { modelId: encoder.modelId, dim: encoder.dim, config: encoder.config }, { writer: opts.writer });
+  if (opts.writer) return store;
   try {
-    return await fn();
+    await assertHoldsModel(store);
   } catch (err) {
-    if (err instanceof StoreLockedError) {
-      process.stderr.write(`matvit: ${err.message}\n`);
-      process.exit(EXIT.storeBusy);
-    }
-    if (err instanceof StoreError) throw new UsageError(err.message);
+    await store.close();
     throw err;
   }
+  return store;
 }
 
 function readQuery(file: string): Buffer {
@@ -324,7 +440,9 @@ function formatStats(s: import('./stats.ts').StoreStatsReport): string {
   ];
   for (const m of s.models) {
     const h = m.hnsw;
-    const state = h.file === null ? 'no HNSW file' : `HNSW ${mb(h.bytes)}, ${h.inSync ? 'in sync' : `stale (${h.staleReason}; rebuilt at the next open)`}, M ${h.M ?? '?'}, ef-construction ${h.efConstruction ?? '?'}`;
+    const state = s.kind === 'postgres'
+      ? `pgvector HNSW index in the database${h.M === null ? '' : `, M ${h.M}, ef-construction ${h.efConstruction}`}`
+      : h.file === null ? 'no HNSW file' : `HNSW ${mb(h.bytes)}, ${h.inSync ? 'in sync' : `stale (${h.staleReason}; rebuilt at the next open)`}, M ${h.M ?? '?'}, ef-construction ${h.efConstruction ?? '?'}`;
     lines.push(`${m.current ? '* ' : '  '}${m.modelId}: ${m.embeddings} embeddings of dimension ${m.dim ?? '?'}; ${state}`);
   }
   if (s.models.length === 0) lines.push('no embeddings yet');

@@ -6,8 +6,8 @@
 // the model's size by libjpeg in WebAssembly on this thread, plain-jpeg.ts) up to WINDOW_BATCHES batches ahead of
 // the encoder, which runs on worker threads (the encoder pool, src/encoder/pool.ts), so decoding, encoding and storing overlap. An item
 // that needs a thumbnail (one that is not its own: thumbnails.ts) has it made beside its decode.
-// Batches are encoded and committed in source order, each in one SQLite transaction (images, embeddings,
-// thumbnails, kept bytes) before its vectors enter the HNSW index. A batch is all or nothing, so a job killed at any
+// Batches are encoded and committed in source order, each in one transaction of the store (images, embeddings,
+// thumbnails, kept bytes; src/store/types.ts), with its vectors in the store's HNSW index. A batch is all or nothing, so a job killed at any
 // point leaves every committed image intact, with its thumbnail, and searchable, and a rerun skips them by content
 // hash (same bytes, same model) and indexes the rest. An image stored without the thumbnail it needs (its thumbnail
 // failed, or it came from a store before schema version 3 that lacked one) gets one when it is met again.
@@ -22,7 +22,7 @@ import { logger } from '../log.ts';
 import { UPLOAD_PREFIX, needsCopy } from './originals.ts';
 import { type ImageDecoder, sharedDecoder } from './decoder.ts';
 export { getOriginal, getThumbnail } from './originals.ts'; // the API's image routes use them beside indexBuffers
-import { type IndexHandle, addEmbeddings } from './service.ts';
+import type { StoreBackend } from '../store/types.ts';
 import { type ImageRow, type NewImage, StoreError, contentHash } from './store.ts';
 import { makeThumbnail, needsMadeThumbnail } from './thumbnails.ts';
 
@@ -73,8 +73,9 @@ interface Ready {
 
 type Prepared = { kind: 'ready'; item: Ready } | { kind: 'duplicate' } | { kind: 'failed'; path: string; reason: string; hash?: string; held?: number };
 
-interface Candidate {
-  path: string;
+/** An item to index: a file (read when its turn comes) or an archive member (with its bytes). */
+export interface IndexItem {
+  path: string; // what the store records as source: a file's absolute path, or `/abs/archive.tar.gz:member`
   label?: string;
   bytes?: Buffer; // archive members come with their bytes; files are read when their turn comes
 }
@@ -106,21 +107,19 @@ class Indexing {
   private ownsPool = false; // started for this job, so closed at its end
   private busyBefore = 0;
 
-  constructor(readonly handle: IndexHandle, readonly encoder: ImageEncoder, maxPixels?: number) {
-    if (!handle.store.writer) throw new StoreError(`store "${handle.store.dir}" was opened for reading; open it with { writer: true } to index`);
-    if (handle.modelId !== encoder.modelId || handle.dim !== encoder.dim) {
-      throw new Error(`the index was opened for model "${handle.modelId}" (${handle.dim}-d) but the encoder is "${encoder.modelId}" (${encoder.dim}-d)`);
+  constructor(readonly store: StoreBackend, readonly encoder: ImageEncoder, maxPixels?: number) {
+    if (!store.writer) throw new StoreError(`store "${store.location}" was opened for reading; open it with { writer: true } to index`);
+    if (store.modelId !== encoder.modelId || store.dim !== encoder.dim) {
+      throw new Error(`the store was opened for model "${store.modelId}" (${store.dim}-d) but the encoder is "${encoder.modelId}" (${encoder.dim}-d)`);
     }
     this.maxPixels = maxPixels ?? DEFAULT_MAX_PIXELS;
     this.decoder = sharedDecoder(encoder.config.imageSize);
-    handle.store.recordModelConfig(handle.modelId, JSON.stringify(encoder.config));
-    handle.config ??= encoder.config;
   }
 
   /** The stored image with this content, if any, and whether it already has an embedding for the model. */
-  lookup(hash: string): { row: ImageRow | undefined; indexed: boolean } {
-    const row = this.handle.store.findByHash(hash);
-    return { row, indexed: row !== undefined && this.handle.store.hasEmbedding(row.id, this.handle.modelId) };
+  async lookup(hash: string): Promise<{ row: ImageRow | undefined; indexed: boolean }> {
+    const found = await this.store.findByHash(hash);
+    return { row: found?.row, indexed: found?.indexed ?? false };
   }
 
   /**
@@ -136,14 +135,14 @@ class Indexing {
       if (err instanceof ImageDecodeError) return err;
       throw err;
     }
-    const needed = known ? this.lacksThumbnail(known, bytes) : needsMadeThumbnail(decoded.width, decoded.height, decoded.format, bytes.length);
+    const needed = known ? await this.lacksThumbnail(known, bytes) : needsMadeThumbnail(decoded.width, decoded.height, decoded.format, bytes.length);
     const thumb = needed ? orNull(makeThumbnail(bytes, this.maxPixels), path) : null;
     return { path, label, metadata, bytes, hash, decoded, thumb };
   }
 
   /** Whether a stored image (with these bytes) lacks the thumbnail it should have stored. */
-  private lacksThumbnail(row: ImageRow, bytes: Buffer): boolean {
-    return needsMadeThumbnail(row.width, row.height, row.format, bytes.length) && !this.handle.store.hasThumbnail(row.id);
+  private async lacksThumbnail(row: ImageRow, bytes: Buffer): Promise<boolean> {
+    return needsMadeThumbnail(row.width, row.height, row.format, bytes.length) && !(await this.store.hasThumbnail(row.id));
   }
 
   /**
@@ -197,7 +196,7 @@ class Indexing {
       },
       vector: vectors[i],
     }));
-    return addEmbeddings(this.handle, rows);
+    return this.store.add(rows);
   }
 
   /**
@@ -205,9 +204,9 @@ class Indexing {
    * store was migrated from thumbnail files and one was missing). Resolves once it is stored.
    */
   async addMissingThumbnail(row: ImageRow, bytes: Buffer): Promise<void> {
-    if (!this.lacksThumbnail(row, bytes)) return;
+    if (!(await this.lacksThumbnail(row, bytes))) return;
     const thumb = await orNull(makeThumbnail(bytes, this.maxPixels), row.source);
-    if (thumb) this.handle.store.addThumbnail(row.id, thumb);
+    if (thumb) await this.store.addThumbnail(row.id, thumb);
   }
 }
 
@@ -224,15 +223,36 @@ function orNull(thumb: Promise<Buffer>, path: string): Promise<Buffer | null> {
  * XL model. Bad files are reported in `failed` and never stop the job; identical content is stored once. Throws
  * only for what stops everything (the store, the encoder); what was committed before stays committed.
  */
-export async function indexSources(handle: IndexHandle, encoder: ImageEncoder, sources: string[], opts: IndexOptions = {}): Promise<IndexReport> {
+export async function indexSources(store: StoreBackend, encoder: ImageEncoder, sources: string[], opts: IndexOptions = {}): Promise<IndexReport> {
+  const report = emptyReport();
+  return indexAll(store, encoder, sourceItems(sources, report), report, countItems(sources), opts);
+}
+
+/**
+ * Indexes the items given (files by path, archive members with their bytes), as indexSources does the items of its
+ * sources: one job of the distributed indexing (src/queue/worker.ts).
+ */
+export async function indexItems(store: StoreBackend, encoder: ImageEncoder, items: IndexItem[], opts: IndexOptions = {}): Promise<IndexReport> {
+  return indexAll(store, encoder, items, emptyReport(), Promise.resolve(items.length), opts);
+}
+
+const emptyReport = (): IndexReport => ({ indexed: 0, duplicates: 0, failed: [], unread: [], ids: [], seconds: 0 });
+
+async function indexAll(
+  store: StoreBackend,
+  encoder: ImageEncoder,
+  items: AsyncIterable<IndexItem> | Iterable<IndexItem>,
+  report: IndexReport,
+  counted: Promise<number | undefined>,
+  opts: IndexOptions,
+): Promise<IndexReport> {
   const t0 = performance.now();
-  const ix = new Indexing(handle, encoder, opts.maxPixels);
+  const ix = new Indexing(store, encoder, opts.maxPixels);
   const batchSize = opts.batchSize ?? DEFAULT_BATCH_SIZE;
   if (!Number.isInteger(batchSize) || batchSize <= 0) throw new RangeError(`batch size must be a positive integer, got ${batchSize}`);
-  const report: IndexReport = { indexed: 0, duplicates: 0, failed: [], unread: [], ids: [], seconds: 0 };
   let total: number | undefined;
   const progress = () => opts.onProgress?.({ done: report.indexed + report.duplicates + report.failed.length, total, indexed: report.indexed, duplicates: report.duplicates, failed: report.failed.length });
-  void countItems(sources).then((n) => {
+  void counted.then((n) => {
     total = n;
     progress();
   });
@@ -241,7 +261,7 @@ export async function indexSources(handle: IndexHandle, encoder: ImageEncoder, s
   const pending = new Map<string, Promise<Prepared>>();
   let bytesInFlight = 0;
 
-  const prepare = async (c: Candidate): Promise<Prepared> => {
+  const prepare = async (c: IndexItem): Promise<Prepared> => {
     let bytes: Buffer;
     try {
       bytes = c.bytes ?? (await readImageFile(c.path));
@@ -254,14 +274,19 @@ export async function indexSources(handle: IndexHandle, encoder: ImageEncoder, s
       const p = await first;
       return p.kind === 'failed' ? { kind: 'failed', path: c.path, reason: p.reason } : { kind: 'duplicate' };
     }
-    const { row, indexed } = ix.lookup(hash);
+    // Claimed before the lookup (which may wait on the database), so a second copy arriving meanwhile waits for it.
+    let settle!: (p: Prepared) => void;
+    pending.set(hash, new Promise((resolve) => (settle = resolve)));
+    const { row, indexed } = await ix.lookup(hash);
     if (indexed) {
       await ix.addMissingThumbnail(row!, bytes);
+      pending.delete(hash);
+      settle({ kind: 'duplicate' });
       return { kind: 'duplicate' };
     }
     bytesInFlight += bytes.length;
     const p = ix.decode(c.path, c.label ?? null, {}, bytes, hash, row).then((r): Prepared => (r instanceof ImageDecodeError ? { kind: 'failed', path: c.path, reason: r.message, hash, held: bytes.length } : { kind: 'ready', item: r }));
-    pending.set(hash, p);
+    p.then(settle, () => settle({ kind: 'failed', path: c.path, reason: 'unreadable' }));
     return p;
   };
 
@@ -278,7 +303,7 @@ export async function indexSources(handle: IndexHandle, encoder: ImageEncoder, s
         report.indexed++;
         report.ids.push(r.id);
       } else {
-        report.duplicates++; // added meanwhile by another caller on this handle
+        report.duplicates++; // added meanwhile by another writer of the store
       }
     });
     progress();
@@ -316,7 +341,7 @@ export async function indexSources(handle: IndexHandle, encoder: ImageEncoder, s
   const windowSize = WINDOW_BATCHES * batchSize;
   ix.startPool();
   try {
-    for await (const c of candidates(sources, report)) {
+    for await (const c of items) {
       if (opts.signal?.aborted) break;
       window.push(prepare(c));
       while (window.length >= windowSize || (window.length > 1 && bytesInFlight > MAX_BYTES_IN_FLIGHT)) await consume(await window.shift()!);
@@ -343,11 +368,11 @@ export async function indexSources(handle: IndexHandle, encoder: ImageEncoder, s
  * An item may carry its `decoded` pixels (the server decodes uploads to check them first): they are not decoded again.
  */
 export async function indexBuffers(
-  handle: IndexHandle,
+  store: StoreBackend,
   encoder: ImageEncoder,
   items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown>; decoded?: DecodedImage }[],
 ): Promise<({ id: number; created: boolean } | { name: string; error: ImageDecodeError })[]> {
-  const ix = new Indexing(handle, encoder);
+  const ix = new Indexing(store, encoder);
   const results: BufferResult[] = new Array(items.length);
   const ready: { index: number; item: Ready }[] = [];
   await mapBounded(items.length, UPLOAD_CONCURRENCY, async (i) => {
@@ -357,7 +382,7 @@ export async function indexBuffers(
       return;
     }
     const hash = contentHash(bytes);
-    const { row, indexed } = ix.lookup(hash);
+    const { row, indexed } = await ix.lookup(hash);
     if (indexed) {
       await ix.addMissingThumbnail(row!, bytes);
       results[i] = { id: row!.id, created: false };
@@ -380,7 +405,7 @@ export async function indexBuffers(
  * Every candidate item of the sources, in order. A source that does not exist goes to `failed`; a folder or archive
  * that cannot be read (a sub-folder without permission, a truncated archive) to `unread`, and the walk goes on.
  */
-async function* candidates(sources: string[], report: Pick<IndexReport, 'failed' | 'unread'>): AsyncGenerator<Candidate> {
+export async function* sourceItems(sources: string[], report: Pick<IndexReport, 'failed' | 'unread'>): AsyncGenerator<IndexItem> {
   const onUnreadableFolder = (dir: string, reason: string) => report.unread.push({ path: dir, reason });
   for (const source of sources) {
     const abs = path.resolve(source);

@@ -5,11 +5,10 @@ import { countFlops, parseSubmodel } from '../encoder/config.ts';
 import { type CascadeRule, type Escalation, shouldEscalate } from '../encoder/policy.ts';
 import { NotFoundError, UsageError } from '../errors.ts';
 import type { ImageFilter } from './filter.ts';
-import { nearestFiltered } from './filtered-search.ts';
 import { DEFAULT_K, MAX_EF, MAX_K } from './limits.ts';
 import { sourcePath } from './originals.ts';
 import type { SearchHit } from './hnsw.ts';
-import type { IndexHandle } from './service.ts';
+import type { StoreBackend } from '../store/types.ts';
 
 export interface SearchOptions {
   k?: number; // results wanted (default DEFAULT_K, at most MAX_K: limits.ts)
@@ -43,24 +42,23 @@ export interface SearchResponse {
 
 /** Encodes `pixels` (size x size x 3 RGB, as decodeImage returns them) with `ffn` and returns its nearest images. */
 export async function searchByPixels(
-  handle: IndexHandle,
+  store: StoreBackend,
   encode: (pixels: Uint8Array, spec: string) => Promise<Float32Array>,
   pixels: Uint8Array,
   opts: SearchOptions = {},
 ): Promise<SearchResponse> {
   const { k, ef } = checkOptions(opts);
-  const filter = opts.filter;
-  const config = handle.config;
+  const config = store.config;
   if (!config) {
-    throw new Error(`the model config of "${handle.modelId}" is unknown: pass { config: encoder.config } to openIndex`);
+    throw new Error(`the model config of "${store.modelId}" is unknown: open the store with { config: encoder.config }`);
   }
   const pass = async (spec: string, k: number) => {
     const sub = parseSubmodel(spec, config); // throws ConfigError for a bad spec
     const t0 = performance.now();
     const query = await encode(pixels, sub.spec);
     const t1 = performance.now();
-    const hits = nearestFiltered(handle, query, k, { ef, filter });
-    return { spec: sub.spec, flops: countFlops(config, sub.widths), results: rows(handle, hits), encodeMs: t1 - t0, searchMs: performance.now() - t1 };
+    const hits = await store.nearest(query, k, ef, opts.filter);
+    return { spec: sub.spec, flops: countFlops(config, sub.widths), results: await rows(store, hits), encodeMs: t1 - t0, searchMs: performance.now() - t1 };
   };
   const rule = opts.cascade;
   if (!rule) {
@@ -85,17 +83,17 @@ export async function searchByPixels(
 }
 
 /** The images nearest to stored image `id` (by its XL embedding; the image itself is left out). */
-export async function searchById(handle: IndexHandle, id: number, opts: SearchOptions = {}): Promise<SearchResponse> {
+export async function searchById(store: StoreBackend, id: number, opts: SearchOptions = {}): Promise<SearchResponse> {
   const { k, ef } = checkOptions(opts);
   if (!Number.isSafeInteger(id) || id <= 0) throw new UsageError(`image id must be a positive integer, got ${id}`);
-  if (!handle.store.getImage(id)) throw new NotFoundError(`no image with id ${id}`);
-  const query = handle.store.getEmbedding(id, handle.modelId);
-  if (!query) throw new NotFoundError(`image ${id} has no embedding for model ${handle.modelId}: index it again with this model`);
+  if ((await store.rows([id])).length === 0) throw new NotFoundError(`no image with id ${id}`);
+  const query = await store.embedding(id);
+  if (!query) throw new NotFoundError(`image ${id} has no embedding for model ${store.modelId}: index it again with this model`);
   const t0 = performance.now();
-  const hits = nearestFiltered(handle, query, k + 1, { ef: ef === undefined ? undefined : Math.max(ef, k + 1), filter: opts.filter });
+  const hits = await store.nearest(query, k + 1, ef === undefined ? undefined : Math.max(ef, k + 1), opts.filter);
   const searchMs = performance.now() - t0;
   const others = hits.filter((h) => h.id !== id).slice(0, k);
-  return { results: rows(handle, others), cost: { ffn: 'XL', flops: 0, encodeMs: 0, searchMs } };
+  return { results: await rows(store, others), cost: { ffn: 'XL', flops: 0, encodeMs: 0, searchMs } };
 }
 
 function checkOptions(opts: SearchOptions): { k: number; ef: number | undefined } {
@@ -107,8 +105,8 @@ function checkOptions(opts: SearchOptions): { k: number; ef: number | undefined 
 }
 
 /** Hits joined with their stored rows, best first; ids deleted since the index was loaded are dropped. */
-function rows(handle: IndexHandle, hits: SearchHit[]): SearchResult[] {
-  const byId = new Map(handle.store.getImages(hits.map((h) => h.id)).map((r) => [r.id, r]));
+async function rows(store: StoreBackend, hits: SearchHit[]): Promise<SearchResult[]> {
+  const byId = new Map((await store.rows(hits.map((h) => h.id))).map((r) => [r.id, r]));
   return hits.flatMap((h) => {
     const r = byId.get(h.id);
     return r ? [{ id: h.id, score: h.score, label: r.label, path: sourcePath(r.source), source: r.source, contentHash: r.contentHash, metadata: r.metadata }] : [];

@@ -1,9 +1,11 @@
 // `matvit stats` and `matvit reindex`: what a store holds (rows, embeddings per model, the state of each HNSW
-// file, disk use) and rebuilding a model's HNSW index from SQLite with chosen graph parameters.
+// file, disk use) and rebuilding a model's HNSW index from SQLite with chosen graph parameters. A PostgreSQL store
+// keeps its HNSW index in the database (pgvector): databaseStats reports it, PostgresStore.rebuildIndex rebuilds it.
 import fs from 'node:fs';
 import { HNSW_DEFAULTS, HnswIndex, readSidecar } from './hnsw.ts';
 import { indexFilePath } from './service.ts';
 import { ImageStore, type StoreStats } from './store.ts';
+import type { StoreBackend } from '../store/types.ts';
 
 export interface HnswFileState {
   file: string | null; // null: none written yet
@@ -15,6 +17,7 @@ export interface HnswFileState {
 }
 
 export interface StoreStatsReport extends Omit<StoreStats, 'models'> {
+  kind: 'embedded' | 'postgres';
   models: (StoreStats['models'][number] & { current: boolean; hnsw: HnswFileState })[];
   defaultEf: number;
 }
@@ -25,10 +28,21 @@ export function storeStats(dir: string, currentModelId: string | null): StoreSta
   try {
     const base = store.readSnapshot(() => store.stats());
     const models = base.models.map((m) => ({ ...m, current: m.modelId === currentModelId, hnsw: hnswState(store, m.modelId, m.dim, m.generation, m.embeddings) }));
-    return { ...base, models, defaultEf: HNSW_DEFAULTS.ef };
+    return { kind: 'embedded', ...base, models, defaultEf: HNSW_DEFAULTS.ef };
   } finally {
     store.close();
   }
+}
+
+/** Statistics of a PostgreSQL store opened for the current model; each model's index lives in the database. */
+export async function databaseStats(store: StoreBackend): Promise<StoreStatsReport> {
+  const [base, index] = await Promise.all([store.stats(), store.indexInfo()]);
+  const models = base.models.map((m) => {
+    const current = m.modelId === store.modelId;
+    const hnsw: HnswFileState = { file: null, bytes: 0, inSync: true, staleReason: null, M: current ? index.M : null, efConstruction: current ? index.efConstruction : null };
+    return { ...m, current, hnsw };
+  });
+  return { kind: 'postgres', ...base, models, defaultEf: index.ef };
 }
 
 function hnswState(store: ImageStore, modelId: string, dim: number | null, generation: number, count: number): HnswFileState {

@@ -17,7 +17,7 @@ export function buildApp(service: SearchService): Express {
   app.use(securityHeaders);
   const openapi = openApiDocument(service.limits);
 
-  app.get('/healthz', (_req, res) => void res.json(service.health()));
+  app.get('/healthz', async (_req, res) => void res.json(await service.health()));
   app.get('/api/openapi.json', (_req, res) => void res.json(openapi));
   app.all(['/healthz', '/api/openapi.json'], methodNotAllowed(['GET']));
   app.use('/api', apiRouter(service));

@@ -52,7 +52,7 @@ export function registerServeCommand(program: Command): void {
     .description('serve the search page and JSON API; on first start, index the demo gallery into the store')
     .option('--port <n>', 'port to listen on (env PORT; default 3000)', port)
     .option('--host <addr>', 'address to listen on (env HOST; default 127.0.0.1)')
-    .option('--store <dir>', 'store folder (env MATVIT_STORE; default ./data)')
+    .option('--store <dir|url>', 'store folder, or postgres://USER@HOST:PORT/DATABASE (env MATVIT_STORE; default ./data)')
     .option('--model <ckpt>', 'model checkpoint (default: the shipped model)')
     .option('--gallery <source>', 'images indexed when the store has none for the model (default: the bundled demo gallery)')
     .option('--no-gallery', 'never index a gallery on start')
@@ -105,8 +105,9 @@ export function registerServeCommand(program: Command): void {
       const addr = server.address() as AddressInfo;
       const loopback = addr.address === '127.0.0.1' || addr.address === '::1';
       const url = `http://${loopback ? 'localhost' : addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}/`;
-      logger.info({ url, store: opened.handle.store.dir, model: opened.encoder.modelId, images: opened.handle.hnsw.size, startupSeconds: (Date.now() - t0) / 1000 }, 'serving');
-      process.stderr.write(`matvit: serving ${opened.handle.hnsw.size} images at ${url}\n`);
+      const images = await opened.store.count();
+      logger.info({ url, store: opened.store.location, model: opened.encoder.modelId, images, startupSeconds: (Date.now() - t0) / 1000 }, 'serving');
+      process.stderr.write(`matvit: serving ${images} images at ${url}\n`);
       handleStopSignals(server, opened.close);
     });
 }

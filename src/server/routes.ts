@@ -21,7 +21,7 @@ export function apiRouter(service: SearchService): Router {
   const r = Router();
 
   r.get('/encoders', (_req, res) => void res.json(service.encoders()));
-  r.get('/stats', (_req, res) => void res.json(service.stats()));
+  r.get('/stats', async (_req, res) => void res.json(await service.stats()));
 
   // Each upload route: the body's limit, its type, a reservation in the server's upload memory, then the parser.
   const admit = service.uploads.admit();
@@ -53,9 +53,9 @@ export function apiRouter(service: SearchService): Router {
     res.set('Cache-Control', thumb.immutable ? 'public, max-age=31536000, immutable' : 'public, no-cache').send(thumb.bytes);
   });
 
-  r.delete('/images/:id', (req, res) => {
+  r.delete('/images/:id', async (req, res) => {
     const { id } = parse(IdPath, req.params);
-    res.json(service.deleteImage(id));
+    res.json(await service.deleteImage(id));
   });
 
   r.all('/encoders', methodNotAllowed(['GET']));

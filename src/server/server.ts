@@ -1,4 +1,5 @@
-// The composition root of `matvit serve`: loads the model once, opens the store as its writer, indexes the demo
+// The composition root of `matvit serve`: loads the model once, opens the store (a folder or PostgreSQL,
+// src/store/open.ts) as a writer, indexes the demo
 // gallery when the store holds nothing for this model, measures the query encoders, and returns a service ready
 // for buildApp. Tests call it with a temporary store and a small random model.
 import path from 'node:path';
@@ -12,9 +13,10 @@ import { EncoderPool } from '../encoder/pool.ts';
 import { Encoder, type ImageEncoder } from '../encoder/runtime.ts';
 import * as indexerModule from '../index/indexer.ts';
 import * as searchModule from '../index/search.ts';
-import { type IndexHandle, openIndex } from '../index/service.ts';
 import { logger } from '../log.ts';
 import { Progress } from '../progress.ts';
+import { openStore } from '../store/open.ts';
+import type { StoreBackend } from '../store/types.ts';
 import { DEFAULT_SLO_MS, LoadController } from './load-controller.ts';
 import { type IndexerApi, type SearchApi, type ServerLimits, SearchService } from './service.ts';
 
@@ -23,7 +25,7 @@ const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const DEMO_GALLERY = path.join(projectRoot, 'datasets/cifar10-test.tar.gz');
 
 export interface OpenServerOptions {
-  store: string;
+  store: string; // a folder or a postgres:// URL
   model?: string; // checkpoint (default: the shipped model)
   gallery?: string | null; // indexed when the store has nothing for this model (continued if that was cut short); null: never
   limits?: Partial<ServerLimits>;
@@ -44,7 +46,7 @@ type IndexSources = typeof indexerModule.indexSources;
 export interface OpenedServer {
   service: SearchService;
   encoder: Encoder;
-  handle: IndexHandle;
+  store: StoreBackend;
   gallery: { indexed: number; duplicates: number; failed: number; seconds: number } | null;
   close(): Promise<void>;
 }
@@ -59,7 +61,13 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
   const ckpt = loadModel(modelPath);
   const encoder = new Encoder(ckpt, modelPath, { threads: 1 }); // queries: one thread per run, batches share it
   if (opts.defaultFfn !== undefined && opts.defaultFfn.toLowerCase() !== AUTO) encoder.submodel(opts.defaultFfn); // a bad --ffn fails before any indexing
-  const handle = openIndex(opts.store, encoder.modelId, encoder.dim, { writer: true, config: encoder.config });
+  let store: StoreBackend;
+  try {
+    store = await openStore(opts.store, { modelId: encoder.modelId, dim: encoder.dim, config: encoder.config }, { writer: true });
+  } catch (err) {
+    await encoder.close();
+    throw err;
+  }
   let gallery: OpenedServer['gallery'] = null;
   let pool: EncoderPool | null = null;
   try {
@@ -74,16 +82,16 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
     // The gallery is marked done only once it was indexed to the end: a first start stopped part way (a stop signal,
     // a full disk) continues at the next start, where the images already stored are skipped as duplicates.
     const galleryKey = `gallery:${encoder.modelId}`;
-    const galleryState = handle.store.state(galleryKey);
-    if (opts.gallery !== null && (galleryState === 'indexing' || (galleryState === null && handle.store.count(encoder.modelId) === 0))) {
-      handle.store.setState(galleryKey, 'indexing');
-      gallery = await indexGallery(handle, work, opts.gallery ?? DEMO_GALLERY, indexer.indexSources, opts);
-      if (!opts.signal?.aborted) handle.store.setState(galleryKey, 'done');
+    const galleryState = await store.state(galleryKey);
+    if (opts.gallery !== null && (galleryState === 'indexing' || (galleryState === null && (await store.count()) === 0))) {
+      await store.setState(galleryKey, 'indexing');
+      gallery = await indexGallery(store, work, opts.gallery ?? DEMO_GALLERY, indexer.indexSources, opts);
+      if (!opts.signal?.aborted) await store.setState(galleryKey, 'done');
     }
     const batcher = new EncodeBatcher(work, opts.maxBatch ?? 64);
     const load = new LoadController({ sloMs: opts.sloMs ?? DEFAULT_SLO_MS, steps: ladder.length - 1 });
     batcher.onBatch = (images, ms) => load.recordBatch(images, ms);
-    const service = new SearchService({ handle, encoder, work, batcher, calibration, search, indexer, limits: opts.limits, defaultFfn: opts.defaultFfn, load });
+    const service = new SearchService({ store, encoder, work, batcher, calibration, search, indexer, limits: opts.limits, defaultFfn: opts.defaultFfn, load });
     if (opts.warmUp !== false) {
       const t0 = Date.now();
       const uniform = service.encoderSpecs().filter((s) => !s.includes(','));
@@ -102,23 +110,23 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
     return {
       service,
       encoder,
-      handle,
+      store,
       gallery,
       close: async () => {
         await service.drain(); // requests still running (their clients may be gone) finish first
-        await closeAll(handle, pool, encoder);
+        await closeAll(store, pool, encoder);
       },
     };
   } catch (err) {
-    await closeAll(handle, pool, encoder).catch((closeErr) => logger.error({ err: (closeErr as Error).message }, 'closing after a failed start failed too'));
+    await closeAll(store, pool, encoder).catch((closeErr) => logger.error({ err: (closeErr as Error).message }, 'closing after a failed start failed too'));
     throw err;
   }
 }
 
-/** Saves the HNSW file (which may throw: a full disk) and stops the encoder threads whatever the save did. */
-async function closeAll(handle: IndexHandle, pool: EncoderPool | null, encoder: Encoder): Promise<void> {
+/** Closes the store (the embedded one saves its HNSW file, which may throw: a full disk) and stops the encoder threads whatever that did. */
+async function closeAll(store: StoreBackend, pool: EncoderPool | null, encoder: Encoder): Promise<void> {
   try {
-    handle.close();
+    await store.close();
   } finally {
     await pool?.close();
     await encoder.close();
@@ -137,22 +145,22 @@ const usable = (encoder: Encoder) => (spec: string) => {
 
 /** Indexes the demo gallery with XL, with a progress bar (nothing else runs yet). */
 async function indexGallery(
-  handle: IndexHandle,
+  store: StoreBackend,
   encoder: ImageEncoder,
   source: string,
   indexSources: IndexSources,
   opts: OpenServerOptions,
 ): Promise<OpenedServer['gallery']> {
-  const stored = handle.store.count(handle.modelId);
-  const others = handle.store.stats().models.filter((m) => m.modelId !== handle.modelId && m.embeddings > 0);
+  const stored = await store.count();
+  const others = (await store.stats()).models.filter((m) => m.modelId !== store.modelId && m.embeddings > 0);
   if (others.length && stored === 0) {
-    logger.warn({ store: handle.store.dir, model: handle.modelId, others: others.map((m) => m.modelId) }, 'the store has no embeddings for this model (it changed since the store was built): indexing the demo gallery again; images added by upload need `matvit reindex`');
+    logger.warn({ store: store.location, model: store.modelId, others: others.map((m) => m.modelId) }, 'the store has no embeddings for this model (it changed since the store was built): indexing the demo gallery again; images added by upload need `matvit reindex`');
   }
   const total = await indexerModule.countItems([source]);
-  logger.info({ source, images: total, alreadyStored: stored, store: handle.store.dir }, stored ? 'continuing to index the demo gallery (an earlier first start stopped part way)' : 'first start: indexing the demo gallery');
+  logger.info({ source, images: total, alreadyStored: stored, store: store.location }, stored ? 'continuing to index the demo gallery (an earlier first start stopped part way)' : 'first start: indexing the demo gallery');
   const bar = opts.progress === false || total === undefined ? null : new Progress(total, 0, 1, 'img', 5_000);
   try {
-    const r = await indexSources(handle, encoder, [source], {
+    const r = await indexSources(store, encoder, [source], {
       batchSize: 64, // 135 img/s against 99 with 256 (measured on one encoder thread)
       signal: opts.signal,
       onProgress: (p) => bar?.update(p.done, { indexed: String(p.indexed), failed: String(p.failed) }),

@@ -1,6 +1,6 @@
 // The rules of the HTTP API, independent of express: which encoder a query uses, decoding uploads under the
 // configured limits, all-or-nothing uploads, URLs of results, encoder timings and stats. Handlers call one method
-// each. Its collaborators (index handle, encoder, batcher, indexer and search functions) are injected.
+// each. Its collaborators (store, encoder, batcher, indexer and search functions) are injected.
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { IMAGE_FORMATS } from '../data/formats.ts';
@@ -14,10 +14,9 @@ import type { Encoder, ImageEncoder } from '../encoder/runtime.ts';
 import { NotFoundError } from '../errors.ts';
 import { type ImageDecoder, sharedDecoder } from '../index/decoder.ts';
 import type { ImageFilter } from '../index/filter.ts';
-import type { IndexHandle } from '../index/service.ts';
 import { UPLOAD_PREFIX } from '../index/originals.ts';
-import { deleteImages } from '../index/service.ts';
 import { contentHash } from '../index/store.ts';
+import type { StoreBackend } from '../store/types.ts';
 import { HttpError, decodeFailure } from './errors.ts';
 import { UploadBudget } from './upload-budget.ts';
 import type { LoadController } from './load-controller.ts';
@@ -63,21 +62,21 @@ export interface SearchOpts {
   filter?: ImageFilter | null;
 }
 export interface SearchApi {
-  searchByPixels(handle: IndexHandle, encode: (pixels: Uint8Array, spec: string) => Promise<Float32Array>, pixels: Uint8Array, opts: SearchOpts): Promise<SearchOutcome>;
-  searchById(handle: IndexHandle, id: number, opts: SearchOpts): Promise<SearchOutcome>;
+  searchByPixels(store: StoreBackend, encode: (pixels: Uint8Array, spec: string) => Promise<Float32Array>, pixels: Uint8Array, opts: SearchOpts): Promise<SearchOutcome>;
+  searchById(store: StoreBackend, id: number, opts: SearchOpts): Promise<SearchOutcome>;
 }
 export interface IndexerApi {
   indexBuffers(
-    handle: IndexHandle,
+    store: StoreBackend,
     encoder: ImageEncoder,
     items: { name: string; bytes: Buffer; label?: string; metadata?: Record<string, unknown>; decoded?: DecodedImage }[],
   ): Promise<({ id: number; created: boolean } | { name: string; error: ImageDecodeError })[]>;
-  getOriginal(handle: IndexHandle, id: number): Promise<{ bytes: Buffer; contentType: string }>;
-  getThumbnail(handle: IndexHandle, id: number): Promise<{ bytes: Buffer; contentType: string }>;
+  getOriginal(store: StoreBackend, id: number): Promise<{ bytes: Buffer; contentType: string }>;
+  getThumbnail(store: StoreBackend, id: number): Promise<{ bytes: Buffer; contentType: string }>;
 }
 
 export interface ServiceDeps {
-  handle: IndexHandle;
+  store: StoreBackend;
   encoder: Encoder; // the model: submodel specs, config, and the encode-time measurements at start
   work?: ImageEncoder; // what runs encodings of uploads (the encoder pool; default: encoder)
   batcher: EncodeBatcher;
@@ -139,8 +138,8 @@ export class SearchService {
     this.decoder = sharedDecoder(c.imageSize);
   }
 
-  get handle(): IndexHandle {
-    return this.deps.handle;
+  get store(): StoreBackend {
+    return this.deps.store;
   }
 
   // ---- search ------------------------------------------------------------------------------------------------
@@ -160,9 +159,9 @@ export class SearchService {
     if (upload) {
       const pixels = await this.decodeFailing(upload, () => this.decoder.pixels(upload.bytes, this.limits.maxPixels));
       decodeMs = performance.now() - t0;
-      outcome = await this.deps.search.searchByPixels(this.deps.handle, (px, spec) => this.deps.batcher.encode(px, spec), pixels, opts);
+      outcome = await this.deps.search.searchByPixels(this.deps.store, (px, spec) => this.deps.batcher.encode(px, spec), pixels, opts);
     } else {
-      outcome = await this.deps.search.searchById(this.deps.handle, params.id!, opts);
+      outcome = await this.deps.search.searchById(this.deps.store, params.id!, opts);
     }
     this.searches++;
     if (this.deps.batcher.batchSizes.length >= 1000) this.foldBatches();
@@ -228,7 +227,7 @@ export class SearchService {
     const decoded: DecodedImage[] = [];
     for (const u of uploads) decoded.push(await this.decode(u)); // throws before anything is stored
     const results = await this.deps.indexer.indexBuffers(
-      this.deps.handle,
+      this.deps.store,
       this.deps.work ?? this.deps.encoder,
       uploads.map((u, i) => ({ name: u.name, bytes: u.bytes, decoded: decoded[i], ...(params.label ? { label: params.label } : {}), ...(params.metadata ? { metadata: params.metadata } : {}) })),
     );
@@ -242,16 +241,16 @@ export class SearchService {
     };
   }
 
-  deleteImage(id: number): { deleted: number } {
-    if (this.closing) throw new HttpError('service_unavailable', 'the server is shutting down');
-    const gone = deleteImages(this.deps.handle, [id]);
-    if (gone.length === 0) throw new NotFoundError(`no image with id ${id}`);
-    return { deleted: id };
+  async deleteImage(id: number): Promise<{ deleted: number }> {
+    return this.track(async () => {
+      const gone = await this.deps.store.delete([id]);
+      if (gone.length === 0) throw new NotFoundError(`no image with id ${id}`);
+      return { deleted: id };
+    });
   }
 
   async original(id: number): Promise<{ bytes: Buffer; contentType: string }> {
-    this.assertExists(id);
-    return this.deps.indexer.getOriginal(this.deps.handle, id);
+    return this.deps.indexer.getOriginal(this.deps.store, id); // it throws NotFoundError for an unknown id
   }
 
   /**
@@ -260,16 +259,12 @@ export class SearchService {
    */
   async thumbnail(id: number, version?: string): Promise<{ bytes: Buffer; contentType: string; immutable: boolean }> {
     if (version !== undefined) {
-      const row = this.deps.handle.store.getImage(id);
+      const [row] = await this.deps.store.rows([id]);
       if (!row) throw new NotFoundError(`no image with id ${id}`);
       if (contentVersion(row.contentHash) !== version) throw new NotFoundError(`image ${id} does not have the content v=${version} names (the store was rebuilt since: search again)`);
     }
-    const thumb = await this.deps.indexer.getThumbnail(this.deps.handle, id); // it throws NotFoundError for an unknown id
+    const thumb = await this.deps.indexer.getThumbnail(this.deps.store, id); // it throws NotFoundError for an unknown id
     return { ...thumb, immutable: version !== undefined };
-  }
-
-  private assertExists(id: number): void {
-    if (!this.deps.handle.store.getImage(id)) throw new NotFoundError(`no image with id ${id}`);
   }
 
   // ---- encoders and stats ------------------------------------------------------------------------------------
@@ -338,9 +333,8 @@ export class SearchService {
     }
   }
 
-  stats(): StatsResponse {
-    const { store, hnsw } = this.deps.handle;
-    const s = store.stats();
+  async stats(): Promise<StatsResponse> {
+    const [s, index] = await Promise.all([this.deps.store.stats(), this.deps.store.indexInfo()]);
     this.foldBatches();
     const b = this.batches;
     const elu = performance.eventLoopUtilization(this.elu);
@@ -349,8 +343,8 @@ export class SearchService {
       modelId: this.deps.encoder.modelId,
       images: s.images,
       labelled: s.labelled,
-      indexed: hnsw.size,
-      hnsw: { M: hnsw.M, efConstruction: hnsw.efConstruction, ef: hnsw.getEf(), capacity: hnsw.capacity },
+      indexed: index.vectors,
+      hnsw: { M: index.M, efConstruction: index.efConstruction, ef: index.ef, capacity: index.capacity },
       dbBytes: s.dbBytes,
       limits: { ...this.limits },
       formats: IMAGE_FORMATS.map(({ name, label, extensions, contentType }) => ({ name, label, extensions, contentType })),
@@ -375,8 +369,8 @@ export class SearchService {
     return { ...rest, p99Ms: p99Ms === null ? null : round(p99Ms, 2), queueMs: round(queueMs, 2) };
   }
 
-  health(): { status: 'ok'; modelId: string; images: number } {
-    return { status: 'ok', modelId: this.deps.encoder.modelId, images: this.deps.handle.hnsw.size };
+  async health(): Promise<{ status: 'ok'; modelId: string; images: number }> {
+    return { status: 'ok', modelId: this.deps.encoder.modelId, images: await this.deps.store.count() };
   }
 
   /**

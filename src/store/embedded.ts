@@ -2,7 +2,7 @@
 // This adapter only carries the StoreBackend calls to the existing functions; it adds no behaviour.
 import { nearestFiltered } from '../index/filtered-search.ts';
 import { type IndexHandle, addEmbeddings, deleteImages, openIndex } from '../index/service.ts';
-import type { ImageFilter, ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, SearchHit, StoreBackend, StoreStats } from './types.ts';
+import type { ImageFilter, ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, SearchHit, StoreBackend, StoreStats, VectorIndexInfo } from './types.ts';
 
 export class EmbeddedStore implements StoreBackend {
   readonly kind = 'embedded';
@@ -77,6 +77,19 @@ export class EmbeddedStore implements StoreBackend {
 
   async addThumbnail(id: number, webp: Uint8Array): Promise<boolean> {
     return this.handle.store.addThumbnail(id, webp);
+  }
+
+  async indexInfo(): Promise<VectorIndexInfo> {
+    const { hnsw } = this.handle;
+    return { vectors: hnsw.size, M: hnsw.M, efConstruction: hnsw.efConstruction, ef: hnsw.getEf(), capacity: hnsw.capacity };
+  }
+
+  async state(key: string): Promise<string | null> {
+    return this.handle.store.state(key);
+  }
+
+  async setState(key: string, value: string): Promise<void> {
+    this.handle.store.setState(key, value);
   }
 
   async close(): Promise<void> {

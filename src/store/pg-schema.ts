@@ -6,6 +6,12 @@ import type pg from 'pg';
 import { HNSW_DEFAULTS } from '../index/hnsw.ts';
 import { StoreError } from '../index/store.ts';
 
+// The columns search filters name (src/index/filter.ts); text_pattern_ops serves the source prefix's LIKE. IF NOT
+// EXISTS: version 3 creates them too (below).
+const FILTER_INDEXES = `CREATE INDEX IF NOT EXISTS images_by_label ON images (label);
+   CREATE INDEX IF NOT EXISTS images_by_source ON images (source text_pattern_ops);
+   CREATE INDEX IF NOT EXISTS images_by_added_at ON images (added_at);`;
+
 /** Each entry brings the schema from version i to i + 1. Never edit a shipped entry: add one. */
 export const MIGRATIONS: string[] = [
   `CREATE TABLE images (
@@ -28,10 +34,12 @@ export const MIGRATIONS: string[] = [
      config json,
      generation bigint NOT NULL DEFAULT 0 -- bumped by every change to the model's embeddings
    );`,
-  // The columns search filters name (src/index/filter.ts); text_pattern_ops serves the source prefix's LIKE.
-  `CREATE INDEX images_by_label ON images (label);
-   CREATE INDEX images_by_source ON images (source text_pattern_ops);
-   CREATE INDEX images_by_added_at ON images (added_at);`,
+  FILTER_INDEXES,
+  // Values recorded by the program (how far the demo gallery's indexing got), as the embedded store's index_state.
+  // The scale-out branch shipped this as version 2 before the filter indexes took that number: a database it made
+  // is at version 2 with this table and without the indexes, so this step creates whichever of them is missing.
+  `CREATE TABLE IF NOT EXISTS store_state (key text PRIMARY KEY, value text NOT NULL);
+   ${FILTER_INDEXES}`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -6,11 +6,12 @@ import type { MatViTConfig } from '../encoder/config.ts';
 import { type ImageFilter, metaTexts, sourceRanges } from '../index/filter.ts';
 import { EXACT_MAX } from '../index/filtered-search.ts';
 import { HNSW_DEFAULTS, normalize } from '../index/hnsw.ts';
+import type { ReindexResult } from '../index/stats.ts';
 import { StoreError } from '../index/store.ts';
 import { logger } from '../log.ts';
 import { ITERATIVE_SCANS, type ModelRow, SCHEMA_VERSION, atLeast, embeddingsTable, ensureModel, inTransaction, migrate } from './pg-schema.ts';
 import { parseStoreLocation } from './location.ts';
-import type { ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, SearchHit, StoreBackend, StoreStats } from './types.ts';
+import type { ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, SearchHit, StoreBackend, StoreStats, VectorIndexInfo } from './types.ts';
 
 /** pgvector refuses hnsw.ef_search above this. */
 export const PG_MAX_EF = 1000;
@@ -248,6 +249,44 @@ export class PostgresStore implements StoreBackend {
     this.assertWriter();
     const r = await this.pool.query('INSERT INTO thumbnails (image_id, webp) SELECT id, $2 FROM images WHERE id = $1 ON CONFLICT DO NOTHING', [id, Buffer.from(webp)]);
     return (r.rowCount ?? 0) > 0;
+  }
+
+  async indexInfo(): Promise<VectorIndexInfo> {
+    const vectors = await this.count();
+    const built: { M: number; efConstruction: number } = { M: HNSW_DEFAULTS.M, efConstruction: HNSW_DEFAULTS.efConstruction };
+    if (this.table) {
+      // As built (reindex may have chosen others): pgvector keeps them as the index's storage options.
+      const { rows } = await this.pool.query<{ o: string[] | null }>('SELECT reloptions AS o FROM pg_class WHERE relname = $1', [`${this.table}_hnsw`]);
+      for (const opt of rows[0]?.o ?? []) {
+        const [k, v] = opt.split('=');
+        if (k === 'm') built.M = Number(v);
+        if (k === 'ef_construction') built.efConstruction = Number(v);
+      }
+    }
+    return { vectors, ...built, ef: HNSW_DEFAULTS.ef, capacity: vectors };
+  }
+
+  /** Rebuilds the model's HNSW index with these graph parameters, in one transaction (searches wait meanwhile). */
+  async rebuildIndex(opts: { M?: number; efConstruction?: number } = {}): Promise<ReindexResult> {
+    this.assertWriter();
+    const M = opts.M ?? HNSW_DEFAULTS.M;
+    const efConstruction = opts.efConstruction ?? HNSW_DEFAULTS.efConstruction;
+    const table = this.table!;
+    const t0 = performance.now();
+    await this.transaction(async (c) => {
+      await c.query(`DROP INDEX ${table}_hnsw`);
+      await c.query(`CREATE INDEX ${table}_hnsw ON ${table} USING hnsw (e vector_ip_ops) WITH (m = ${M}, ef_construction = ${efConstruction})`);
+    });
+    return { modelId: this.modelId, file: `${table}_hnsw in ${this.location}`, vectors: await this.count(), M, efConstruction, seconds: (performance.now() - t0) / 1000 };
+  }
+
+  async state(key: string): Promise<string | null> {
+    return (await this.pool.query<{ value: string }>('SELECT value FROM store_state WHERE key = $1', [key])).rows[0]?.value ?? null;
+  }
+
+  async setState(key: string, value: string): Promise<void> {
+    this.assertWriter();
+    await this.pool.query('INSERT INTO store_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [key, value]);
   }
 
   async close(): Promise<void> {

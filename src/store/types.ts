@@ -16,6 +16,14 @@ export interface ModelSpec {
   config?: MatViTConfig; // recorded by writers (searches report FLOPs from it)
 }
 
+export interface VectorIndexInfo {
+  vectors: number;
+  M: number;
+  efConstruction: number;
+  ef: number; // search beam when a query names none
+  capacity: number; // vectors it can hold before growing (the database grows as it needs: the count)
+}
+
 export interface OpenStoreOptions {
   writer?: boolean; // writes allowed (the embedded store also takes its folder's writer lock)
 }
@@ -58,5 +66,10 @@ export interface StoreBackend {
   hasThumbnail(id: number): Promise<boolean>;
   /** Gives image `id` this thumbnail if it has none; false when it has one or does not exist. */
   addThumbnail(id: number, webp: Uint8Array): Promise<boolean>;
+  /** The model's vector index: vectors it holds, its graph degree and build beam, the default search beam. */
+  indexInfo(): Promise<VectorIndexInfo>;
+  /** A value recorded with setState (e.g. how far a job got), or null. */
+  state(key: string): Promise<string | null>;
+  setState(key: string, value: string): Promise<void>;
   close(): Promise<void>;
 }
