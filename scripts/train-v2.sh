@@ -2,7 +2,7 @@
 # The exact command that trains MatViT v2, the shipped model (models/matvit-cifar10): the 60-epoch v1 model fine-tuned with the
 # consistency objective (XL on labels; a sampled student width distilled from XL on the same view and paired with
 # XL across a copy view by InfoNCE; src/train/step-graph.ts). Fine-tuned rather than trained from scratch: the
-# objective costs about three single-width passes per image, and the v1 weights already hold 3 h 40 min of
+# objective runs at about a quarter of the sampled step's images/s (scripts/bench-train.ts), and the v1 weights already hold 3 h 40 min of
 # training. Rerun it after any stop: it resumes. Needs ../shared/datasets (CIFAR-10). Usage: scripts/train-v2.sh [extra flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
