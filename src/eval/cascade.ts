@@ -9,7 +9,7 @@ import { mixSeed, mulberry32, permutation } from '../train/rng.ts';
 import type { TopK } from '../index/exact-search.ts';
 import type { EncoderResult } from './result.ts';
 
-export const CASCADE_TOLERANCE = 0.002; // 0.2 points of 1-NN accuracy below XL's
+const CASCADE_TOLERANCE = 0.002; // 0.2 points of 1-NN accuracy below XL's
 const AGREEMENT_K = 10;
 const AGREEMENTS = [0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1]; // escalate below; 0: labels never escalate
 const MARGIN_QUANTILES = 40; // margin thresholds: this many quantiles of the cheap encoder's margins, plus never and always

@@ -180,7 +180,7 @@ export function toMarkdown(r: RecallCostResult): string {
 }
 
 /** Mean recall@1 over edit types (each edit weighs the same), and the edit with the lowest recall@1. */
-export function copiesSummary(copies: EncoderResult['copies']): { mean: number; worst: { edit: string; recall1: number } } | null {
+function copiesSummary(copies: EncoderResult['copies']): { mean: number; worst: { edit: string; recall1: number } } | null {
   const edits = Object.entries(copies ?? {}).filter(([name]) => name !== 'all');
   if (!edits.length) return null;
   const worst = edits.reduce((a, b) => (b[1].recall1 < a[1].recall1 ? b : a));

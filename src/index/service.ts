@@ -105,11 +105,6 @@ export function deleteImages(ix: IndexHandle, ids: number[]): number[] {
   return gone;
 }
 
-/** True when the store changed since the index was loaded (another process indexed): reopen to see the changes. */
-export function isStale(ix: IndexHandle): boolean {
-  return ix.store.generation(ix.modelId) !== ix.hnsw.generation;
-}
-
 /**
  * Writes the HNSW file and its sidecar (writers only). A save that fails (a full disk) keeps the previous file, is
  * logged, and returns the error: the store holds every change, so the index is simply rebuilt at the next open.

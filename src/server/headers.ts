@@ -5,7 +5,7 @@ import type { RequestHandler, Response } from 'express';
 import { SERVABLE_IMAGE_TYPES } from '../data/formats.ts';
 
 /** The page: its own files only; previews of a picked file are blob: URLs. */
-export const PAGE_CSP = [
+const PAGE_CSP = [
   "default-src 'none'",
   "script-src 'self'",
   "style-src 'self'",
@@ -17,7 +17,7 @@ export const PAGE_CSP = [
 ].join('; ');
 
 /** Everything else (JSON, images): no script, no plugins, no same-origin privileges even if opened as a document. */
-export const RESOURCE_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox";
+const RESOURCE_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox";
 
 /** nosniff and a CSP on every response: the page's own for its static files, the strict one for the rest. */
 export const securityHeaders: RequestHandler = (req, res, next) => {

@@ -38,6 +38,7 @@ export function openApiDocument(limits: ServerLimits): Json {
       SearchResponse: S.SearchResponse,
       AddedImage: S.AddedImage,
       AddImagesResponse: S.AddImagesResponse,
+      DeleteResponse: S.DeleteResponse,
       EncoderEntry: S.EncoderEntry,
       EncodersResponse: S.EncodersResponse,
       StatsResponse: S.StatsResponse,
@@ -95,7 +96,7 @@ export function openApiDocument(limits: ServerLimits): Json {
           operationId: 'deleteImage',
           summary: 'Remove an image from the store and the index',
           parameters: [idParam],
-          responses: { '200': { description: 'deleted', content: { 'application/json': { schema: { type: 'object', properties: { deleted: { type: 'integer' } }, required: ['deleted'] } } } }, ...errors('bad_request', 'not_found') },
+          responses: { '200': { description: 'deleted', content: jsonContent('DeleteResponse') }, ...errors('bad_request', 'not_found') },
         },
       },
       '/api/images/{id}/thumb': {

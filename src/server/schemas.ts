@@ -143,6 +143,7 @@ export const AddImagesResponse = z.object({ images: z.array(AddedImage) });
 export type AddImagesResponse = z.infer<typeof AddImagesResponse>;
 
 export const DeleteResponse = z.object({ deleted: z.number().int() });
+export type DeleteResponse = z.infer<typeof DeleteResponse>;
 
 export const EncoderEntry = z
   .object({

@@ -20,7 +20,7 @@ import type { StoreBackend } from '../store/types.ts';
 import { HttpError, decodeFailure } from './errors.ts';
 import { UploadBudget } from './upload-budget.ts';
 import type { LoadController } from './load-controller.ts';
-import type { AddImagesResponse, EncodersResponse, SearchParams, SearchResponse, StatsResponse, UploadParams } from './schemas.ts';
+import type { AddImagesResponse, DeleteResponse, EncodersResponse, SearchParams, SearchResponse, StatsResponse, UploadParams } from './schemas.ts';
 
 export interface ServerLimits {
   maxUploadBytes: number; // per uploaded file (and, times maxFiles, per request body)
@@ -241,7 +241,7 @@ export class SearchService {
     };
   }
 
-  async deleteImage(id: number): Promise<{ deleted: number }> {
+  async deleteImage(id: number): Promise<DeleteResponse> {
     return this.track(async () => {
       const gone = await this.deps.store.delete([id]);
       if (gone.length === 0) throw new NotFoundError(`no image with id ${id}`);

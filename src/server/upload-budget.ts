@@ -6,7 +6,7 @@
 import type { RequestHandler, Response } from 'express';
 import { HttpError, formatBytes } from './errors.ts';
 
-export const RETRY_AFTER_SECONDS = 2;
+const RETRY_AFTER_SECONDS = 2;
 
 interface Lease {
   bytes: number;

@@ -8,8 +8,6 @@ export type StoreLocation = { kind: 'embedded'; dir: string } | { kind: 'postgre
 const URL_LIKE = /^([a-z][a-z0-9+.-]*):\/\//i;
 const POSTGRES_SCHEMES = new Set(['postgres', 'postgresql']);
 
-export const isPostgresLocation = (location: string) => POSTGRES_SCHEMES.has(URL_LIKE.exec(location)?.[1].toLowerCase() ?? '');
-
 export function parseStoreLocation(location: string): StoreLocation {
   const scheme = URL_LIKE.exec(location)?.[1].toLowerCase();
   if (scheme === undefined) return { kind: 'embedded', dir: path.resolve(location) };

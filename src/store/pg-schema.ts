@@ -43,8 +43,9 @@ export const MIGRATIONS: string[] = [
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
-/** The pgvector this program asks for (HNSW over inner product came in 0.5); the tests run PGlite's 0.8. */
-export const MIN_PGVECTOR = [0, 7, 0];
+/** The pgvector this program asks for: the README's supported minimum (HNSW over inner product came in 0.5, the
+ * iterative index scans filtered search uses when present in 0.8); the tests run PGlite's 0.8. */
+const MIN_PGVECTOR = [0, 7, 0];
 const LOCK_KEY = 0x6d617476; // 'matv': the advisory lock migrations and model creation hold
 
 export const embeddingsTable = (modelRowId: number) => `embeddings_${modelRowId}`;

@@ -14,7 +14,7 @@ import { parseStoreLocation } from './location.ts';
 import type { ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, SearchHit, StoreBackend, StoreStats, VectorIndexInfo } from './types.ts';
 
 /** pgvector refuses hnsw.ef_search above this. */
-export const PG_MAX_EF = 1000;
+const PG_MAX_EF = 1000;
 const CONNECT_TIMEOUT_MS = 5000;
 const POOL_SIZE = 4;
 const HASH_RE = /^[0-9a-f]{64}$/;

@@ -10,7 +10,7 @@ export interface AugmentOptions {
 }
 
 /** Image `index` of `pixels` (size x size x 3 uint8 each), shifted by (dy, dx) with zero fill and maybe mirrored. */
-export function shiftedImage(pixels: Uint8Array, index: number, size: number, dy: number, dx: number, mirror: boolean): Uint8Array {
+function shiftedImage(pixels: Uint8Array, index: number, size: number, dy: number, dx: number, mirror: boolean): Uint8Array {
   const src = pixels.subarray(index * size * size * 3, (index + 1) * size * size * 3);
   if (dy === 0 && dx === 0 && !mirror) return src;
   const out = new Uint8Array(size * size * 3);

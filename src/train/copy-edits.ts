@@ -9,7 +9,7 @@ import mozjpegEncoder, { type MozJPEGModule as Encoder } from '@jsquash/jpeg/cod
 import { defaultOptions as jpegDefaults } from '@jsquash/jpeg/meta.js';
 
 /** Probability of each edit in a copy; ranges are drawn uniformly. */
-export const COPY_EDITS = {
+const COPY_EDITS = {
   crop: { p: 0.8, area: [0.25, 1], aspect: [3 / 4, 4 / 3] }, // random resized crop (area fraction of the image)
   flip: { p: 0.5 },
   rotate: { p: 0.3, degrees: 15 }, // up to this many degrees either way, corners filled
