@@ -508,7 +508,8 @@ function importThumbnailFiles(db: Database.Database, dir: string): number {
 
 const isWebp = (b: Buffer) => b.length >= 12 && b.toString('latin1', 0, 4) === 'RIFF' && b.toString('latin1', 8, 12) === 'WEBP';
 
-function validateImage(image: NewImage, vector: Float32Array): void {
+/** What every store checks before it writes an image and its embedding (both backends). */
+export function validateImage(image: NewImage, vector: Float32Array): void {
   if (!HASH_RE.test(image.contentHash)) throw new StoreError(`content hash of "${image.source}" must be 64 lowercase hex digits (sha256), got "${image.contentHash}"`);
   if (!(vector instanceof Float32Array) || vector.length === 0) throw new StoreError(`embedding for "${image.source}" must be a non-empty Float32Array`);
   if (!vector.every(Number.isFinite)) throw new StoreError(`embedding for "${image.source}" contains NaN or infinite values`);

@@ -7,7 +7,7 @@ import { type ImageFilter, metaTexts, sourceRanges } from '../index/filter.ts';
 import { EXACT_MAX } from '../index/filtered-search.ts';
 import { HNSW_DEFAULTS, normalize } from '../index/hnsw.ts';
 import type { ReindexResult } from '../index/stats.ts';
-import { StoreError } from '../index/store.ts';
+import { StoreError, validateImage } from '../index/store.ts';
 import { logger } from '../log.ts';
 import { ITERATIVE_SCANS, type ModelRow, SCHEMA_VERSION, atLeast, embeddingsTable, ensureModel, inTransaction, migrate } from './pg-schema.ts';
 import { parseStoreLocation } from './location.ts';
@@ -17,7 +17,6 @@ import type { ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, Sea
 const PG_MAX_EF = 1000;
 const CONNECT_TIMEOUT_MS = 5000;
 const POOL_SIZE = 4;
-const HASH_RE = /^[0-9a-f]{64}$/;
 
 interface RawImageRow {
   id: string;
@@ -303,9 +302,7 @@ export class PostgresStore implements StoreBackend {
   }
 
   private validate(image: NewImage, vector: Float32Array): void {
-    if (!HASH_RE.test(image.contentHash)) throw new StoreError(`content hash of "${image.source}" must be 64 lowercase hex digits (sha256), got "${image.contentHash}"`);
-    if (!(vector instanceof Float32Array) || vector.length === 0) throw new StoreError(`embedding for "${image.source}" must be a non-empty Float32Array`);
-    if (!vector.every(Number.isFinite)) throw new StoreError(`embedding for "${image.source}" contains NaN or infinite values`);
+    validateImage(image, vector);
     if (vector.length !== this.dim) throw new StoreError(`embedding for "${image.source}" has ${vector.length} dimensions but model "${this.modelId}" has ${this.dim}`);
   }
 
