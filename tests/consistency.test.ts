@@ -96,6 +96,7 @@ test('a tiny run: the consistency objective brings S closer to XL than sampling 
   const images = Array.from({ length: 200 }, (_, i) => heldOut.pixels.slice((800 + i) * size * size * 3, (801 + i) * size * size * 3));
   const run = async (objective: 'sample' | 'consistency') => {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), `matvit-${objective}-`));
+    t.after(() => fs.rmSync(out, { recursive: true, force: true }));
     const r = await train({ ...common, out, objective } as never);
     assert.equal(r.finished, true);
     const steps = fs.readFileSync(path.join(out, METRICS_FILE), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((m) => m.type === 'step');
