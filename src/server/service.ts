@@ -363,9 +363,8 @@ export class SearchService {
   }
 
   private loadState() {
-    const l = this.deps.load!;
-    l.update(this.deps.batcher.pending);
-    const { p99Ms, queueMs, ...rest } = l.snapshot();
+    // A read-only view: polling the stats must not step the controller (only queries do).
+    const { p99Ms, queueMs, ...rest } = this.deps.load!.snapshot();
     return { ...rest, p99Ms: p99Ms === null ? null : round(p99Ms, 2), queueMs: round(queueMs, 2) };
   }
 
