@@ -92,14 +92,7 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
       const { defaultEncoderThreads, indexSources } = await import('./indexer.ts');
       const encoder = await loadEncoder(opts.model, opts.threads ?? (await defaultEncoderThreads()));
       const store = await openFor(opts.store, encoder, { writer: true, create: true });
-      const stop = new AbortController();
-      const onSignal = () => {
-        if (stop.signal.aborted) process.exit(EXIT.interrupted); // second Ctrl-C: committed batches are safe
-        stop.abort();
-        process.stderr.write('\nmatvit: stopping after the current batch (Ctrl-C again to quit at once)\n');
-      };
-      process.on('SIGINT', onSignal);
-      process.on('SIGTERM', onSignal);
+      const { stop, release } = stopOnSignals('\nmatvit: stopping after the current batch (Ctrl-C again to quit at once)\n');
       const bar = progressReporter();
       let report: IndexReport;
       try {
@@ -107,13 +100,9 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
       } finally {
         bar.stop();
         await store.close();
-        process.off('SIGINT', onSignal);
-        process.off('SIGTERM', onSignal);
+        release();
       }
-      const interrupted = stop.signal.aborted;
-      if (opts.json) console.log(JSON.stringify({ ...report, interrupted }));
-      else printSummary(report, interrupted);
-      process.exitCode = interrupted ? EXIT.interrupted : report.unread.length > 0 ? EXIT.incomplete : report.indexed + report.duplicates === 0 ? EXIT.nothingIndexed : EXIT.ok;
+      reportIndexing(report, stop.signal.aborted, opts.json);
     });
 
   storeCommand(program, 'worker')
@@ -142,20 +131,15 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
       const { runWorker } = await import('../queue/worker.ts');
       const { EncoderPool } = await import('../encoder/pool.ts');
       let pool: import('../encoder/pool.ts').EncoderPool | null = null;
-      const stop = new AbortController();
-      const onSignal = () => {
-        if (stop.signal.aborted) process.exit(EXIT.interrupted); // the jobs in hand go back to the queue when their locks expire
-        stop.abort();
-        process.stderr.write('matvit: worker stopping after the jobs in hand (signal again to quit at once)\n');
-      };
-      process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
+      // A second signal quits at once: the jobs in hand go back to the queue when their locks expire.
+      const { stop, release } = stopOnSignals('matvit: worker stopping after the jobs in hand (signal again to quit at once)\n');
       try {
         pool = await EncoderPool.tryStart(encoder, { threads: encoder.threads });
         process.stderr.write(`matvit: worker ready: queue on ${queueLoc.display}, store ${store.location}\n`);
         const r = await runWorker(redis, store, pool ?? encoder, stop.signal, { queueName: opts.queueName, concurrency: opts.concurrency, batchSize: opts.batchSize, stallSeconds: opts.stallSeconds });
         process.stderr.write(`matvit: worker stopped: ${r.jobs} jobs, ${r.indexed} images indexed\n`);
       } finally {
-        process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+        release();
         await pool?.close();
         await store.close();
         redis.disconnect();
@@ -308,13 +292,7 @@ async function enqueueCommand(paths: string[], opts: CommonOptions & { queue: st
     redis.disconnect();
     throw err;
   }
-  const stop = new AbortController();
-  const onSignal = () => {
-    if (stop.signal.aborted) process.exit(EXIT.interrupted);
-    stop.abort();
-    process.stderr.write('\nmatvit: no longer waiting; the enqueued jobs stay queued for the workers\n');
-  };
-  process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
+  const { stop, release } = stopOnSignals('\nmatvit: no longer waiting; the enqueued jobs stay queued for the workers\n');
   const bar = progressReporter();
   let report: import('../queue/enqueue.ts').QueueReport;
   try {
@@ -328,10 +306,29 @@ async function enqueueCommand(paths: string[], opts: CommonOptions & { queue: st
   } finally {
     bar.stop();
     redis.disconnect();
-    process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+    release();
   }
-  const interrupted = stop.signal.aborted;
-  if (opts.json) console.log(JSON.stringify({ ...report, interrupted }));
+  reportIndexing(report, stop.signal.aborted, opts.json);
+}
+
+/**
+ * The first SIGINT/SIGTERM aborts `stop` (the caller winds down, keeping what was committed) and says `message`; a
+ * second one exits at once. `release` removes the handlers.
+ */
+function stopOnSignals(message: string): { stop: AbortController; release: () => void } {
+  const stop = new AbortController();
+  const onSignal = () => {
+    if (stop.signal.aborted) process.exit(EXIT.interrupted);
+    stop.abort();
+    process.stderr.write(message);
+  };
+  process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
+  return { stop, release: () => void process.off('SIGINT', onSignal).off('SIGTERM', onSignal) };
+}
+
+/** The end of `matvit index`, here or through a queue: the summary (or JSON) and the exit code. */
+function reportIndexing(report: IndexReport, interrupted: boolean, json: boolean | undefined): void {
+  if (json) console.log(JSON.stringify({ ...report, interrupted }));
   else printSummary(report, interrupted);
   process.exitCode = interrupted ? EXIT.interrupted : report.unread.length > 0 ? EXIT.incomplete : report.indexed + report.duplicates === 0 ? EXIT.nothingIndexed : EXIT.ok;
 }
