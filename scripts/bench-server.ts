@@ -11,36 +11,19 @@
 //   options: --store DIR  --connections N  --duration S  --specs S,XL,auto (or 'S;S,S,M,M,L,XL;XL')  --k N
 //            --skip-photo  --skip-open-loop  --json FILE
 //
-// The server runs in its own process (autocannon's client would otherwise share its event loop); on a 2-core
-// machine the two compete for the CPU, so the figures are a floor. Conditions (cores, load) are printed with them.
+// The server and the load client (scripts/http-load.ts) run in processes of their own; on a 2-core machine they
+// compete for the CPU, so the figures are a floor, and the client's own CPU per request is reported beside the
+// server's. Conditions (cores, load) are printed with them.
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createRequire } from 'node:module';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { iterateImageSource } from '../src/data/sources.ts';
+import type { LoadJob, LoadResult } from './http-load.ts';
 import { renderSvg } from '../src/eval/plot.ts';
 import { DEMO_GALLERY } from '../src/server/server.ts';
-
-// autocannon ships no types (and @types/autocannon is not installed): the part used here.
-interface AutocannonResult {
-  requests: { average: number; total: number };
-  latency: { p50: number; p99: number };
-  errors: number;
-  non2xx: number;
-  timeouts: number;
-}
-type Autocannon = (opts: {
-  url: string;
-  connections: number;
-  duration: number;
-  overallRate?: number; // requests per second in all (an arrival rate: open loop)
-  timeout?: number;
-  requests: { method: string; setupRequest: (req: Record<string, unknown>) => Record<string, unknown> }[];
-}) => Promise<AutocannonResult>;
-const autocannon = createRequire(import.meta.url)('autocannon') as Autocannon;
 
 const { values: args } = parseArgs({
   options: {
@@ -76,6 +59,8 @@ interface RunResult {
   batches: { count: number; meanSize: number };
   serverEventLoopUtilization: number;
   cpuMsPerRequest: { main: number; encoder: number; other: number; outsideEncoder: number } | null; // null: no /proc
+  clientCpuMsPerRequest: number;
+  unsent: number; // open loop: arrivals the server never took before the end (counted as errors)
   mix: Record<string, number>; // searches by the encoder that answered
 }
 
@@ -99,17 +84,32 @@ async function queryImages(kind: 'cifar' | 'photo', n: number): Promise<Buffer[]
   return [await sharp(base, { raw: { width: 1280, height: 800, channels: 3 } }).jpeg({ quality: 88 }).toBuffer()];
 }
 
-function multipart(images: Buffer[], ffn: string): { contentType: string; bodies: Buffer[] } {
+/** The request bodies, one multipart form per image, written to files for the load client. */
+function multipartFiles(images: Buffer[], ffn: string): { contentType: string; bodyFiles: string[] } {
   const boundary = '----matvitbench7d1a';
   const field = (name: string, value: string) => `--${boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${value}\r\n`;
-  const bodies = images.map((bytes, i) =>
-    Buffer.concat([
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-server-'));
+  const bodyFiles = images.map((bytes, i) => {
+    const file = path.join(dir, `body-${i}`);
+    fs.writeFileSync(file, Buffer.concat([
       Buffer.from(field('ffn', ffn) + field('k', args.k!) + `--${boundary}\r\nContent-Disposition: form-data; name="image"; filename="q${i}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`),
       bytes,
       Buffer.from(`\r\n--${boundary}--\r\n`),
-    ]),
-  );
-  return { contentType: `multipart/form-data; boundary=${boundary}`, bodies };
+    ]));
+    return file;
+  });
+  return { contentType: `multipart/form-data; boundary=${boundary}`, bodyFiles };
+}
+
+/** Runs scripts/http-load.ts in its own process (so that it has an event loop and a CPU account of its own). */
+async function load(job: LoadJob): Promise<LoadResult> {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(projectRoot, 'scripts/http-load.ts')], { cwd: projectRoot, stdio: ['pipe', 'pipe', 'inherit'] });
+  child.stdin!.end(JSON.stringify(job));
+  let out = '';
+  child.stdout!.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  if (code !== 0) throw new Error(`the load client exited with code ${code}`);
+  return JSON.parse(out) as LoadResult;
 }
 
 async function startServer(): Promise<{ url: string; child: ChildProcess }> {
@@ -167,24 +167,26 @@ const mixDelta = (a: Record<string, number>, b: Record<string, number>): Record<
   Object.fromEntries(Object.entries(b).map(([k, v]): [string, number] => [k, v - (a[k] ?? 0)]).filter(([, v]) => v > 0));
 
 async function run(url: string, pid: number | undefined, ffn: string, images: Buffer[], image: string, seconds: number, overallRate?: number, onSample?: (t: number, stats: Stats) => void): Promise<RunResult> {
-  const { contentType, bodies } = multipart(images, ffn);
+  const { contentType, bodyFiles } = multipartFiles(images, ffn);
   // Check one request by hand: a bench of error responses would be meaningless.
-  const probe = await fetch(`${url}/api/search`, { method: 'POST', headers: { 'content-type': contentType }, body: new Uint8Array(bodies[0]) });
+  const probe = await fetch(`${url}/api/search`, { method: 'POST', headers: { 'content-type': contentType }, body: new Uint8Array(fs.readFileSync(bodyFiles[0])) });
   const probeBody = (await probe.json()) as { cost?: { ffn: string }; encoder?: { chosenBy: string }; error?: { message: string } };
   if (probe.status !== 200 || (ffn !== 'auto' && probeBody.cost?.ffn !== ffn)) throw new Error(`probe search with ${ffn} failed: ${probe.status} ${JSON.stringify(probeBody)}`);
 
   const before = await getStats(url);
   const cpu0 = pid ? threadCpuMs(pid) : null;
-  let next = 0;
   const t0 = Date.now();
   const sampler = onSample ? setInterval(() => void getStats(url).then((s) => onSample((Date.now() - t0) / 1000, s)), 500) : null;
-  const result = await autocannon({
-    url: `${url}/api/search`,
+  const result = await load({
+    url,
+    path: '/api/search',
+    contentType,
+    bodyFiles,
     connections: overallRate ? Math.max(connections, 64) : connections,
-    duration: seconds,
-    ...(overallRate ? { overallRate, timeout: 10 } : {}),
-    requests: [{ method: 'POST', setupRequest: (req: Record<string, unknown>) => ({ ...req, headers: { 'content-type': contentType }, body: bodies[next++ % bodies.length] }) }],
+    seconds,
+    ...(overallRate ? { rate: overallRate, timeoutMs: 10_000 } : {}),
   });
+  fs.rmSync(path.dirname(bodyFiles[0]), { recursive: true, force: true });
   if (sampler) clearInterval(sampler);
   const cpu1 = pid ? threadCpuMs(pid) : null;
   const after = await getStats(url); // its utilisation covers the time since `before`: the run
@@ -193,13 +195,15 @@ async function run(url: string, pid: number | undefined, ffn: string, images: Bu
   return {
     ffn,
     image,
-    requestsPerSec: result.requests.average,
-    p50: result.latency.p50,
-    p99: result.latency.p99,
-    errors: result.errors,
+    requestsPerSec: result.requestsPerSec,
+    p50: result.p50,
+    p99: result.p99,
+    errors: result.errors + result.unsent,
     non2xx: result.non2xx,
     timeouts: result.timeouts,
-    requests: result.requests.total,
+    unsent: result.unsent,
+    requests: result.requests,
+    clientCpuMsPerRequest: result.requests ? Number((result.cpuMs / result.requests).toFixed(3)) : 0,
     batches: { count: batches, meanSize: batches ? searches / batches : 0 },
     serverEventLoopUtilization: after.server.eventLoopUtilization,
     cpuMsPerRequest: cpuPerRequest(pid, cpu0, cpu1, after.server.encoderThreadIds, searches),
@@ -231,12 +235,12 @@ async function openLoopSvg(series: { run: string; t: number; encoder: string; sh
 }
 
 const table = (rows: RunResult[]) => [
-  '| upload | ffn | requests/s | p50 ms | p99 ms | errors | mean batch | event loop | CPU ms/req main | encoder | other threads | outside encoder | answered by |',
-  '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
+  '| upload | ffn | requests/s | p50 ms | p99 ms | errors | mean batch | event loop | CPU ms/req main | encoder | other threads | outside encoder | client | answered by |',
+  '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
   ...rows.map((r) => {
     const c = r.cpuMsPerRequest;
     const mix = Object.entries(r.mix).map(([k, v]) => `${k} ${v}`).join(', ');
-    return `| ${r.image} | ${r.ffn} | ${r.requestsPerSec.toFixed(0)} | ${r.p50} | ${r.p99} | ${r.errors + r.non2xx + r.timeouts} | ${r.batches.meanSize.toFixed(1)} | ${(100 * r.serverEventLoopUtilization).toFixed(0)}% | ${c?.main ?? '-'} | ${c?.encoder ?? '-'} | ${c?.other ?? '-'} | ${c?.outsideEncoder ?? '-'} | ${mix} |`;
+    return `| ${r.image} | ${r.ffn} | ${r.requestsPerSec.toFixed(0)} | ${r.p50} | ${r.p99} | ${r.errors + r.non2xx + r.timeouts} | ${r.batches.meanSize.toFixed(1)} | ${(100 * r.serverEventLoopUtilization).toFixed(0)}% | ${c?.main ?? '-'} | ${c?.encoder ?? '-'} | ${c?.other ?? '-'} | ${c?.outsideEncoder ?? '-'} | ${r.clientCpuMsPerRequest} | ${mix} |`;
   }),
 ];
 
@@ -285,7 +289,7 @@ async function main(): Promise<void> {
           open.push({ ...r, rate: Math.round(factor * xl) });
         }
       }
-      console.log('\nOpen loop (a fixed arrival rate, up to 64 connections; autocannon sends at that rate while connections are free):\n');
+      console.log('\nOpen loop (a fixed arrival rate, up to 64 connections; latency counts from its arrival, waiting for a free connection included):\n');
       console.log(['| arrival rate /s | ffn | answered /s | p99 ms | errors | answered by |', '| ---: | --- | ---: | ---: | ---: | --- |',
         ...open.map((r) => `| ${r.rate} | ${r.ffn} | ${r.requestsPerSec.toFixed(0)} | ${r.p99} | ${r.errors + r.non2xx + r.timeouts} | ${Object.entries(r.mix).map(([k, v]) => `${k} ${v}`).join(', ')} |`)].join('\n'));
       const svg = path.join(projectRoot, 'reports/bench-server-open-loop.svg');

@@ -17,6 +17,8 @@ import type { EncodeTask, EncodeReply } from './pool-worker.ts';
 /** Fewest images a worker is given when a batch is split: below this the hand-off costs more than it saves. */
 const MIN_CHUNK = 4;
 
+const failedToStart = new WeakSet<Encoder>(); // encoders whose pool could not start (EncoderPool.tryStart)
+
 export interface PoolOptions {
   threads?: number; // workers (default: every core)
   specs?: string[]; // submodels whose sessions every worker opens before the first task (default: XL)
@@ -59,11 +61,16 @@ export class EncoderPool implements ImageEncoder {
     return pooled;
   }
 
-  /** An EncoderPool, or null (logged) when its workers cannot start: the caller then encodes on its own thread. */
+  /**
+   * An EncoderPool, or null (logged) when its workers cannot start: the caller then encodes on its own thread. It
+   * is not tried again for the same encoder (a queue worker would otherwise retry, and warn, at every job).
+   */
   static async tryStart(encoder: Encoder, opts: PoolOptions = {}): Promise<EncoderPool | null> {
+    if (failedToStart.has(encoder)) return null;
     try {
       return await EncoderPool.start(encoder, opts);
     } catch (err) {
+      failedToStart.add(encoder);
       logger.warn({ err: (err as Error).message }, 'the encoder pool did not start: encoding on the calling thread');
       return null;
     }

@@ -9,10 +9,12 @@
 // `holdMs` of calm (going back up too soon would oscillate).
 
 export const DEFAULT_SLO_MS = 50;
+const P99_REUSE_MS = 20; // the window's p99 is recomputed at most this often (a step takes stepMs >= 250 anyway)
 
 export interface LoadControllerOptions {
   sloMs: number; // the p99 latency target
   steps: number; // how many steps down there are (autoLadder's length - 1)
+  parallelBatches?: number; // encoder batches that run at once (the batcher's maxInFlight): the queue clears that much faster
   windowMs?: number;
   stepMs?: number;
   holdMs?: number;
@@ -36,12 +38,13 @@ export class LoadController {
   private samples: { at: number; ms: number }[] = [];
   private msPerImage = 1; // wall time per image of recent encoder batches (a moving average)
   private lastChange = -Infinity;
+  private p99: { at: number; ms: number | null } = { at: -Infinity, ms: null }; // the window's p99, kept P99_REUSE_MS
   private calmSince: number | null = null;
   private state: LoadState;
 
   constructor(opts: LoadControllerOptions) {
     if (!(opts.sloMs > 0)) throw new RangeError(`the latency target must be a positive number of milliseconds, got ${opts.sloMs}`);
-    this.o = { windowMs: 2000, stepMs: 250, holdMs: 2000, riskShare: 0.8, calmShare: 0.4, now: () => performance.now(), ...opts };
+    this.o = { parallelBatches: 1, windowMs: 2000, stepMs: 250, holdMs: 2000, riskShare: 0.8, calmShare: 0.4, now: () => performance.now(), ...opts };
     this.state = { sloMs: opts.sloMs, step: 0, p99Ms: null, queued: 0, queueMs: 0, stepsDown: 0, stepsUp: 0 };
   }
 
@@ -63,9 +66,15 @@ export class LoadController {
   update(queued: number): number {
     const now = this.o.now();
     const { sloMs, windowMs, stepMs, holdMs, riskShare, calmShare, steps } = this.o;
-    while (this.samples.length && this.samples[0].at < now - windowMs) this.samples.shift();
-    const p99 = this.samples.length ? quantile(this.samples.map((s) => s.ms), 0.99) : null;
-    const queueMs = queued * this.msPerImage;
+    // Sorting the window (about 2,000 latencies under load) for every query cost 0.3 ms of the main thread per query.
+    if (now - this.p99.at >= P99_REUSE_MS) {
+      let drop = 0;
+      while (drop < this.samples.length && this.samples[drop].at < now - windowMs) drop++;
+      if (drop) this.samples.splice(0, drop);
+      this.p99 = { at: now, ms: this.samples.length ? quantile(this.samples.map((s) => s.ms), 0.99) : null };
+    }
+    const p99 = this.p99.ms;
+    const queueMs = (queued * this.msPerImage) / this.o.parallelBatches;
     const atRisk = (p99 !== null && p99 > riskShare * sloMs) || queueMs > riskShare * sloMs;
     const calm = (p99 === null || p99 < calmShare * sloMs) && queueMs < calmShare * sloMs;
     const s = this.state;

@@ -88,8 +88,8 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
       gallery = await indexGallery(store, work, opts.gallery ?? DEMO_GALLERY, indexer.indexSources, opts);
       if (!opts.signal?.aborted) await store.setState(galleryKey, 'done');
     }
-    const batcher = new EncodeBatcher(work, opts.maxBatch ?? 64);
-    const load = new LoadController({ sloMs: opts.sloMs ?? DEFAULT_SLO_MS, steps: ladder.length - 1 });
+    const batcher = new EncodeBatcher(work, opts.maxBatch ?? 64, pool ? pool.threads : 1); // a batch per worker at once
+    const load = new LoadController({ sloMs: opts.sloMs ?? DEFAULT_SLO_MS, steps: ladder.length - 1, parallelBatches: batcher.maxInFlight });
     batcher.onBatch = (images, ms) => load.recordBatch(images, ms);
     const service = new SearchService({ store, encoder, work, batcher, calibration, search, indexer, limits: opts.limits, defaultFfn: opts.defaultFfn, load });
     if (opts.warmUp !== false) {
