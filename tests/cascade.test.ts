@@ -10,7 +10,7 @@ import { EncodeBatcher } from '../src/encoder/batcher.ts';
 import { type Calibration, defaultCalibration } from '../src/encoder/budget.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { TINY_CONFIG } from '../src/encoder/config.ts';
-import { type CascadeCalibration, type CascadeRule, autoLadder, planQuery, shouldEscalate } from '../src/encoder/policy.ts';
+import { type CascadeCalibration, type CascadeRule, LOAD_EF, autoLadder, planQuery, shouldEscalate } from '../src/encoder/policy.ts';
 import { Encoder } from '../src/encoder/runtime.ts';
 import { evaluateCascade } from '../src/eval/cascade.ts';
 import type { TopK } from '../src/index/exact-search.ts';
@@ -208,12 +208,15 @@ describe('the cascade on a real store', () => {
     assert.equal(load.step, 3);
     const cheap = await auto();
     assert.deepEqual([cheap.chosenBy, cheap.spec], ['load', 'S'], 'answered, by the cheapest encoder');
-    assert.match(cheap.reason!, /3 steps below S→XL/);
+    assert.match(cheap.reason!, /3 steps below S→XL, searched with ef 64/);
+    const underLoad = await service.search({ k: 3, ffn: 'auto' }, upload);
+    assert.equal(underLoad.query.ef, LOAD_EF, 'a stepped-down query searches with the narrower beam');
+    assert.equal((await service.search({ k: 3, ffn: 'auto', ef: 200 }, upload)).query.ef, 200, 'unless it names its own');
     assert.equal((await service.search({ k: 3, ffn: 'XL' }, upload)).encoder.spec, 'XL', 'a named encoder is never stepped down');
     const stats = (await service.stats()).server;
     assert.equal(stats.load!.step, 3);
     assert.deepEqual(stats.load!.ladder, ladder);
-    assert.equal(stats.encoderMix.S, 2, 'the cascade that did not escalate and the stepped-down query');
+    assert.equal(stats.encoderMix.S, 4, 'the cascade that did not escalate and the three stepped-down queries');
     for (let i = 0; i < 3; i++) {
       now += 2000;
       await auto(); // the queue is empty: calm

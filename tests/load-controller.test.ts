@@ -1,6 +1,6 @@
 // The load controller on a simulated queue and clock: it steps auto queries down while the latency target is at
-// risk, one step per stepMs, never past the cheapest, holds in between, and steps back up once load has been calm
-// for holdMs.
+// risk, one step per stepMs (straight to the cheapest once the target itself is passed), never past the cheapest,
+// holds in between, and steps back up once load has been calm for holdMs.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { LoadController } from '../src/server/load-controller.ts';
@@ -12,25 +12,31 @@ function simulated(steps = 3) {
   return { c, advance: (ms: number) => (now += ms) };
 }
 
-test('steps down under a growing queue, one step per stepMs, not past the cheapest', () => {
+test('steps down while the target is at risk, one step per stepMs, not past the cheapest', () => {
   const { c, advance } = simulated();
   assert.equal(c.update(0), 0, 'no load');
-  assert.equal(c.update(100), 1, '100 images queued at 1 ms each: 100 ms > 0.8 x 50');
+  assert.equal(c.update(45), 1, '45 images queued at 1 ms each: 45 ms > 0.8 x 50');
   advance(100);
-  assert.equal(c.update(120), 1, 'too soon after the last step');
+  assert.equal(c.update(48), 1, 'too soon after the last step');
   advance(200);
-  assert.equal(c.update(150), 2);
+  assert.equal(c.update(48), 2);
   for (let i = 0; i < 5; i++) {
     advance(300);
-    c.update(300);
+    c.update(45);
   }
   assert.equal(c.step, 3, 'the cheapest step, and no further');
   assert.equal(c.snapshot().stepsDown, 3);
 });
 
+test('past the target itself it goes straight to the cheapest step', () => {
+  const { c } = simulated();
+  assert.equal(c.update(100), 3, '100 ms of queue > 50: a step per 250 ms would let the queue grow for 750 ms');
+  assert.equal(c.snapshot().stepsDown, 1);
+});
+
 test('steps down when the recent p99 latency is at risk even with no queue', () => {
   const { c, advance } = simulated();
-  for (let i = 0; i < 100; i++) c.recordLatency(i < 95 ? 10 : 60); // p99 60 ms > 40
+  for (let i = 0; i < 100; i++) c.recordLatency(i < 95 ? 10 : 45); // p99 45 ms > 40
   assert.equal(c.update(0), 1);
   advance(3000); // the slow requests leave the 2 s window
   c.recordLatency(5);
@@ -61,8 +67,8 @@ test('holds between risk and calm, and steps back up one step per calm holdMs on
   assert.equal(c.update(0), 0);
   advance(10_000);
   assert.equal(c.update(0), 0, 'never above the normal plan');
-  assert.deepEqual([c.snapshot().stepsDown, c.snapshot().stepsUp], [3, 3]);
-  c.update(500);
+  assert.deepEqual([c.snapshot().stepsDown, c.snapshot().stepsUp], [1, 3], 'down in one jump, up in three steps');
+  c.update(45);
   assert.equal(c.step, 1, 'load again: down again');
 });
 
@@ -76,7 +82,7 @@ test('with two encoder batches at once, the same queue is half as long in time',
   const two = new LoadController({ sloMs: 50, steps: 3, now: () => now, parallelBatches: 2 });
   for (const c of [one, two]) c.recordBatch(10, 10);
   now = 1;
-  assert.equal(one.update(60), 1, '60 images at 1 ms each, one at a time: 60 ms > 0.8 x 50');
-  assert.equal(two.update(60), 0, 'two at a time: 30 ms, not at risk');
-  assert.equal(two.snapshot().queueMs, 30);
+  assert.equal(one.update(44), 1, '44 images at 1 ms each, one at a time: 44 ms > 0.8 x 50');
+  assert.equal(two.update(44), 0, 'two at a time: 22 ms, not at risk');
+  assert.equal(two.snapshot().queueMs, 22);
 });

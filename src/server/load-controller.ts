@@ -5,8 +5,9 @@
 // At risk: the p99 of the latencies of the last `windowMs` is above `riskShare` of the target, or more images are
 // waiting for the encoder than it clears in `riskShare` of the target (queue depth x the measured wall time per
 // image of recent batches). Calm: the p99 is below `calmShare` of the target and the queue would clear in `calmShare` of
-// it. A step down waits `stepMs` after the last change (the previous step needs time to show); a step up waits
-// `holdMs` of calm (going back up too soon would oscillate).
+// it. A step down waits `stepMs` after the last change (the previous step needs time to show), except past the
+// target itself, where it goes straight to the cheapest step; a step up waits `holdMs` of calm (going back up too
+// soon would oscillate).
 
 export const DEFAULT_SLO_MS = 50;
 const P99_REUSE_MS = 20; // the window's p99 is recomputed at most this often (a step takes stepMs >= 250 anyway)
@@ -80,8 +81,10 @@ export class LoadController {
     const s = this.state;
     if (atRisk) {
       this.calmSince = null;
-      if (s.step < steps && now - this.lastChange >= stepMs) {
-        s.step++;
+      // Past the target itself, a step per stepMs is too slow (the queue grows meanwhile): straight to the cheapest.
+      const over = (p99 !== null && p99 > sloMs) || queueMs > sloMs;
+      if (s.step < steps && (over || now - this.lastChange >= stepMs)) {
+        s.step = over ? steps : s.step + 1;
         s.stepsDown++;
         this.lastChange = now;
       }

@@ -104,7 +104,7 @@ export function displayName(source: string): string {
 
 /** What the response says about the encoders: the plan, the encoder that answered, and a cascade's verdict. */
 function describeEncoder(plan: QueryPlan, cost: SearchOutcome['cost']): SearchResponse['encoder'] {
-  const { rule: _rule, ...chosen } = plan as QueryPlan & { rule?: CascadeRule };
+  const { rule: _rule, ef: _ef, ...chosen } = plan as QueryPlan & { rule?: CascadeRule; ef?: number }; // ef: in `query`
   const cascade = cost.tried && cost.escalation ? { tried: cost.tried, escalated: cost.escalation.escalate, why: cost.escalation.why } : {};
   return { ...chosen, spec: cost.ffn, ...cascade };
 }
@@ -153,7 +153,8 @@ export class SearchService {
     if (!upload && params.id === undefined) throw new HttpError('bad_request', 'upload an image (multipart field "image") or give the "id" of a stored image');
     const t0 = performance.now();
     const plan = this.plan(params);
-    const opts: SearchOpts = { k: params.k, ffn: plan.spec, ef: params.ef, filter: params.where, ...(plan.chosenBy === 'cascade' && upload ? { cascade: plan.rule } : {}) };
+    const ef = params.ef ?? (plan.chosenBy === 'load' ? plan.ef : undefined); // a narrower beam under load
+    const opts: SearchOpts = { k: params.k, ffn: plan.spec, ef, filter: params.where, ...(plan.chosenBy === 'cascade' && upload ? { cascade: plan.rule } : {}) };
     let outcome: SearchOutcome;
     let decodeMs = 0;
     if (upload) {
@@ -186,7 +187,7 @@ export class SearchService {
       })),
       cost: { ffn: cost.ffn, flops: cost.flops, flopsRel: round(cost.flops / this.xlFlops, 4), encodeMs: round(cost.encodeMs, 3), searchMs: round(cost.searchMs, 3), decodeMs: round(decodeMs, 3) },
       encoder,
-      query: { k: params.k, ...(params.ef !== undefined ? { ef: params.ef } : {}), ...(params.id !== undefined ? { id: params.id } : {}) },
+      query: { k: params.k, ...(ef !== undefined ? { ef } : {}), ...(params.id !== undefined ? { id: params.id } : {}) },
     };
   }
 
