@@ -10,7 +10,7 @@
 // soon would oscillate).
 
 export const DEFAULT_SLO_MS = 50;
-const P99_REUSE_MS = 20; // the window's p99 is recomputed at most this often (a step takes stepMs >= 250 anyway)
+const P99_REUSE_MS = 20; // the window's p99 is recomputed at most this often (a step takes stepMs, 100 by default, anyway)
 
 export interface LoadControllerOptions {
   sloMs: number; // the p99 latency target
@@ -45,7 +45,7 @@ export class LoadController {
 
   constructor(opts: LoadControllerOptions) {
     if (!(opts.sloMs > 0)) throw new RangeError(`the latency target must be a positive number of milliseconds, got ${opts.sloMs}`);
-    this.o = { parallelBatches: 1, windowMs: 2000, stepMs: 250, holdMs: 2000, riskShare: 0.8, calmShare: 0.4, now: () => performance.now(), ...opts };
+    this.o = { parallelBatches: 1, windowMs: 2000, stepMs: 100, holdMs: 2000, riskShare: 0.8, calmShare: 0.4, now: () => performance.now(), ...opts };
     this.state = { sloMs: opts.sloMs, step: 0, p99Ms: null, queued: 0, queueMs: 0, stepsDown: 0, stepsUp: 0 };
   }
 
