@@ -75,14 +75,3 @@ test('holds between risk and calm, and steps back up one step per calm holdMs on
 test('a bad target is refused', () => {
   assert.throws(() => new LoadController({ sloMs: 0, steps: 2 }), /positive number of milliseconds/);
 });
-
-test('with two encoder batches at once, the same queue is half as long in time', () => {
-  let now = 0;
-  const one = new LoadController({ sloMs: 50, steps: 3, now: () => now });
-  const two = new LoadController({ sloMs: 50, steps: 3, now: () => now, parallelBatches: 2 });
-  for (const c of [one, two]) c.recordBatch(10, 10);
-  now = 1;
-  assert.equal(one.update(44), 1, '44 images at 1 ms each, one at a time: 44 ms > 0.8 x 50');
-  assert.equal(two.update(44), 0, 'two at a time: 22 ms, not at risk');
-  assert.equal(two.snapshot().queueMs, 22);
-});

@@ -15,7 +15,6 @@ const P99_REUSE_MS = 20; // the window's p99 is recomputed at most this often (a
 export interface LoadControllerOptions {
   sloMs: number; // the p99 latency target
   steps: number; // how many steps down there are (autoLadder's length - 1)
-  parallelBatches?: number; // encoder batches that run at once (the batcher's maxInFlight): the queue clears that much faster
   windowMs?: number;
   stepMs?: number;
   holdMs?: number;
@@ -45,7 +44,7 @@ export class LoadController {
 
   constructor(opts: LoadControllerOptions) {
     if (!(opts.sloMs > 0)) throw new RangeError(`the latency target must be a positive number of milliseconds, got ${opts.sloMs}`);
-    this.o = { parallelBatches: 1, windowMs: 2000, stepMs: 100, holdMs: 2000, riskShare: 0.8, calmShare: 0.4, now: () => performance.now(), ...opts };
+    this.o = { windowMs: 2000, stepMs: 100, holdMs: 2000, riskShare: 0.8, calmShare: 0.4, now: () => performance.now(), ...opts };
     this.state = { sloMs: opts.sloMs, step: 0, p99Ms: null, queued: 0, queueMs: 0, stepsDown: 0, stepsUp: 0 };
   }
 
@@ -58,7 +57,10 @@ export class LoadController {
     this.samples.push({ at: this.o.now(), ms });
   }
 
-  /** An encoder batch: `images` in `ms` of wall time (it calibrates the queue's time to clear). */
+  /**
+   * An encoder batch: `images` in `ms` of wall time (it calibrates the queue's time to clear). With two batches in
+   * flight the second one's wall time includes its wait for a worker, so the estimate errs long, on the safe side.
+   */
   recordBatch(images: number, ms: number): void {
     if (images > 0 && ms > 0) this.msPerImage = 0.8 * this.msPerImage + (0.2 * ms) / images;
   }
@@ -75,7 +77,7 @@ export class LoadController {
       this.p99 = { at: now, ms: this.samples.length ? quantile(this.samples.map((s) => s.ms), 0.99) : null };
     }
     const p99 = this.p99.ms;
-    const queueMs = (queued * this.msPerImage) / this.o.parallelBatches;
+    const queueMs = queued * this.msPerImage;
     const atRisk = (p99 !== null && p99 > riskShare * sloMs) || queueMs > riskShare * sloMs;
     const calm = (p99 === null || p99 < calmShare * sloMs) && queueMs < calmShare * sloMs;
     const s = this.state;

@@ -91,7 +91,7 @@ export async function openServer(opts: OpenServerOptions): Promise<OpenedServer>
     // A batch per worker at once, of at most 16 images: the pool runs it as two runs of 8, the fastest per image, and a
     // smaller batch answers its first requests sooner (open loop at 1.5x XL's capacity: p99 34-36 ms once stepped down to S).
     const batcher = new EncodeBatcher(work, opts.maxBatch ?? 16, pool ? pool.threads : 1);
-    const load = new LoadController({ sloMs: opts.sloMs ?? DEFAULT_SLO_MS, steps: ladder.length - 1, parallelBatches: batcher.maxInFlight });
+    const load = new LoadController({ sloMs: opts.sloMs ?? DEFAULT_SLO_MS, steps: ladder.length - 1 });
     batcher.onBatch = (images, ms) => load.recordBatch(images, ms);
     const service = new SearchService({ store, encoder, work, batcher, calibration, search, indexer, limits: opts.limits, defaultFfn: opts.defaultFfn, load });
     if (opts.warmUp !== false) {
