@@ -1,4 +1,4 @@
-// npx tsx scripts/model-card.ts [--model models/matvit-cifar10] [--init models/matvit-cifar10-v1]
+// npx tsx scripts/model-card.ts [--model models/matvit-cifar10] [--init models/matvit-cifar10-v2]
 //                                [--baselines models/baseline-S,...] [--test SRC]
 //                                [--report reports/cifar10] [--own-report reports/cifar10-own]
 // Measures CIFAR-10 test top-1 of every trained granularity of the shipped model, of the model it was fine-tuned from
@@ -18,7 +18,7 @@ import { headline } from '../src/eval/report.ts';
 const { values: args } = parseArgs({
   options: {
     model: { type: 'string', default: 'models/matvit-cifar10' },
-    init: { type: 'string', default: 'models/matvit-cifar10-v1' }, // the run's --init (its recorded path may have moved)
+    init: { type: 'string', default: 'models/matvit-cifar10-v2' }, // the run's --init (its recorded path may have moved)
     baselines: { type: 'string' },
     test: { type: 'string', default: '../shared/datasets/cifar10/test.tar.gz' },
     report: { type: 'string', default: 'reports/cifar10' },
@@ -75,7 +75,7 @@ const lines = [
   '- Test: the 10,000 CIFAR-10 test images (never seen in training; also the bundled demo gallery).',
   '',
   '## Recipe',
-  `- \`${fs.readFileSync(path.join(args.model, 'command.txt'), 'utf8').trim()}\` (${consistency ? 'scripts/train-v2.sh' : 'scripts/train-default.sh'}), resumable.`,
+  `- \`${fs.readFileSync(path.join(args.model, 'command.txt'), 'utf8').trim()}\` (${trainScript(args.model!) ?? 'no script'}), resumable.`,
   `- Options: \`${JSON.stringify({ ...main.options, ...(init ? { init: path.join(init.dir, MODEL_FILE) } : {}) })}\``,
   ...(consistency
     ? [
@@ -146,4 +146,12 @@ function ownSection(r: RecallCostResult): string[] {
     ...rows.map((e) => `| \`${e.id}\` | ${e.family} | ${e.flopsRel.toFixed(3)} | ${pct(e.own!.accuracy)} | ${e.own!.map10.toFixed(3)} |`),
     '',
   ];
+}
+
+/** The scripts/train-*.sh whose command writes to `modelDir` (each model's exact command lives in one). */
+function trainScript(modelDir: string): string | null {
+  const dir = import.meta.dirname;
+  const out = new RegExp(`--out ${path.normalize(modelDir).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(\\s|$)`);
+  const hit = fs.readdirSync(dir).filter((f) => /^train-.*\.sh$/.test(f)).find((f) => out.test(fs.readFileSync(path.join(dir, f), 'utf8')));
+  return hit ? `scripts/${hit}` : null;
 }
