@@ -1,6 +1,6 @@
 // A lean HTTP/1.1 load generator for scripts/bench-server.ts, run in a process of its own: raw keep-alive sockets
 // and request bytes built once, so that on a 2-core machine the client takes little of the CPU it measures
-// (autocannon took about 0.9 ms per request here, as much as the server's main thread). Two modes:
+// (autocannon took about 0.9 ms per request here by our estimate, as much as the server's main thread). Two modes:
 //   closed loop: each connection sends its next request when the previous answer has arrived;
 //   open loop:   requests arrive at a fixed rate whether or not the server keeps up; one waits for a free
 //                connection if it must, and its latency counts from its arrival time (no coordinated omission).
