@@ -151,7 +151,8 @@ function ownSection(r: RecallCostResult): string[] {
 /** The scripts/train-*.sh whose command writes to `modelDir` (each model's exact command lives in one). */
 function trainScript(modelDir: string): string | null {
   const dir = import.meta.dirname;
-  const out = new RegExp(`--out ${path.normalize(modelDir).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(\\s|$)`);
-  const hit = fs.readdirSync(dir).filter((f) => /^train-.*\.sh$/.test(f)).find((f) => out.test(fs.readFileSync(path.join(dir, f), 'utf8')));
+  const flag = `--out ${path.normalize(modelDir)}`;
+  const writesThere = (text: string) => [' ', '\n'].some((end) => text.includes(flag + end));
+  const hit = fs.readdirSync(dir).filter((f) => /^train-.*\.sh$/.test(f)).find((f) => writesThere(fs.readFileSync(path.join(dir, f), 'utf8')));
   return hit ? `scripts/${hit}` : null;
 }

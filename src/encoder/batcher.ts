@@ -26,7 +26,7 @@ export class EncodeBatcher {
   constructor(
     private encoder: ImageEncoder,
     private maxBatch = 64,
-    readonly maxInFlight = 1,
+    private maxInFlight = 1,
   ) {
     if (!Number.isInteger(maxInFlight) || maxInFlight < 1) throw new RangeError(`batches in flight must be a positive integer, got ${maxInFlight}`);
   }
