@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { copyViews, lightViews, makeBatch } from '../src/train/augment.ts';
-import { JpegRoundTrip, copyEdit } from '../src/train/copy-edits.ts';
+import { COPY_EDITS, JpegRoundTrip, copyEdit } from '../src/train/copy-edits.ts';
 import { mulberry32 } from '../src/train/rng.ts';
 import { METRICS_FILE, MODEL_FILE, train } from '../src/train/trainer.ts';
 import { loadModel } from '../src/encoder/checkpoint.ts';
@@ -45,6 +45,22 @@ test('copy edits: the same seed draws the same copy; every copy keeps the shape,
   assert.ok(seeds.size >= 19, 'different seeds draw different copies');
   const floats = toNchw([await copyEdit(img, size, mulberry32(7), jpeg)], size);
   assert.ok(floats.every((v) => v >= 0 && v <= 1), 'the batch stays in [0, 1]');
+});
+
+test('copy edits: the run\'s crop area range is the one drawn from (small crops move the copy further from the original)', async () => {
+  const jpeg = new JpegRoundTrip();
+  const img = testImage(3);
+  const meanDiff = async (cropArea?: [number, number]) => {
+    let sum = 0;
+    for (let seed = 0; seed < 40; seed++) {
+      const copy = await copyEdit(img, size, mulberry32(seed), jpeg, { cropArea });
+      sum += copy.reduce((t, v, i) => t + Math.abs(v - img[i]), 0) / copy.length;
+    }
+    return sum / 40;
+  };
+  assert.equal(await meanDiff(), await meanDiff([...COPY_EDITS.crop.area]), 'no range given is the default range');
+  const [small, large] = [await meanDiff([0.05, 0.1]), await meanDiff([0.9, 1])];
+  assert.ok(small > large * 1.2, `mean difference with 5-10% crops ${small.toFixed(2)}, with 90-100% crops ${large.toFixed(2)}`);
 });
 
 test('JPEG round trip: lower quality loses more, and a flat image survives it', async () => {

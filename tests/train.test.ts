@@ -94,5 +94,7 @@ test('options that would do nothing are refused: consistency terms without --obj
   };
   assert.match(messages({ kdWeight: 2, studentProbs: [1, 1, 1, 1] }).join(), /--kd-weight, --student-probs only apply to --objective consistency/);
   assert.match(messages({ objective: 'sum', nceTemp: 0.2 }).join(), /--nce-temp only apply/);
+  assert.match(messages({ copyCropArea: [0.1, 1] }).join(), /--copy-crop-area only apply/);
+  assert.match(messages({ objective: 'consistency', copyCropArea: [0.5, 0.2] }).join(), /min above max/);
   assert.match(messages({ objective: 'consistency', baseline: 'S' }).join(), /cannot be combined with --objective consistency/);
 });

@@ -2,7 +2,7 @@
 // and the copy view (src/train/copy-edits.ts), turned into the float32 NCHW batch the step graph takes by the one
 // conversion serving uses (toNchw), so training and serving see identical pixel values.
 import { toNchw } from '../encoder/runtime.ts';
-import { type JpegRoundTrip, copyEdit } from './copy-edits.ts';
+import { type CopyEditOptions, type JpegRoundTrip, copyEdit } from './copy-edits.ts';
 
 export interface AugmentOptions {
   pad: number; // crop padding in pixels (4 for 32x32 CIFAR)
@@ -42,8 +42,8 @@ export function makeBatch(pixels: Uint8Array, size: number, indices: ArrayLike<n
 }
 
 /** Copy views (src/train/copy-edits.ts) of the images by index: the consistency objective's second view. */
-export async function copyViews(pixels: Uint8Array, size: number, indices: ArrayLike<number>, rand: () => number, jpeg: JpegRoundTrip): Promise<Uint8Array[]> {
+export async function copyViews(pixels: Uint8Array, size: number, indices: ArrayLike<number>, rand: () => number, jpeg: JpegRoundTrip, opts?: CopyEditOptions): Promise<Uint8Array[]> {
   const out: Uint8Array[] = [];
-  for (const index of Array.from(indices)) out.push(await copyEdit(pixels.subarray(index * size * size * 3, (index + 1) * size * size * 3), size, rand, jpeg));
+  for (const index of Array.from(indices)) out.push(await copyEdit(pixels.subarray(index * size * size * 3, (index + 1) * size * size * 3), size, rand, jpeg, opts));
   return out;
 }

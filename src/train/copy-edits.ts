@@ -9,8 +9,8 @@ import mozjpegEncoder, { type MozJPEGModule as Encoder } from '@jsquash/jpeg/cod
 import { defaultOptions as jpegDefaults } from '@jsquash/jpeg/meta.js';
 
 /** Probability of each edit in a copy; ranges are drawn uniformly. */
-const COPY_EDITS = {
-  crop: { p: 0.8, area: [0.25, 1], aspect: [3 / 4, 4 / 3] }, // random resized crop (area fraction of the image)
+export const COPY_EDITS = {
+  crop: { p: 0.8, area: [0.25, 1], aspect: [3 / 4, 4 / 3] }, // random resized crop (area fraction of the image; a run may widen the range)
   flip: { p: 0.5 },
   rotate: { p: 0.3, degrees: 15 }, // up to this many degrees either way, corners filled
   letterbox: { p: 0.15, keep: [0.55, 0.85] }, // squeezed along one axis and padded to the square
@@ -60,12 +60,17 @@ function warp(img: Float32Array, size: number, t: { cx: number; cy: number; sw: 
   return out;
 }
 
-function geometric(img: Float32Array, size: number, rand: () => number): Float32Array {
+/** The run-level choices of a copy's edits; the rest of COPY_EDITS is fixed. */
+export interface CopyEditOptions {
+  cropArea?: Range; // area fraction range of the random resized crop (default COPY_EDITS.crop.area)
+}
+
+function geometric(img: Float32Array, size: number, rand: () => number, cropArea: Range): Float32Array {
   const E = COPY_EDITS;
   let sw = 1;
   let sh = 1;
   if (rand() < E.crop.p) {
-    const area = uniform(rand, E.crop.area);
+    const area = uniform(rand, cropArea);
     const aspect = Math.exp(uniform(rand, [Math.log(E.crop.aspect[0]), Math.log(E.crop.aspect[1])]));
     sw = Math.min(1, Math.sqrt(area * aspect));
     sh = Math.min(1, Math.sqrt(area / aspect));
@@ -222,10 +227,10 @@ async function load(): Promise<{ enc: Encoder; dec: Decoder }> {
 }
 
 /** A copy of `src` (size x size x 3 uint8) through a random chain of edits drawn from `rand`. */
-export async function copyEdit(src: Uint8Array, size: number, rand: () => number, jpeg: JpegRoundTrip): Promise<Uint8Array> {
+export async function copyEdit(src: Uint8Array, size: number, rand: () => number, jpeg: JpegRoundTrip, opts: CopyEditOptions = {}): Promise<Uint8Array> {
   const E = COPY_EDITS;
   let img: Float32Array = Float32Array.from(src);
-  img = geometric(img, size, rand);
+  img = geometric(img, size, rand, opts.cropArea ?? E.crop.area);
   if (rand() < E.letterbox.p) img = letterbox(img, size, rand);
   if (rand() < E.jitter.p) jitter(img, rand);
   if (rand() < E.grayscale.p) grayscale(img);

@@ -17,7 +17,7 @@ import { loadLabelledPixels } from '../data/labelled.ts';
 import { logger } from '../log.ts';
 import { type AdamWSlot, adamwStep, learningRate } from './adamw.ts';
 import { copyViews, makeBatch } from './augment.ts';
-import { JpegRoundTrip } from './copy-edits.ts';
+import { COPY_EDITS, JpegRoundTrip } from './copy-edits.ts';
 import { toNchw } from '../encoder/runtime.ts';
 import { Progress } from '../progress.ts';
 import { mixSeed, mulberry32, permutation } from './rng.ts';
@@ -47,6 +47,7 @@ export const TrainOptions = z.object({
   nceWeight: z.number().nonnegative().optional(),
   nceTemp: z.number().positive().optional(),
   studentProbs: z.array(z.number().nonnegative()).length(4).optional(), // the student width's sampling (S/M/L/XL)
+  copyCropArea: z.tuple([z.number().gt(0).max(1), z.number().gt(0).max(1)]).refine(([a, b]) => a <= b, 'min above max').optional(), // the copy view's crop area range
   init: z.string().optional(), // start from this model's weights (fine-tuning) instead of a fresh initialisation
   baseline: z.enum(GRANULARITIES).optional(), // train one fixed FFN width: an independently trained ViT
   valSize: z.number().int().nonnegative().default(5000),
@@ -60,7 +61,7 @@ export const TrainOptions = z.object({
   logEvery: z.number().int().positive().default(20), // steps between metrics.jsonl lines
 }).superRefine((o, ctx) => {
   // Options that would do nothing are refused rather than silently entering the run's identity.
-  const flags = { kdWeight: '--kd-weight', kdTemp: '--kd-temp', cosWeight: '--cos-weight', nceWeight: '--nce-weight', nceTemp: '--nce-temp', studentProbs: '--student-probs' } as const;
+  const flags = { kdWeight: '--kd-weight', kdTemp: '--kd-temp', cosWeight: '--cos-weight', nceWeight: '--nce-weight', nceTemp: '--nce-temp', studentProbs: '--student-probs', copyCropArea: '--copy-crop-area' } as const;
   const given = Object.entries(flags).filter(([k]) => o[k as keyof typeof flags] !== undefined).map(([, f]) => f);
   if (o.objective !== 'consistency' && given.length) ctx.addIssue({ code: 'custom', path: ['objective'], message: `${given.join(', ')} only apply to --objective consistency` });
   if (o.objective === 'consistency' && o.baseline) ctx.addIssue({ code: 'custom', path: ['baseline'], message: 'a baseline trains one width: it cannot be combined with --objective consistency' });
@@ -70,8 +71,8 @@ export type TrainOptions = z.infer<typeof TrainOptions>;
 const VOLATILE: (keyof TrainOptions)[] = ['checkpointMinutes', 'threads', 'maxSteps', 'logEvery', 'out', 'data', 'init'];
 
 /** The consistency objective's settings, defaults filled in (recorded in the model's metadata and the model card). */
-export function consistencySettings(o: TrainOptions): ConsistencyWeights & { studentProbs: number[] } {
-  return { kd: o.kdWeight ?? 1, kdTemp: o.kdTemp ?? 2, cos: o.cosWeight ?? 1, nce: o.nceWeight ?? 1, nceTemp: o.nceTemp ?? 0.1, studentProbs: o.studentProbs ?? [0.35, 0.2, 0.2, 0.25] };
+export function consistencySettings(o: TrainOptions): ConsistencyWeights & { studentProbs: number[]; copyCropArea: readonly number[] } {
+  return { kd: o.kdWeight ?? 1, kdTemp: o.kdTemp ?? 2, cos: o.cosWeight ?? 1, nce: o.nceWeight ?? 1, nceTemp: o.nceTemp ?? 0.1, studentProbs: o.studentProbs ?? [0.35, 0.2, 0.2, 0.25], copyCropArea: o.copyCropArea ?? COPY_EDITS.crop.area };
 }
 
 export const STATE_FILE = 'train-state.safetensors';
@@ -291,7 +292,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   const pixelFeeds = async (idx: Int32Array, rand: () => number): Promise<Record<string, ort.Tensor>> => {
     const feeds = { pixels: new ort.Tensor('float32', makeBatch(data.pixels, c.imageSize, idx, rand, { pad: o.pad, flip: true }), shape) };
     if (!consistency) return feeds;
-    const second = await copyViews(data.pixels, c.imageSize, idx, rand, jpeg);
+    const second = await copyViews(data.pixels, c.imageSize, idx, rand, jpeg, { cropArea: consistency.copyCropArea as [number, number] });
     return { ...feeds, pixels_b: new ort.Tensor('float32', toNchw(second, c.imageSize), shape) };
   };
 
