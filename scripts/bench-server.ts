@@ -9,7 +9,7 @@
 //   npx tsx scripts/bench-server.ts --quick              # 3 s each
 //   npx tsx scripts/bench-server.ts --url http://127.0.0.1:3000   # against a server already running (no CPU figures)
 //   options: --store DIR  --connections N  --duration S  --specs S,XL,auto (or 'S;S,S,M,M,L,XL;XL')  --k N
-//            --skip-photo  --skip-open-loop  --json FILE
+//            --skip-photo  --skip-open-loop  --json FILE  --profile DIR (the server runs with --cpu-prof into DIR)
 //
 // The server and the load client (scripts/http-load.ts) run in processes of their own; on a 2-core machine they
 // compete for the CPU, so the figures are a floor, and the client's own CPU per request is reported beside the
@@ -38,6 +38,8 @@ const { values: args } = parseArgs({
     k: { type: 'string', default: '10' },
     images: { type: 'string', default: '64' },
     json: { type: 'string' },
+    profile: { type: 'string' },
+    'encode-workers': { type: 'string' },
   },
 });
 const connections = Number(args.connections);
@@ -113,7 +115,8 @@ async function load(job: LoadJob): Promise<LoadResult> {
 }
 
 async function startServer(): Promise<{ url: string; child: ChildProcess }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(projectRoot, 'src/cli.ts'), 'serve', '--store', args.store!, '--port', '0', '--host', '127.0.0.1'], {
+  const profile = args.profile ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(args.profile)] : [];
+  const child = spawn(process.execPath, [...profile, '--import', 'tsx', path.join(projectRoot, 'src/cli.ts'), 'serve', '--store', args.store!, '--port', '0', '--host', '127.0.0.1', ...(args['encode-workers'] ? ['--encode-workers', args['encode-workers']] : [])], {
     cwd: projectRoot,
     env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn' },
     stdio: ['ignore', 'inherit', 'pipe'],

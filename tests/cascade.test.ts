@@ -187,6 +187,27 @@ describe('the cascade on a real store', () => {
     assert.deepEqual([fixed.encoder.chosenBy, fixed.encoder.spec, fixed.encoder.tried], ['ffn', 'M', undefined]);
   });
 
+  test('a named or budgeted uniform encoder searches with its calibrated beam; a stale calibration, a cascade and a stored id keep the index\'s', async () => {
+    const base = defaultCalibration(TINY_CONFIG, encoder.modelId);
+    const beams = { ef: { S: 24, XL: 96 }, tolerance: 0.002, dbSize: 100, M: 16, efConstruction: 128 };
+    const cascade: CascadeCalibration = { ...rule(0, 0, 10), target: 't', calibrationQueries: 1, heldOut: { queries: 1, accuracy: 1, xlAccuracy: 1, recall10: 1, flopsRel: 0.6, escalated: 0 } };
+    const calibration = { ...base, cascade, search: beams };
+    const service = new SearchService({ store, encoder, batcher: new EncodeBatcher(encoder), calibration, search, indexer, defaultFfn: 'auto' });
+    const s = TINY_CONFIG.imageSize;
+    const upload = { name: 'q.png', bytes: await sharp(images[3], { raw: { width: s, height: s, channels: 3 } }).png().toBuffer() };
+    const ef = async (p: object) => SearchResponse.parse(await service.search({ k: 3, ...p }, upload)).query.ef;
+    assert.equal(await ef({ ffn: 'S' }), 24);
+    assert.equal(await ef({ ffn: 's' }), 24, 'the spec as the user wrote it');
+    assert.equal(await ef({ ffn: 'XL' }), 96);
+    assert.equal(await ef({ ffn: 'M' }), undefined, 'a width the sweep did not measure keeps the index beam');
+    assert.equal(await ef({ ffn: 'S', ef: 200 }), 200, 'a query that names its beam keeps it');
+    assert.equal(await ef({ budget: 0.5 }), 24, 'a budget that picks S');
+    assert.equal(await ef({}), undefined, 'auto: the cascade searches with the index beam');
+    const id = (await store.nearest(new Float32Array(encoder.dim).fill(1), 1))[0].id;
+    assert.equal(SearchResponse.parse(await service.search({ k: 3, ffn: 'S', id })).query.ef, undefined, 'a stored image runs no encoder');
+    assert.deepEqual(planQuery({ ffn: 'S' }, { ...calibration, stale: true }), { chosenBy: 'ffn', spec: 'S' }, 'a calibration of another checkpoint says nothing about this one');
+  });
+
   test('under load the controller steps auto queries down the ladder, answering every one, and back up when it drains', async () => {
     const base = defaultCalibration(TINY_CONFIG, encoder.modelId);
     const cascade: CascadeCalibration = { ...rule(0, 0, 10), target: 't', calibrationQueries: 1, heldOut: { queries: 1, accuracy: 1, xlAccuracy: 1, recall10: 1, flopsRel: 0.99, escalated: 0.3 } };

@@ -12,6 +12,7 @@ import { TINY_CONFIG } from '../src/encoder/config.ts';
 import { ExactSearch, bruteForceTopK, mergeRows, recallAtK, selectRows } from '../src/index/exact-search.ts';
 import { editImage, loadEdits, parseEdits } from '../src/eval/copies.ts';
 import { labelCounts, meanAveragePrecision, oneNnAccuracy, paretoFrontier } from '../src/eval/metrics.ts';
+import { SEARCH_EF_TOLERANCE, chooseSearchEf } from '../src/eval/hnsw.ts';
 import { evaluateRecallCost } from '../src/eval/recall-cost.ts';
 import type { RecallCostResult } from '../src/eval/result.ts';
 import { mulberry32 } from '../src/train/rng.ts';
@@ -145,7 +146,23 @@ test('recall-vs-cost on a tiny model: XL against itself is exact, every metric i
     assert.ok(e.encodeMs! > 0);
   }
   for (const h of result.hnsw!.rows) assert.ok(h.recall10 >= 0 && h.recall10 <= 1 && h.recall10VsXl <= 1);
-  assert.deepEqual(result.hnsw!.rows.map((h) => `${h.encoder}@${h.ef}`), ['XL@10', 'XL@32', 'S@10', 'S@32']);
+  assert.deepEqual(result.hnsw!.rows.map((h) => `${h.encoder}@${h.ef}`), ['XL@10', 'XL@32', 'L@10', 'L@32', 'M@10', 'M@32', 'S@10', 'S@32']);
+  // every width's search beam follows the rule on its own rows, and is what the calibration hands to the server
+  assert.deepEqual(Object.keys(result.hnsw!.searchEf!).sort(), ['L', 'M', 'S', 'XL']);
+  assert.deepEqual(loadCalibration(modelPath).search!.ef, result.hnsw!.searchEf);
+  for (const [spec, ef] of Object.entries(result.hnsw!.searchEf!)) {
+    const rows = result.hnsw!.rows.filter((h) => h.encoder === spec);
+    const best = Math.max(...rows.map((h) => h.recall10VsXl));
+    assert.equal(ef, rows.find((h) => h.recall10VsXl >= best - SEARCH_EF_TOLERANCE)!.ef, spec);
+  }
+});
+
+test('chooseSearchEf: the narrowest swept beam within the tolerance of the encoder\'s best recall of XL\'s neighbours', () => {
+  const row = (encoder: string, ef: number, recall10VsXl: number) => ({ encoder, ef, queries: 1, recall10: 1, recall10VsXl, medianMs: 0, meanMs: 0 });
+  const rows = [row('XL', 64, 0.9926), row('XL', 128, 0.9988), row('XL', 256, 0.9999), row('S', 256, 0.6868), row('S', 32, 0.6798), row('S', 64, 0.6851)];
+  assert.deepEqual(chooseSearchEf(rows, 0.002), { XL: 128, S: 64 });
+  assert.deepEqual(chooseSearchEf(rows, 0.01), { XL: 64, S: 32 });
+  assert.deepEqual(chooseSearchEf(rows, 0), { XL: 256, S: 256 });
 });
 
 test('self-retrieval: XL finds every stored image it encodes as its own entry; every query encoder is measured', () => {
@@ -176,7 +193,7 @@ test('--compare: both models measured on the same data, every measure, in one re
   // different weights give different results: the compare run measured the second model, not the first again
   const acc = (r: { encoders: typeof cmp.encoders }) => r.encoders.map((e) => e.common!.accuracy + e.self!.recall1);
   assert.notDeepEqual(acc(cmp), acc(result));
-  assert.ok(cmp.frontier.length >= 1 && cmp.hnsw!.rows.length === 4);
+  assert.ok(cmp.frontier.length >= 1 && cmp.hnsw!.rows.length === 8);
   const md = fs.readFileSync(result.files!.summary, 'utf8');
   const encoderTable = md.slice(md.indexOf('## Query encoders'), md.indexOf('## Pareto frontier'));
   assert.match(encoderTable, /\| `matvit-tiny` \| uniform \| `XL` \|/);
@@ -335,5 +352,10 @@ test('pickEncoder: budget, latency, the S fallback, bad arguments, and no calibr
   assert.equal(parseCalibration(withCascade(rule)).cascade?.first, 'M');
   for (const bad of [{ ...rule, minMargin: 'x' }, { ...rule, agreementK: 0 }, { ...rule, heldOut: {} }, { ...rule, then: undefined }, 'M>XL']) {
     assert.throws(() => parseCalibration(withCascade(bad), 'calibration.json'), (err: Error) => err instanceof CalibrationError && /calibration.json: bad cascade/.test(err.message));
+  }
+  const withSearch = (search: unknown) => JSON.stringify({ ...defaultCalibration(), source: 'measured', search });
+  assert.equal(parseCalibration(withSearch({ ef: { S: 64 }, tolerance: 0.002, dbSize: 10, M: 16, efConstruction: 128 })).search?.ef.S, 64);
+  for (const bad of [{ ef: { S: 0 } }, { ef: { S: 6.5 } }, { ef: 'S' }, null]) {
+    assert.throws(() => parseCalibration(withSearch(bad), 'calibration.json'), /calibration.json: bad search ef/);
   }
 });

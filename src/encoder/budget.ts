@@ -38,8 +38,18 @@ export interface Calibration {
   frontier: CalibrationEntry[];
   /** The `auto` query's cascade (src/encoder/policy.ts), when the evaluation calibrated one. */
   cascade?: CascadeCalibration;
+  /** Each uniform width's HNSW search beam, from the evaluation's ef sweep (src/eval/hnsw.ts chooseSearchEf). */
+  search?: SearchCalibration;
   /** Set by loadCalibration when the caller's modelId differs from the one the file was measured for. */
   stale?: boolean;
+}
+
+export interface SearchCalibration {
+  ef: Record<string, number>; // the smallest swept ef within `tolerance` of the encoder's best recall@10 of XL's neighbours
+  tolerance: number;
+  dbSize: number; // vectors in the swept index
+  M: number;
+  efConstruction: number;
 }
 
 export interface BudgetRequest {
@@ -107,6 +117,9 @@ export function parseCalibration(text: string, source = 'calibration'): Calibrat
     if (typeof e?.spec !== 'string' || !(e.flopsRel > 0) || !Number.isFinite(e.flops)) throw new CalibrationError(`${source}: bad frontier entry ${JSON.stringify(e)}`);
   }
   if (c.cascade !== undefined && !isCascade(c.cascade)) throw new CalibrationError(`${source}: bad cascade ${JSON.stringify(c.cascade)}`);
+  if (c.search !== undefined && !(c.search && typeof c.search.ef === 'object' && Object.values(c.search.ef).every((ef) => Number.isInteger(ef) && ef > 0))) {
+    throw new CalibrationError(`${source}: bad search ef ${JSON.stringify(c.search)}`);
+  }
   c.frontier.sort((a, b) => a.flops - b.flops);
   return c;
 }

@@ -31,10 +31,13 @@ export interface QueryRequest {
   maxEncodeMs?: number; // largest acceptable calibrated batch-1 encode time
 }
 
-/** Which encoders a query runs: one, or a cascade. `spec` is the (first) encoder. */
+/**
+ * Which encoders a query runs: one, or a cascade. `spec` is the (first) encoder; `ef`, when set, the HNSW beam its
+ * search needs (the calibrated beam of a uniform width, or LOAD_EF under load); a request's own ef overrides it.
+ */
 export type QueryPlan =
-  | { chosenBy: 'ffn' | 'default'; spec: string; reason?: string }
-  | { chosenBy: 'budget'; spec: string; reason: string; fits: boolean }
+  | { chosenBy: 'ffn' | 'default'; spec: string; reason?: string; ef?: number }
+  | { chosenBy: 'budget'; spec: string; reason: string; fits: boolean; ef?: number }
   | { chosenBy: 'cascade'; spec: string; rule: CascadeRule; reason: string }
   | { chosenBy: 'load'; spec: string; reason: string; ef: number };
 
@@ -69,11 +72,11 @@ export function autoLadder(cal: Calibration): string[] {
 export function planQuery(req: QueryRequest, cal: Calibration, defaultFfn = 'XL', stepDown = 0): QueryPlan {
   if (req.budget !== undefined || req.maxEncodeMs !== undefined) {
     const choice = pickEncoder(cal, { budget: req.budget, maxEncodeMs: req.maxEncodeMs });
-    return { chosenBy: 'budget', spec: choice.spec, reason: choice.reason, fits: choice.fits };
+    return { chosenBy: 'budget', spec: choice.spec, reason: choice.reason, fits: choice.fits, ...searchEf(cal, choice.spec) };
   }
   const ffn = req.ffn ?? defaultFfn;
   const chosenBy = req.ffn === undefined ? 'default' : 'ffn';
-  if (ffn.toLowerCase() !== AUTO) return { chosenBy, spec: ffn };
+  if (ffn.toLowerCase() !== AUTO) return { chosenBy, spec: ffn, ...searchEf(cal, ffn) };
   if (stepDown > 0) {
     const ladder = autoLadder(cal);
     const step = Math.min(stepDown, ladder.length - 1);
@@ -92,6 +95,15 @@ export function planQuery(req: QueryRequest, cal: Calibration, defaultFfn = 'XL'
     rule: { first, then, minMargin, minAgreement, agreementK },
     reason: `${first}, then ${then} when the first two scores are within ${minMargin.toFixed(4)} or fewer than ${Math.round(100 * minAgreement)}% of the first ${agreementK} results share the top label`,
   };
+}
+
+/**
+ * The calibrated search beam of an encoder, when the calibration is this model's and swept it (uniform widths; the
+ * spec as written, so "s" finds S's). A cascade keeps the index's beam: its thresholds were chosen on exact search.
+ */
+function searchEf(cal: Calibration, spec: string): { ef?: number } {
+  const ef = cal.stale ? undefined : cal.search?.ef[spec.trim().toUpperCase()];
+  return ef === undefined ? {} : { ef };
 }
 
 export interface Escalation {

@@ -26,5 +26,6 @@ export function toCalibration(r: RecallCostResult): Calibration {
     notes: r.notes.filter((n) => /trustworthy|subset/.test(n)),
     frontier,
     ...(r.cascade ? { cascade: r.cascade.rule } : {}),
+    ...(r.hnsw?.searchEf ? { search: { ef: r.hnsw.searchEf, tolerance: r.hnsw.searchEfTolerance!, dbSize: r.hnsw.dbSize, M: r.hnsw.params.M, efConstruction: r.hnsw.params.efConstruction } } : {}),
   };
 }

@@ -108,7 +108,7 @@ export interface ModelContext {
   mixnmatchSubset: boolean;
   xlTruth: TopK | null; // exact results of the XL queries: the ground truth of neighbour recall
   topks: Map<string, TopK>; // recall task: uniform encoders on every query, Mix'n'Match lists on `common`
-  queryEmbeddings: Map<string, Float32Array>; // XL and S query embeddings, for the HNSW sweep
+  queryEmbeddings: Map<string, Float32Array>; // the uniform widths' query embeddings, for the HNSW sweep
   frontier: EncoderResult[];
   cascade: CascadeEvaluation | null; // the `auto` query's cascade over the uniform encoders (recall task)
   hnsw: HnswReport | null;

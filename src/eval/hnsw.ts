@@ -24,6 +24,26 @@ export interface HnswRow {
   meanMs: number;
 }
 
+/**
+ * Recall@10 of XL's neighbours a narrower beam may give up: 0.002 (0.2 points). A cheap query encoder's own error
+ * dwarfs that (S finds about 0.69 of XL's top 10 at any ef), so it can search with a much narrower beam than XL.
+ */
+export const SEARCH_EF_TOLERANCE = 0.002;
+
+/**
+ * Each encoder's search beam: the smallest swept ef whose recall@10 against exact search with the XL query is within
+ * `tolerance` of the best that encoder reaches at any swept ef.
+ */
+export function chooseSearchEf(rows: HnswRow[], tolerance = SEARCH_EF_TOLERANCE): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const encoder of new Set(rows.map((r) => r.encoder))) {
+    const mine = rows.filter((r) => r.encoder === encoder).sort((a, b) => a.ef - b.ef);
+    const best = Math.max(...mine.map((r) => r.recall10VsXl));
+    out[encoder] = mine.find((r) => r.recall10VsXl >= best - tolerance)!.ef;
+  }
+  return out;
+}
+
 export function buildHnsw(db: Float32Array, rows: number, dim: number, p: HnswParams = DEFAULT_HNSW, onProgress?: (done: number) => void): { index: hnswlib.HierarchicalNSW; seconds: number } {
   const t0 = performance.now();
   const index = new hnswlib.HierarchicalNSW('ip', dim);

@@ -156,6 +156,11 @@ export function toMarkdown(r: RecallCostResult): string {
     out.push(`| ${[...modelHead, 'query encoder', 'ef', 'queries', 'recall@10 (vs exact, same query)', 'recall@10 (vs exact XL)', 'median ms/query'].join(' | ')} |`, `| ${[...modelHead.map(() => '---'), '---', '---:', '---:', '---:', '---:', '---:'].join(' | ')} |`);
     for (const m of sweeps) for (const x of m.hnsw!.rows) out.push(`| ${[...modelCell(m), x.encoder, x.ef, x.queries, f4(x.recall10), f4(x.recall10VsXl), x.medianMs.toFixed(4)].join(' | ')} |`);
     out.push('');
+    for (const m of sweeps.filter((s) => s.hnsw!.searchEf)) {
+      const chosen = Object.entries(m.hnsw!.searchEf!).map(([spec, ef]) => `${spec} ${ef}`).join(', ');
+      out.push(`- Search beam per encoder${r.compare ? ` (${m.label})` : ''}, the smallest ef within ${m.hnsw!.searchEfTolerance} of the encoder's best recall@10 of XL's neighbours (calibration.json; the server and \`matvit search\` use it unless a query names its ef): ${chosen}.`);
+    }
+    out.push('');
   }
 
   const own = rowsOf((m) => m.encoders.filter((e) => e.own));

@@ -50,6 +50,8 @@ export interface HnswReport {
   buildSeconds: number;
   dbSize: number;
   rows: HnswRow[];
+  searchEf?: Record<string, number>; // each swept encoder's search beam (chooseSearchEf); absent in older results
+  searchEfTolerance?: number;
 }
 
 /** Everything measured for one MatViT (the evaluated model, or the one `--compare` names). */

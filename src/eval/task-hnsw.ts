@@ -1,9 +1,11 @@
 // The HNSW ef sweep (part of the recall task): one hnswlib graph over the XL database, searched at several ef with
-// the XL and the S queries of the recall task; recall@10 against exact search with the same queries and with XL's.
+// the queries of every uniform width; recall@10 against exact search with the same queries and with XL's, and from
+// it each width's search beam (chooseSearchEf), which the calibration hands to the server.
+import { GRANULARITIES } from '../encoder/config.ts';
 import { selectRows } from '../index/exact-search.ts';
 import { mixSeed } from '../train/rng.ts';
 import { type ModelContext, lap, sampleSorted } from './context.ts';
-import { DEFAULT_HNSW, type HnswParams, type HnswRow, buildHnsw, hnswSweep } from './hnsw.ts';
+import { DEFAULT_HNSW, type HnswParams, type HnswRow, SEARCH_EF_TOLERANCE, buildHnsw, chooseSearchEf, hnswSweep } from './hnsw.ts';
 
 export const DEFAULT_HNSW_EFS = [10, 16, 32, 64, 128, 160, 256]; // 160: HNSW_DEFAULTS.ef
 
@@ -32,14 +34,14 @@ export function hnswTask(ctx: ModelContext, opts: HnswSweepOptions = {}): void {
   const hq = Math.min(nq, opts.queries || nq);
   const pos = hq < nq ? sampleSorted(nq, hq, mixSeed(seed, 6)) : null;
   const rows: HnswRow[] = [];
-  for (const spec of ['XL', 'S']) {
+  for (const spec of [...GRANULARITIES].reverse()) {
     const emb = ctx.queryEmbeddings.get(spec);
     const exact = ctx.topks.get(spec);
     if (!emb || !exact) continue;
     const q = pos ? gatherRows(emb, dim, pos) : emb;
     rows.push(...hnswSweep(index, spec, q, hq, dim, efs, pos ? selectRows(exact, pos) : exact, pos ? selectRows(xlTruth, pos) : xlTruth, 10));
   }
-  ctx.hnsw = { params, buildSeconds: seconds, dbSize: nDb, rows };
+  ctx.hnsw = { params, buildSeconds: seconds, dbSize: nDb, rows, searchEf: chooseSearchEf(rows), searchEfTolerance: SEARCH_EF_TOLERANCE };
   if (pos) ctx.note(`the HNSW sweep used a seeded subset of ${hq} queries`);
   lap(run, 'hnsw', since);
 }

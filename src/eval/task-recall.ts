@@ -18,7 +18,7 @@ export async function recallTask(ctx: ModelContext): Promise<void> {
     const positions = ref.family === 'mixnmatch' ? common : allPositions;
     const encStart = performance.now();
     const { emb, found } = await runQueries(ctx, ref, positions);
-    if (ref.family === 'uniform' && (ref.spec === 'XL' || ref.spec === 'S')) ctx.queryEmbeddings.set(ref.spec, emb);
+    if (ref.family === 'uniform') ctx.queryEmbeddings.set(ref.spec, emb);
     if (ref.family === 'uniform') perQuery.push((performance.now() - encStart) / 1000 / nq);
     if (ref.family === 'uniform' && perQuery.length === uniform.length && mnm.length) {
       // The uniform encoders ran on every query: project the Mix'n'Match stage from their cost per query.

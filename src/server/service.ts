@@ -153,7 +153,9 @@ export class SearchService {
     if (!upload && params.id === undefined) throw new HttpError('bad_request', 'upload an image (multipart field "image") or give the "id" of a stored image');
     const t0 = performance.now();
     const plan = this.plan(params);
-    const ef = params.ef ?? (plan.chosenBy === 'load' ? plan.ef : undefined); // a narrower beam under load
+    // The plan's beam (a cheap encoder's calibrated one, or a narrower one under load) applies to an encoder's query;
+    // a stored image's own XL embedding searches with the index's.
+    const ef = params.ef ?? (upload && 'ef' in plan ? plan.ef : undefined);
     const opts: SearchOpts = { k: params.k, ffn: plan.spec, ef, filter: params.where, ...(plan.chosenBy === 'cascade' && upload ? { cascade: plan.rule } : {}) };
     let outcome: SearchOutcome;
     let decodeMs = 0;
