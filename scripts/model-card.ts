@@ -85,7 +85,9 @@ const lines = [
         '  XL\'s logits (KL at temperature kdTemp, weight kd) and XL\'s embedding (1 - cosine to the stop-gradient XL embedding,',
         '  weight cos); an InfoNCE loss (temperature nceTemp, weight nce) pairs the student\'s embedding of a copy view (random',
         '  resized crop, flip, rotation, colour jitter and grayscale, blur, JPEG re-compression, down-and-up scaling) with XL\'s',
-        '  embedding of the light view, the other images of the batch as negatives. AdamW, cosine decay, clipping, label smoothing.',
+        '  embedding of the light view, the other images of the batch as negatives; with rank > 0, a KL (temperature rankTemp)',
+        '  between XL\'s and the student\'s similarity distributions over the batch\'s other XL embeddings. Copy crops cover',
+        '  copyCropArea of the image\'s area. AdamW, cosine decay, clipping, label smoothing.',
       ]
     : [
         '- MatFormer objective: one granularity sampled per step with the paper\'s probabilities S/M/L/XL = 0.17/0.20/0.22/0.41;',

@@ -42,6 +42,8 @@ program
   .option('--cos-weight <x>', 'consistency: weight of 1 - cosine to XL\'s embedding (default 1)', num)
   .option('--nce-weight <x>', 'consistency: weight of the cross-width InfoNCE between the two views (default 1)', num)
   .option('--nce-temp <x>', 'consistency: InfoNCE temperature (default 0.1)', num)
+  .option('--rank-weight <x>', 'consistency: weight of the KL between XL\'s and the student\'s similarity distributions over the batch\'s XL embeddings (default 0: off)', num)
+  .option('--rank-temp <x>', 'consistency: temperature of those similarity distributions (default 0.05)', num)
   .option('--copy-crop-area <min,max>', 'consistency: area fraction range of the copy view\'s random crop (default 0.25,1)', (v) => v.split(',').map(num))
   .option('--baseline <ffn>', 'train an ordinary ViT with this one FFN width (S|M|L|XL)')
   .option('--val-size <n>', 'held-out validation images', int)

@@ -40,13 +40,14 @@ for (const specs of [['M'], ['S', 'M', 'L', 'XL'], ['S,XL']]) {
 }
 
 // The consistency objective: XL and a student width on view A (labels, KL to XL's softened logits and 1 - cosine
-// to XL's embedding, XL held fixed), and an InfoNCE between the student on view B and XL on view A. tfjs has no stop-gradient, so the fixed XL targets are
+// to XL's embedding, XL held fixed), an InfoNCE between the student on view B and XL on view A, and the ranking term
+// (the student's and XL's similarity distributions over the other images' fixed XL embeddings). tfjs has no stop-gradient, so the fixed XL targets are
 // computed outside the differentiated function: the same semantics.
 for (const student of ['S', 'M,XL']) {
   test(`consistency step gradients equal tfjs autodiff (student ${student})`, async () => {
     const { params, tensors } = await randomModel(c, 9);
     const B = 5;
-    const w: ConsistencyWeights = { kd: 0.7, kdTemp: 2, cos: 1.3, nce: 0.9, nceTemp: 0.2 };
+    const w: ConsistencyWeights = { kd: 0.7, kdTemp: 2, cos: 1.3, nce: 0.9, nceTemp: 0.2, rank: 1.1, rankTemp: 0.3 };
     const xA = tf.randomUniform([B, 32, 32, 3], 0, 1, 'float32', 11);
     const xB = tf.randomUniform([B, 32, 32, 3], 0, 1, 'float32', 12);
     const y = tf.oneHot(tf.tensor1d([2, 3, 9, 1, 2], 'int32'), 10).toFloat();
@@ -56,6 +57,9 @@ for (const student of ['S', 'M,XL']) {
     const studentWidths = parseSubmodel(student, c).widths;
     const fixed = forward(params, xA, xlWidths, c); // XL's targets, outside the gradient
     const pXl = tf.softmax(tf.div(fixed.logits!, w.kdTemp));
+    const notSelf = tf.mul(eye, -1e4); // an image's own entry is left out of the ranking
+    const xlScores = tf.add(tf.div(tf.matMul(fixed.embedding, tf.transpose(fixed.embedding)), w.rankTemp), notSelf);
+    const pRank = tf.softmax(xlScores);
     const lossFn = (...ps: tf.Tensor[]) => {
       const p = Object.fromEntries(names.map((n, i) => [n, ps[i]]));
       const a = forward(p, xA, xlWidths, c);
@@ -66,7 +70,9 @@ for (const student of ['S', 'M,XL']) {
       const cos = tf.sub(1, tf.mean(tf.sum(tf.mul(s.embedding, fixed.embedding), 1)));
       const sim = tf.div(tf.matMul(b.embedding, tf.transpose(a.embedding)), w.nceTemp);
       const nce = tf.mul(0.5, tf.add(tf.losses.softmaxCrossEntropy(eye, sim), tf.losses.softmaxCrossEntropy(eye, tf.transpose(sim))));
-      return tf.addN([ce, tf.mul(w.kd * w.kdTemp ** 2, kl), tf.mul(w.cos, cos), tf.mul(w.nce, nce)]) as tf.Scalar;
+      const studentScores = tf.add(tf.div(tf.matMul(s.embedding, tf.transpose(fixed.embedding)), w.rankTemp), notSelf);
+      const rank = tf.sub(tf.losses.softmaxCrossEntropy(pRank, studentScores), tf.losses.softmaxCrossEntropy(pRank, xlScores));
+      return tf.addN([ce, tf.mul(w.kd * w.kdTemp ** 2, kl), tf.mul(w.cos, cos), tf.mul(w.nce, nce), tf.mul(w.rank, rank)]) as tf.Scalar;
     };
     const { value, grads } = tf.valueAndGrads(lossFn)(names.map((n) => params[n]));
 
@@ -80,6 +86,7 @@ for (const student of ['S', 'M,XL']) {
     assert.ok(Math.abs(loss - value.dataSync()[0]) < 1e-4 * Math.abs(loss), `loss ${loss} vs ${value.dataSync()[0]}`);
     const kd = (out['loss.kd'].data as Float32Array)[0];
     assert.ok(kd > 0, 'the KL term is positive when the widths disagree');
+    assert.ok((out['loss.rank'].data as Float32Array)[0] > 0, 'so is the ranking term');
     assertGradientsMatch(names, grads, out, 2e-4);
   });
 }

@@ -74,10 +74,12 @@ export interface ConsistencyWeights {
   cos: number; // 1 - cosine to XL's embedding, XL held fixed
   nce: number; // InfoNCE between the two views across widths
   nceTemp: number;
+  rank: number; // KL between XL's and the student's similarity distributions over the batch's other XL embeddings
+  rankTemp: number;
 }
 
 /** The loss terms a consistency step reports, in output order (`loss.<name>`). */
-export const CONSISTENCY_TERMS = ['ce_xl', 'ce_student', 'kd', 'cos', 'nce'] as const;
+export const CONSISTENCY_TERMS = ['ce_xl', 'ce_student', 'kd', 'cos', 'nce', 'rank'] as const;
 
 /**
  * One step of the consistency objective. XL sees view A (`pixels`) and learns from the labels. A narrower submodel
@@ -85,8 +87,10 @@ export const CONSISTENCY_TERMS = ['ce_xl', 'ce_student', 'kd', 'cos', 'nce'] as 
  * embedding (1 - cosine), XL held fixed: in-place distillation on identical pixels, what a query for a stored image
  * needs. The student also sees view B (`pixels_b`: the same images edited as copies are), and an InfoNCE over the
  * batch pairs each image's student embedding of B with its XL embedding of A against the other images' (both
- * directions, gradients into both widths): it pulls copies together and ties the student's space to XL's. The
- * student runs once over A and B stacked. Outputs: loss, logits_0 (XL), logits_1 (student on A), each term, the
+ * directions, gradients into both widths): it pulls copies together and ties the student's space to XL's. A
+ * ranking term asks more than the cosine: the student's query of A, scored against the batch's XL embeddings, should
+ * rank the other images as XL's own query does (KL between the two softmaxes at a temperature, each image's own
+ * entry left out), which is what recall of XL's neighbours measures. The student runs once over A and B stacked. Outputs: loss, logits_0 (XL), logits_1 (student on A), each term, the
  * gradients.
  */
 export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWidths: number[], w: ConsistencyWeights): TrainGraph {
@@ -109,6 +113,7 @@ export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWid
     kd: g.constFloat([0], []),
     cos: g.constFloat([0], []),
     nce: g.constFloat([0], []),
+    rank: g.constFloat([0], []),
   };
   if (w.kd > 0) {
     // KL(p_XL || p_student) = CE(p_XL, student) - H(p_XL), times T² so that its gradients keep their scale across T
@@ -128,7 +133,15 @@ export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWid
     const bothWays = op.add(g, op.crossEntropy(g, sim, eye), op.crossEntropy(g, op.transpose(g, sim, [1, 0]), eye));
     terms.nce = op.scale(g, bothWays, 0.5);
   }
-  const loss = [weighted(terms.kd, w.kd), weighted(terms.cos, w.cos), weighted(terms.nce, w.nce)].reduce((a, b) => op.add(g, a, b), op.add(g, terms.ce_xl, terms.ce_student));
+  if (w.rank > 0) {
+    const database = op.stopGradient(g, zXl); // XL's embeddings of the batch: the stored side of a search
+    const self = g.constFloat(Float32Array.from({ length: batch * batch }, (_, k) => (k % (batch + 1) === 0 ? -1e4 : 0)), [batch, batch]);
+    const scores = (queries: V) => op.add(g, op.scale(g, op.matmul(g, queries, op.transpose(g, database, [1, 0])), 1 / w.rankTemp), self);
+    const xlScores = scores(database);
+    const pXl = g.node('Softmax', [xlScores], xlScores.shape, { axis: -1 });
+    terms.rank = op.sub(g, op.crossEntropy(g, scores(op.slice(g, zStudent, 0, 0, batch)), pXl), op.crossEntropy(g, xlScores, pXl));
+  }
+  const loss = [weighted(terms.kd, w.kd), weighted(terms.cos, w.cos), weighted(terms.nce, w.nce), weighted(terms.rank, w.rank)].reduce((a, b) => op.add(g, a, b), op.add(g, terms.ce_xl, terms.ce_student));
   const grads = gradients(g, loss, W.inputs);
   g.output(loss, 'loss');
   g.output(xl.logits!, 'logits_0');

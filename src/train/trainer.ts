@@ -46,6 +46,8 @@ export const TrainOptions = z.object({
   cosWeight: z.number().nonnegative().optional(),
   nceWeight: z.number().nonnegative().optional(),
   nceTemp: z.number().positive().optional(),
+  rankWeight: z.number().nonnegative().optional(),
+  rankTemp: z.number().positive().optional(),
   studentProbs: z.array(z.number().nonnegative()).length(4).optional(), // the student width's sampling (S/M/L/XL)
   copyCropArea: z.tuple([z.number().gt(0).max(1), z.number().gt(0).max(1)]).refine(([a, b]) => a <= b, 'min above max').optional(), // the copy view's crop area range
   init: z.string().optional(), // start from this model's weights (fine-tuning) instead of a fresh initialisation
@@ -61,7 +63,7 @@ export const TrainOptions = z.object({
   logEvery: z.number().int().positive().default(20), // steps between metrics.jsonl lines
 }).superRefine((o, ctx) => {
   // Options that would do nothing are refused rather than silently entering the run's identity.
-  const flags = { kdWeight: '--kd-weight', kdTemp: '--kd-temp', cosWeight: '--cos-weight', nceWeight: '--nce-weight', nceTemp: '--nce-temp', studentProbs: '--student-probs', copyCropArea: '--copy-crop-area' } as const;
+  const flags = { kdWeight: '--kd-weight', kdTemp: '--kd-temp', cosWeight: '--cos-weight', nceWeight: '--nce-weight', nceTemp: '--nce-temp', rankWeight: '--rank-weight', rankTemp: '--rank-temp', studentProbs: '--student-probs', copyCropArea: '--copy-crop-area' } as const;
   const given = Object.entries(flags).filter(([k]) => o[k as keyof typeof flags] !== undefined).map(([, f]) => f);
   if (o.objective !== 'consistency' && given.length) ctx.addIssue({ code: 'custom', path: ['objective'], message: `${given.join(', ')} only apply to --objective consistency` });
   if (o.objective === 'consistency' && o.baseline) ctx.addIssue({ code: 'custom', path: ['baseline'], message: 'a baseline trains one width: it cannot be combined with --objective consistency' });
@@ -72,7 +74,7 @@ const VOLATILE: (keyof TrainOptions)[] = ['checkpointMinutes', 'threads', 'maxSt
 
 /** The consistency objective's settings, defaults filled in (recorded in the model's metadata and the model card). */
 export function consistencySettings(o: TrainOptions): ConsistencyWeights & { studentProbs: number[]; copyCropArea: readonly number[] } {
-  return { kd: o.kdWeight ?? 1, kdTemp: o.kdTemp ?? 2, cos: o.cosWeight ?? 1, nce: o.nceWeight ?? 1, nceTemp: o.nceTemp ?? 0.1, studentProbs: o.studentProbs ?? [0.35, 0.2, 0.2, 0.25], copyCropArea: o.copyCropArea ?? COPY_EDITS.crop.area };
+  return { kd: o.kdWeight ?? 1, kdTemp: o.kdTemp ?? 2, cos: o.cosWeight ?? 1, nce: o.nceWeight ?? 1, nceTemp: o.nceTemp ?? 0.1, rank: o.rankWeight ?? 0, rankTemp: o.rankTemp ?? 0.05, studentProbs: o.studentProbs ?? [0.35, 0.2, 0.2, 0.25], copyCropArea: o.copyCropArea ?? COPY_EDITS.crop.area };
 }
 
 export const STATE_FILE = 'train-state.safetensors';
