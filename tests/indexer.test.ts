@@ -25,6 +25,7 @@ import Database from 'better-sqlite3';
 import { ImageStore, SCHEMA_VERSION, contentHash } from '../src/index/store.ts';
 import { PlainJpegDecoder, plainJpegSize } from '../src/index/plain-jpeg.ts';
 import { EncoderPool } from '../src/encoder/pool.ts';
+import { logger } from '../src/log.ts';
 import { maxAbsDiff, randomModel } from './helpers/model.ts';
 
 let tmp: string;
@@ -526,6 +527,27 @@ describe('the encoder pool', () => {
     } finally {
       h.close();
     }
+  });
+
+  test('tryStart: bad options are thrown, not remembered as a failed start; a start that fails is not tried again', async () => {
+    const fresh = new Encoder(encoder.checkpoint, encoder.modelPath, { threads: 1 });
+    await assert.rejects(EncoderPool.tryStart(fresh, { threads: 0 }), RangeError);
+    await assert.rejects(EncoderPool.tryStart(fresh, { threads: 1, specs: ['XXL'] }), /FFN|granularit|spec/i);
+    const pool = await EncoderPool.tryStart(fresh, { threads: 1 });
+    assert.ok(pool, 'the same encoder still gets its pool');
+    await pool.close();
+    // Weights that cannot be sent to a worker: the start fails, tryStart answers null, and remembers it.
+    const unsendable = new Encoder({ ...encoder.checkpoint, metadata: { ...encoder.checkpoint.metadata, bad: (() => 1) as never } }, encoder.modelPath, { threads: 1 });
+    const warn = logger.warn;
+    const warnings: unknown[] = [];
+    logger.warn = ((...args: unknown[]) => void warnings.push(args)) as typeof logger.warn;
+    try {
+      assert.equal(await EncoderPool.tryStart(unsendable, { threads: 1 }), null);
+      assert.equal(await EncoderPool.tryStart(unsendable, { threads: 1 }), null);
+    } finally {
+      logger.warn = warn;
+    }
+    assert.equal(warnings.length, 1, 'one failed start, warned once; the second call did not try again');
   });
 
   test('defaultEncoderThreads: one encoder thread while another thread keeps a core busy', async () => {

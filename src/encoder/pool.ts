@@ -29,6 +29,14 @@ export interface PoolOptions {
   specs?: string[]; // submodels whose sessions every worker opens before the first task (default: XL)
 }
 
+/** The pool's size and sessions; throws on bad options (before any worker starts). */
+function checkedOptions(encoder: Encoder, opts: PoolOptions): { threads: number; specs: string[] } {
+  const threads = opts.threads ?? Math.max(1, os.availableParallelism());
+  if (!Number.isInteger(threads) || threads < 1) throw new RangeError(`encoder pool threads must be a positive integer, got ${threads}`);
+  const specs = (opts.specs ?? ['XL']).map((s) => encoder.submodel(s).spec); // a bad spec fails here, not in a worker
+  return { threads, specs };
+}
+
 export class EncoderPool implements ImageEncoder {
   /** Milliseconds the workers spent running the model, summed over workers. */
   busyMs = 0;
@@ -43,9 +51,7 @@ export class EncoderPool implements ImageEncoder {
 
   /** Starts the workers, each with sessions for `specs` ready, sharing `encoder`'s weights. */
   static async start(encoder: Encoder, opts: PoolOptions = {}): Promise<EncoderPool> {
-    const threads = opts.threads ?? Math.max(1, os.availableParallelism());
-    if (!Number.isInteger(threads) || threads < 1) throw new RangeError(`encoder pool threads must be a positive integer, got ${threads}`);
-    const specs = (opts.specs ?? ['XL']).map((s) => encoder.submodel(s).spec); // a bad spec fails here, not in a worker
+    const { threads, specs } = checkedOptions(encoder, opts);
     const pool = new Piscina<EncodeTask, EncodeReply>({
       filename: new URL('./pool-worker.mjs', import.meta.url).href,
       minThreads: threads,
@@ -71,6 +77,7 @@ export class EncoderPool implements ImageEncoder {
    * is not tried again for the same encoder (a queue worker would otherwise retry, and warn, at every job).
    */
   static async tryStart(encoder: Encoder, opts: PoolOptions = {}): Promise<EncoderPool | null> {
+    checkedOptions(encoder, opts); // bad options are the caller's error: thrown, not remembered as a failed start
     if (failedToStart.has(encoder)) return null;
     try {
       return await EncoderPool.start(encoder, opts);
