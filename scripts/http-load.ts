@@ -182,8 +182,9 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
           afterAnswer(c);
         }
       }
-      if (job.rate !== undefined && now < endAt) {
-        const due = Math.floor(((now - t0) / 1000) * job.rate);
+      if (job.rate !== undefined) {
+        // every arrival due by now (or by the end), even if this tick came late: a starved client still sends them all
+        const due = Math.floor(((Math.min(now, endAt) - t0) / 1000) * job.rate);
         for (; arrived < due; arrived++) waiting.push(t0 + (arrived * 1000) / job.rate);
         for (const c of conns) if (!c.busy && waiting.length > 0) dispatch(c, waiting.shift()!);
       }
