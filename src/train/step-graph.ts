@@ -90,8 +90,8 @@ export const CONSISTENCY_TERMS = ['ce_xl', 'ce_student', 'kd', 'cos', 'nce', 'ra
  * directions, gradients into both widths): it pulls copies together and ties the student's space to XL's. A
  * ranking term asks more than the cosine: the student's query of A, scored against the batch's XL embeddings, should
  * rank the other images as XL's own query does (KL between the two softmaxes at a temperature, each image's own
- * entry left out), which is what recall of XL's neighbours measures. The student runs once over A and B stacked. Outputs: loss, logits_0 (XL), logits_1 (student on A), each term, the
- * gradients.
+ * entry left out), which is what recall of XL's neighbours measures. The student runs once over A and B stacked.
+ * Outputs: loss, logits_0 (XL), logits_1 (student on A), each term, the gradients.
  */
 export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWidths: number[], w: ConsistencyWeights): TrainGraph {
   const g = new GraphBuilder();
