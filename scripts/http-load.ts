@@ -162,9 +162,17 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
       } else if (waiting.length > 0) dispatch(c, waiting.shift()!);
       check();
     };
+    /** Open loop: every arrival due by now (or by the end), even if a tick came late: a starved client still sends them all. */
+    const admit = (now: number) => {
+      if (job.rate === undefined) return;
+      const due = Math.floor(((Math.min(now, endAt) - t0) / 1000) * job.rate);
+      for (; arrived < due; arrived++) waiting.push(t0 + (arrived * 1000) / job.rate);
+      for (const c of conns) if (!c.busy && waiting.length > 0) dispatch(c, waiting.shift()!);
+    };
     const check = () => {
       if (finished) return;
       const now = performance.now();
+      admit(now); // arrivals due before the end must not be lost to an early finish
       const idle = conns.every((c) => !c.busy);
       const drained = job.rate === undefined || waiting.length === 0 || now > endAt + timeoutMs;
       if (now >= endAt && idle && drained) {
@@ -181,12 +189,6 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
           c.abandon();
           afterAnswer(c);
         }
-      }
-      if (job.rate !== undefined) {
-        // every arrival due by now (or by the end), even if this tick came late: a starved client still sends them all
-        const due = Math.floor(((Math.min(now, endAt) - t0) / 1000) * job.rate);
-        for (; arrived < due; arrived++) waiting.push(t0 + (arrived * 1000) / job.rate);
-        for (const c of conns) if (!c.busy && waiting.length > 0) dispatch(c, waiting.shift()!);
       }
       check();
     }, job.rate === undefined ? 50 : 1); // open loop: arrivals every millisecond; closed loop: only timeouts to check

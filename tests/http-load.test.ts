@@ -45,7 +45,7 @@ after(async () => {
 test('closed loop: every answer is counted, and bodies are sent in turn (one in two answers 500 here)', async () => {
   const r = await runLoad({ url, path: '/', contentType: 'text/plain', bodyFiles: [path.join(tmp, 'ok'), path.join(tmp, 'fail')], connections: 2, seconds: 0.5 });
   assert.equal(r.errors, 0);
-  assert.ok(r.requests >= 4 && r.requests <= r.seconds * (1000 / SERVICE_MS) + 2, `${r.requests} answers in ${r.seconds} s from a server that answers one per ${SERVICE_MS} ms`);
+  assert.ok(r.requests >= 2 && r.requests <= r.seconds * (1000 / SERVICE_MS) + 2, `${r.requests} answers in ${r.seconds} s from a server that answers one per ${SERVICE_MS} ms`);
   assert.ok(Math.abs(r.non2xx - r.requests / 2) <= 1, `${r.non2xx} of ${r.requests} were 500s`);
   assert.ok(r.p50 >= SERVICE_MS, `p50 ${r.p50} ms: no answer comes sooner than the server gives it`);
 });
