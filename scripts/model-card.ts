@@ -1,4 +1,4 @@
-// npx tsx scripts/model-card.ts [--model models/matvit-cifar10] [--init models/matvit-cifar10-v2]
+// npx tsx scripts/model-card.ts [--model models/matvit-cifar10] [--init models/matvit-cifar10-v3]
 //                                [--baselines models/baseline-S,...] [--test SRC]
 //                                [--report reports/cifar10] [--own-report reports/cifar10-own]
 // Measures CIFAR-10 test top-1 of every trained granularity of the shipped model, of the model it was fine-tuned from
@@ -18,7 +18,7 @@ import { headline } from '../src/eval/report.ts';
 const { values: args } = parseArgs({
   options: {
     model: { type: 'string', default: 'models/matvit-cifar10' },
-    init: { type: 'string', default: 'models/matvit-cifar10-v2' }, // the run's --init (its recorded path may have moved)
+    init: { type: 'string', default: 'models/matvit-cifar10-v3' }, // the run's --init (its recorded path may have moved)
     baselines: { type: 'string' },
     test: { type: 'string', default: '../shared/datasets/cifar10/test.tar.gz' },
     report: { type: 'string', default: 'reports/cifar10' },

@@ -44,7 +44,7 @@ export type QueryPlan =
 /**
  * The HNSW beam of a query stepped down under load (unless it names its own): at ef 160 the search is about a third
  * of the main thread's time per query, and a cheap encoder's own error dwarfs what a narrower beam loses. On the shipped model, S
- * queries find 0.6871 of XL's exact top-10 at ef 64 against 0.6883 at ef 160, in half the search time (reports/cifar10,
+ * queries find 0.6833 of XL's exact top-10 at ef 64 against 0.6846 at ef 160, in half the search time (reports/cifar10,
  * HNSW sweep over 50,000 vectors).
  */
 export const LOAD_EF = 64;
