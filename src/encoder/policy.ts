@@ -38,7 +38,7 @@ export interface QueryRequest {
 export type QueryPlan =
   | { chosenBy: 'ffn' | 'default'; spec: string; reason?: string; ef?: number }
   | { chosenBy: 'budget'; spec: string; reason: string; fits: boolean; ef?: number }
-  | { chosenBy: 'cascade'; spec: string; rule: CascadeRule; reason: string }
+  | { chosenBy: 'cascade'; spec: string; rule: CascadeRule; reason: string; ef?: undefined }
   | { chosenBy: 'load'; spec: string; reason: string; ef: number };
 
 /**

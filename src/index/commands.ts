@@ -181,7 +181,7 @@ ${EXIT_HELP}`,
           const decoded = await decodeImage(bytes, encoder.config.imageSize);
           const plan = await queryPlan(encoder, opts.model, opts);
           const cascade = plan.chosenBy === 'cascade' ? plan.rule : undefined;
-          res = await search.searchByPixels(store, (p, s) => encoder.encode([p], s).then((e) => e[0]), decoded.pixels, { k: opts.k, ffn: plan.spec, ef: opts.ef ?? ('ef' in plan ? plan.ef : undefined), cascade, filter });
+          res = await search.searchByPixels(store, (p, s) => encoder.encode([p], s).then((e) => e[0]), decoded.pixels, { k: opts.k, ffn: plan.spec, ef: opts.ef ?? plan.ef, cascade, filter });
         } else {
           res = await search.searchById(store, opts.id!, { k: opts.k, ef: opts.ef, filter });
         }

@@ -155,7 +155,7 @@ export class SearchService {
     const plan = this.plan(params);
     // The plan's beam (a cheap encoder's calibrated one, or a narrower one under load) applies to an encoder's query;
     // a stored image's own XL embedding searches with the index's.
-    const ef = params.ef ?? (upload && 'ef' in plan ? plan.ef : undefined);
+    const ef = params.ef ?? (upload ? plan.ef : undefined);
     const opts: SearchOpts = { k: params.k, ffn: plan.spec, ef, filter: params.where, ...(plan.chosenBy === 'cascade' && upload ? { cascade: plan.rule } : {}) };
     let outcome: SearchOutcome;
     let decodeMs = 0;

@@ -106,6 +106,8 @@ export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWid
   const zStudent = op.l2Normalize(g, student.features); // [2B, D]: view A, then view B
   const zXl = op.l2Normalize(g, xl.features);
   const weighted = (v: V, k: number) => (k === 1 ? v : op.scale(g, v, k));
+  /** A [batch, batch] constant with `value` on the diagonal and 0 elsewhere. */
+  const diagonal = (value: number) => g.constFloat(Float32Array.from({ length: batch * batch }, (_, k) => (k % (batch + 1) === 0 ? value : 0)), [batch, batch]);
 
   const terms: Record<(typeof CONSISTENCY_TERMS)[number], V> = {
     ce_xl: op.crossEntropy(g, xl.logits!, targets),
@@ -129,13 +131,13 @@ export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWid
   if (w.nce > 0) {
     const copies = op.slice(g, zStudent, 0, batch, 2 * batch);
     const sim = op.scale(g, op.matmul(g, copies, op.transpose(g, zXl, [1, 0])), 1 / w.nceTemp); // [B, B]: row i = image i's copy
-    const eye = g.constFloat(Float32Array.from({ length: batch * batch }, (_, k) => (k % (batch + 1) === 0 ? 1 : 0)), [batch, batch]);
+    const eye = diagonal(1);
     const bothWays = op.add(g, op.crossEntropy(g, sim, eye), op.crossEntropy(g, op.transpose(g, sim, [1, 0]), eye));
     terms.nce = op.scale(g, bothWays, 0.5);
   }
   if (w.rank > 0) {
     const database = op.stopGradient(g, zXl); // XL's embeddings of the batch: the stored side of a search
-    const self = g.constFloat(Float32Array.from({ length: batch * batch }, (_, k) => (k % (batch + 1) === 0 ? -1e4 : 0)), [batch, batch]);
+    const self = diagonal(-1e4); // each image's own entry left out of the ranking
     const scores = (queries: V) => op.add(g, op.scale(g, op.matmul(g, queries, op.transpose(g, database, [1, 0])), 1 / w.rankTemp), self);
     const xlScores = scores(database);
     const pXl = g.node('Softmax', [xlScores], xlScores.shape, { axis: -1 });

@@ -73,7 +73,7 @@ export type TrainOptions = z.infer<typeof TrainOptions>;
 const VOLATILE: (keyof TrainOptions)[] = ['checkpointMinutes', 'threads', 'maxSteps', 'logEvery', 'out', 'data', 'init'];
 
 /** The consistency objective's settings, defaults filled in (recorded in the model's metadata and the model card). */
-export function consistencySettings(o: TrainOptions): ConsistencyWeights & { studentProbs: number[]; copyCropArea: readonly number[] } {
+export function consistencySettings(o: TrainOptions): ConsistencyWeights & { studentProbs: number[]; copyCropArea: readonly [number, number] } {
   return { kd: o.kdWeight ?? 1, kdTemp: o.kdTemp ?? 2, cos: o.cosWeight ?? 1, nce: o.nceWeight ?? 1, nceTemp: o.nceTemp ?? 0.1, rank: o.rankWeight ?? 0, rankTemp: o.rankTemp ?? 0.05, studentProbs: o.studentProbs ?? [0.35, 0.2, 0.2, 0.25], copyCropArea: o.copyCropArea ?? COPY_EDITS.crop.area };
 }
 
@@ -294,7 +294,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   const pixelFeeds = async (idx: Int32Array, rand: () => number): Promise<Record<string, ort.Tensor>> => {
     const feeds = { pixels: new ort.Tensor('float32', makeBatch(data.pixels, c.imageSize, idx, rand, { pad: o.pad, flip: true }), shape) };
     if (!consistency) return feeds;
-    const second = await copyViews(data.pixels, c.imageSize, idx, rand, jpeg, { cropArea: consistency.copyCropArea as [number, number] });
+    const second = await copyViews(data.pixels, c.imageSize, idx, rand, jpeg, { cropArea: consistency.copyCropArea });
     return { ...feeds, pixels_b: new ort.Tensor('float32', toNchw(second, c.imageSize), shape) };
   };
 
