@@ -4,7 +4,8 @@
 //   --limit 300 --seed 0 --threads 2 --out reports/cifar10]
 // Recall-vs-cost evaluation of every query encoder (uniform S/M/L/XL, the monotone Mix'n'Match lists, any
 // independently trained baselines) against a database encoded once with XL, an HNSW ef sweep, self-retrieval
-// (stored images find their own XL entry) and the near-duplicate task (edits in scripts/copies-edits.json). Writes
+// (stored images find their own XL entry) and the near-duplicate task (edits in scripts/copies-edits.json; the
+// uniform widths also against a database with each image's 3 x 3 region vectors, --copies-region-grid). Writes
 // results.json, results.csv, summary.md and recall-vs-cost.svg under reports/<name>/, and the Pareto frontier as
 // <model dir>/calibration.json (full runs). --task own (same-encoder search: each granularity and baseline encodes
 // database and queries) writes reports/cifar10-own. --compare MODEL measures a second MatViT (file or folder) the
@@ -15,6 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import fs from 'node:fs';
+import { DEFAULT_REGION_GRID } from '../src/data/regions.ts';
 import { DEFAULT_MODEL_PATH } from '../src/encoder/checkpoint.ts';
 import { DEFAULT_MIXNMATCH_QUERIES, evaluateRecallCost } from '../src/eval/recall-cost.ts';
 import { DEFAULT_TASKS, TASKS, type Task } from '../src/eval/result.ts';
@@ -24,7 +26,7 @@ import { DEFAULT_SELF_QUERIES } from '../src/eval/task-self.ts';
 const usage = `usage: npm run eval -- [--model FILE] [--compare MODEL] [--db SOURCE] [--queries SOURCE]
   [--task all|${TASKS.join('|')}[,...]] [--baselines PATH[,PATH]] [--mixnmatch LIST ...] [--mixnmatch-queries N]
   [--self-queries ${DEFAULT_SELF_QUERIES}] [--limit N] [--seed N] [--threads N]
-  [--latency-runs N] [--hnsw-ef ${DEFAULT_HNSW_EFS.join(',')}] [--hnsw-queries N] [--no-hnsw] [--copies-edits FILE] [--copies-originals N]
+  [--latency-runs N] [--hnsw-ef ${DEFAULT_HNSW_EFS.join(',')}] [--hnsw-queries N] [--no-hnsw] [--copies-edits FILE] [--copies-originals N] [--copies-region-grid N (0: none)]
   [--name NAME | --out DIR] [--calibration auto|yes|no] [--batch N] [--quiet]`;
 
 function fail(message: string): never {
@@ -54,6 +56,7 @@ try {
       'no-hnsw': { type: 'boolean', default: false },
       'copies-edits': { type: 'string' },
       'copies-originals': { type: 'string' },
+      'copies-region-grid': { type: 'string', default: String(DEFAULT_REGION_GRID) },
       name: { type: 'string' },
       out: { type: 'string' },
       calibration: { type: 'string', default: 'auto' },
@@ -107,7 +110,7 @@ try {
     batch: int('batch', a.batch, 1),
     latencyRuns: int('latency-runs', a['latency-runs']),
     hnsw: a['no-hnsw'] ? false : { efs, queries: int('hnsw-queries', a['hnsw-queries'], 1) },
-    copies: { edits: a['copies-edits'], originals: int('copies-originals', a['copies-originals'], 1) },
+    copies: { edits: a['copies-edits'], originals: int('copies-originals', a['copies-originals'], 1), regionGrid: int('copies-region-grid', a['copies-region-grid']) },
     outDir,
     writeCalibration,
     progress: !a.quiet,

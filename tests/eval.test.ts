@@ -11,6 +11,7 @@ import { saveModel } from '../src/encoder/checkpoint.ts';
 import { TINY_CONFIG } from '../src/encoder/config.ts';
 import { ExactSearch, bruteForceTopK, mergeRows, recallAtK, selectRows } from '../src/index/exact-search.ts';
 import { editImage, loadEdits, parseEdits } from '../src/eval/copies.ts';
+import { REGION_PENALTIES } from '../src/eval/task-copies.ts';
 import { labelCounts, meanAveragePrecision, oneNnAccuracy, paretoFrontier } from '../src/eval/metrics.ts';
 import { SEARCH_EF_TOLERANCE, chooseSearchEf } from '../src/eval/hnsw.ts';
 import { evaluateRecallCost } from '../src/eval/recall-cost.ts';
@@ -215,6 +216,28 @@ test('copies task: recall per edit, the unedited copy found by XL', () => {
   const worst = Object.entries(xl).filter(([n]) => n !== 'all').sort((a, b) => a[1].recall1 - b[1].recall1)[0];
   const md = fs.readFileSync(result.files!.summary, 'utf8');
   assert.match(md, new RegExp(`\\| \`matvit-tiny\` \\| \`XL\` \\| 1\\.000 \\| 1\\.0000 \\| 1\\.0000 \\|[^\\n]*\\| ${worst[0]} \\(${worst[1].recall1.toFixed(3)}\\) \\|`));
+
+});
+
+test('copies with region vectors: the penalty is the sweep\'s best for XL\'s worst edit, reported on the other originals', () => {
+  const rc = result.regionCopies!;
+  assert.equal(rc.grid, 3);
+  assert.equal(rc.dbVectors, (result.dataset.dbSize + 8) * 9); // every distractor's and original's regions
+  assert.deepEqual(rc.sweep.map((p) => p.penalty), REGION_PENALTIES);
+  const best = Math.max(...rc.sweep.map((p) => p.worst));
+  const chosen = rc.sweep.find((p) => p.penalty === rc.penalty)!;
+  assert.equal(chosen.worst, best);
+  assert.ok(rc.sweep.filter((p) => p.worst === best).every((p) => p.mean <= chosen.mean));
+  assert.equal(rc.calibrationCopies + rc.heldOutCopies, 8 * 3);
+  const uniform = result.encoders.filter((e) => e.family === 'uniform');
+  for (const e of uniform) {
+    for (const db of ['whole', 'regions'] as const) assert.equal(e.copiesRegions![db].all.queries, rc.heldOutCopies, `${e.id} ${db}`);
+  }
+  assert.ok(result.encoders.filter((e) => e.family !== 'uniform').every((e) => !e.copiesRegions), 'only the uniform widths search the region database');
+  // An unedited copy's whole-image similarity is 1: no region (less a penalty) can beat it.
+  assert.equal(uniform.find((e) => e.id === 'XL')!.copiesRegions!.regions.identical.recall1, 1);
+  const md = fs.readFileSync(result.files!.summary, 'utf8');
+  assert.match(md, new RegExp(`### With region vectors in the database[\\s\\S]*penalty of ${rc.penalty}\\.[\\s\\S]*\\| \`matvit-tiny\` \\| \`XL\` \\| regions \\|`));
 });
 
 test('every edit of scripts/copies-edits.json keeps a valid image, deterministic in its seed', async () => {

@@ -15,7 +15,7 @@ import { type QueryEncoderRef, baselineGranularity, findBaselines, mixnmatchEnco
 import type { CascadeEvaluation } from './cascade.ts';
 import { encodeImages, measureLatency, singleImage } from './encoding.ts';
 import { meanAveragePrecision, oneNnAccuracy, top1LabelAgreement } from './metrics.ts';
-import type { EncoderResult, HnswReport, Metrics, Task } from './result.ts';
+import type { EncoderResult, HnswReport, Metrics, RegionCopiesReport, Task } from './result.ts';
 
 export interface Subset {
   data: LabelledPixels;
@@ -111,6 +111,7 @@ export interface ModelContext {
   queryEmbeddings: Map<string, Float32Array>; // the uniform widths' query embeddings, for the HNSW sweep
   frontier: EncoderResult[];
   cascade: CascadeEvaluation | null; // the `auto` query's cascade over the uniform encoders (recall task)
+  regionCopies: RegionCopiesReport | null; // the copies task with region vectors (task-copies.ts)
   hnsw: HnswReport | null;
   note(line: string): void; // a note of the report, naming the model when the run compares two
 }
@@ -165,7 +166,7 @@ export async function openModel(run: EvalRun, modelPath: string, label: string, 
   lap(run, 'search', searchStart);
   return {
     run, label, modelPath, ckpt, modelId: new Encoder(ckpt, modelPath).modelId, xlFlops, uniform, baselines, mnm, results, dbEmb, search,
-    common, mixnmatchSubset, xlTruth: null, topks: new Map(), queryEmbeddings: new Map(), frontier: [], cascade: null, hnsw: null,
+    common, mixnmatchSubset, xlTruth: null, topks: new Map(), queryEmbeddings: new Map(), frontier: [], cascade: null, regionCopies: null, hnsw: null,
     note: (line) => run.notes.push(opts.nameInNotes ? `${label}: ${line}` : line),
   };
 }

@@ -196,10 +196,14 @@ export async function makeCopies(pixels: Uint8Array, size: number, originals: Ar
   return out;
 }
 
-/** Recall of the original per edit (and 'all'): `target[i]` is the database row of copy i's original. */
-export function copiesRecall(found: TopK, target: Int32Array, editOf: Int32Array, editNames: string[]): Record<string, TargetRecall> {
+/**
+ * Recall of the original per edit (and 'all'): `target[i]` is the database row of copy i's original. Over the copies
+ * `rows` when given (a subset of 0..found.n-1), else over every copy.
+ */
+export function copiesRecall(found: TopK, target: Int32Array, editOf: Int32Array, editNames: string[], rows?: Int32Array): Record<string, TargetRecall> {
+  const over = rows ?? Int32Array.from({ length: found.n }, (_, q) => q);
   const out: Record<string, TargetRecall> = {};
-  editNames.forEach((name, e) => (out[name] = targetRecall(found, target, Int32Array.from({ length: found.n }, (_, q) => q).filter((q) => editOf[q] === e))));
-  out.all = targetRecall(found, target);
+  editNames.forEach((name, e) => (out[name] = targetRecall(found, target, over.filter((q) => editOf[q] === e))));
+  out.all = targetRecall(found, target, over);
   return out;
 }

@@ -54,7 +54,7 @@ export interface RecallCostOptions {
   batch?: number;
   latencyRuns?: number; // batch-1 runs per encoder for the median encode time (0: skip)
   hnsw?: false | HnswSweepOptions;
-  copies?: { edits?: string | EditsFile; originals?: number };
+  copies?: { edits?: string | EditsFile; originals?: number; regionGrid?: number }; // regionGrid 0: no region vectors
   outDir?: string; // write results.json, results.csv, summary.md, recall-vs-cost.svg here
   writeCalibration?: boolean; // write <model dir>/calibration.json (default false)
   progress?: boolean; // progress bar on stderr (default true)
@@ -86,7 +86,7 @@ export async function evaluateRecallCost(opts: RecallCostOptions = {}): Promise<
       if (tasks.includes('own')) await ownTask(ctx);
       if (editsFile) {
         copySet ??= await makeCopySet(run, editsFile, opts.copies?.originals);
-        await copiesTask(ctx, copySet);
+        await copiesTask(ctx, copySet, opts.copies?.regionGrid);
       }
     } finally {
       await ctx.search.release();
@@ -169,7 +169,7 @@ function modelReport(ctx: ModelContext): ModelReport {
   const encoders = [...ctx.results.values()].sort((a, b) => familyRank(a.family) - familyRank(b.family) || a.flops - b.flops || a.id.localeCompare(b.id));
   return {
     label: ctx.label, modelPath: ctx.modelPath, modelId: ctx.modelId, xlFlops: ctx.xlFlops, encoders,
-    frontier: ctx.frontier.map((r) => r.id), cascade: ctx.cascade, hnsw: ctx.hnsw,
+    frontier: ctx.frontier.map((r) => r.id), cascade: ctx.cascade, hnsw: ctx.hnsw, regionCopies: ctx.regionCopies,
   };
 }
 

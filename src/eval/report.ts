@@ -180,6 +180,24 @@ export function toMarkdown(r: RecallCostResult): string {
     out.push(`| ${[...modelHead, 'encoder', '× XL FLOPs', ...names].join(' | ')} |`, `| ${[...modelHead.map(() => '---'), '---', '---:', ...names.map(() => '---:')].join(' | ')} |`);
     for (const { m, x: e } of rowsOf((mm) => mm.encoders.filter((x) => x.copies))) out.push(`| ${[...modelCell(m), `\`${e.id}\``, e.flopsRel.toFixed(3), ...names.map((n) => f3(e.copies![n].recall1))].join(' | ')} |`);
     out.push('');
+    const regional = models.filter((m) => m.regionCopies);
+    if (regional.length) {
+      out.push('### With region vectors in the database', '');
+      for (const m of regional) {
+        const rc = m.regionCopies!;
+        out.push(
+          `${compared ? `\`${m.label}\`: ` : ''}each image also has ${rc.grid} x ${rc.grid} region vectors (half-side squares, src/data/regions.ts; ${rc.dbVectors} in all), encoded with XL; an image scores the better of its whole-image similarity and its best region's less a penalty of ${rc.penalty}. ` +
+            `The penalty maximises XL's worst edit on the ${rc.calibrationCopies} copies of even-numbered originals (${rc.sweep.map((p) => `${p.penalty}: worst ${p.worstEdit} ${f3(p.worst)}, mean ${f3(p.mean)}`).join('; ')}); ` +
+            `the table holds the other ${rc.heldOutCopies} copies, against the database without region vectors (whole) and with them (regions).`,
+          '',
+        );
+      }
+      out.push(`| ${[...modelHead, 'encoder', 'database', ...names].join(' | ')} |`, `| ${[...modelHead.map(() => '---'), '---', '---', ...names.map(() => '---:')].join(' | ')} |`);
+      for (const { m, x: e } of rowsOf((mm) => mm.encoders.filter((x) => x.copiesRegions))) {
+        for (const db of ['whole', 'regions'] as const) out.push(`| ${[...modelCell(m), `\`${e.id}\``, db, ...names.map((n) => f3(e.copiesRegions![db][n].recall1))].join(' | ')} |`);
+      }
+      out.push('');
+    }
   }
   return out.join('\n');
 }

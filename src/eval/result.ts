@@ -42,6 +42,8 @@ export interface EncoderResult {
   /** Self-retrieval: stored images encoded by this encoder, searched in the XL database; a hit is the image's own entry. */
   self?: TargetRecall | null;
   copies: Record<string, TargetRecall> | null; // per edit and 'all'
+  /** The copies of the held-out originals against the database without and with region vectors (task-copies.ts). */
+  copiesRegions?: { whole: Record<string, TargetRecall>; regions: Record<string, TargetRecall> } | null;
   own: { accuracy: number; map10: number } | null; // the own task: database and queries both from this encoder
 }
 
@@ -64,6 +66,18 @@ export interface ModelReport {
   frontier: string[]; // encoder ids on the Pareto frontier (1-NN accuracy on every query vs FLOPs)
   hnsw: HnswReport | null;
   cascade?: CascadeEvaluation | null; // the `auto` query (src/eval/cascade.ts)
+  regionCopies?: RegionCopiesReport | null; // the copies task with region vectors in the database
+}
+
+/** How the region-vector database was built and its penalty chosen (src/eval/task-copies.ts). */
+export interface RegionCopiesReport {
+  grid: number; // grid x grid half-side regions per image (src/data/regions.ts)
+  dbVectors: number; // region vectors in the database, beside one whole-image vector per image
+  penalty: number; // subtracted from a region's similarity: chosen on the calibration half, reported on the other
+  calibrationCopies: number; // copies of the even-numbered originals
+  heldOutCopies: number; // copies of the odd-numbered ones: what copiesRegions reports
+  /** XL's copies of the calibration half at each penalty swept: the worst edit's recall@1 (the rule maximises it) and the mean over edits. */
+  sweep: { penalty: number; worstEdit: string; worst: number; mean: number }[];
 }
 
 export interface RecallCostResult extends ModelReport {

@@ -1,13 +1,21 @@
 // The near-duplicate (copies) task: edited copies of held-out images are the queries; the database is every XL
 // database image (as distractors) plus the originals, all encoded with XL. A hit is the copy's original, per edit.
-// The copies are made once per run (makeCopySet) and searched with every model's encoders.
-import { ExactSearch } from '../index/exact-search.ts';
+// The copies are made once per run (makeCopySet) and searched with every model's encoders. With a region grid, the
+// uniform widths' copies are also searched in a database that holds each image's region vectors (src/data/regions.ts)
+// beside its whole-image one; the region penalty is chosen on half of the originals and reported on the other half.
+import { DEFAULT_REGION_GRID, doubleSize, regionViews } from '../data/regions.ts';
+import { ExactSearch, type TopK } from '../index/exact-search.ts';
+import { mergeRegionTopK } from '../index/region-merge.ts';
 import { Encoder } from '../encoder/runtime.ts';
 import { mixSeed } from '../train/rng.ts';
 import { type EvalRun, type ModelContext, encodeAndSearch, lap, sampleSorted } from './context.ts';
 import { type Copies, type EditsFile, copiesRecall, makeCopies } from './copies.ts';
 import { encodeImages } from './encoding.ts';
-import type { RecallCostResult } from './result.ts';
+import type { RecallCostResult, RegionCopiesReport } from './result.ts';
+
+/** Region penalties swept on the calibration half (cosine similarity units). */
+export const REGION_PENALTIES = [0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2];
+const REGION_K = 20; // region results per query: an image's regions may take several of the first places
 
 export interface CopySet {
   edits: EditsFile['edits'];
@@ -35,7 +43,7 @@ export async function makeCopySet(run: EvalRun, editsFile: EditsFile, originals?
   return { edits: editsFile.edits, seed, originalImages, made };
 }
 
-export async function copiesTask(ctx: ModelContext, set: CopySet): Promise<void> {
+export async function copiesTask(ctx: ModelContext, set: CopySet, regionGrid = DEFAULT_REGION_GRID): Promise<void> {
   const { run } = ctx;
   const { made } = set;
   const since = performance.now();
@@ -55,16 +63,98 @@ export async function copiesTask(ctx: ModelContext, set: CopySet): Promise<void>
   const target = Int32Array.from(made.original, (o) => nDb + o);
   const names = set.edits.map((e) => e.name);
   const allCopies = Int32Array.from({ length: made.count }, (_, i) => i);
+  const uniformEmb = new Map<string, Float32Array>(); // the copies as each uniform width encodes them
   try {
     for (const ref of refs) {
       run.progress.stage = `copies ${ref.id}`;
-      const { found } = await encodeAndSearch(ctx, ref, made.pixels, allCopies, copySearch);
+      const { found, emb } = await encodeAndSearch(ctx, ref, made.pixels, allCopies, copySearch);
       ctx.results.get(ref.id)!.copies = copiesRecall(found, target, made.edit, names);
+      if (ref.family === 'uniform') uniformEmb.set(ref.id, emb);
     }
+    lap(run, 'copies', since);
+    if (regionGrid > 0) await regionCopies(ctx, set, copySearch, uniformEmb, regionGrid);
   } finally {
     await copySearch.release();
   }
-  lap(run, 'copies', since);
+}
+
+/**
+ * The copies searched by each uniform width in a database of whole-image and region vectors (every distractor's and
+ * every original's, encoded with XL), merged per image with mergeRegionTopK. The penalty is the one that maximises
+ * XL's worst edit on the copies of even-numbered originals; the report holds the odd-numbered ones' results.
+ */
+async function regionCopies(ctx: ModelContext, set: CopySet, wholeSearch: ExactSearch, copyEmb: Map<string, Float32Array>, grid: number): Promise<void> {
+  const { run } = ctx;
+  const { made } = set;
+  const since = performance.now();
+  const size = run.db.data.size;
+  const perRegion = grid * grid;
+  const nImages = run.db.rows.length + set.originalImages.length; // the copies database's rows: distractors, then originals
+  run.progress.start(nImages * perRegion, `region vectors (${ctx.label})`);
+  const enc = new Encoder(ctx.ckpt, ctx.modelPath, { threads: run.settings.threads });
+  let regionEmb: Float32Array;
+  try {
+    const parts = [
+      await encodeRegions(enc, run.db.data.pixels, size, run.db.rows, grid, run.settings.batch, run.progress.tick),
+      await encodeRegions(enc, run.qs.data.pixels, size, set.originalImages, grid, run.settings.batch, run.progress.tick),
+    ];
+    regionEmb = new Float32Array(parts[0].length + parts[1].length);
+    regionEmb.set(parts[0]);
+    regionEmb.set(parts[1], parts[0].length);
+  } finally {
+    await enc.close();
+  }
+  lap(run, 'encodeRegions', since);
+  const regionSearch = await ExactSearch.create(regionEmb, nImages * perRegion, ctx.ckpt.config.width, { k: REGION_K, threads: run.settings.threads });
+  const imageOf = (row: number) => Math.floor(row / perRegion);
+  const target = Int32Array.from(made.original, (o) => run.db.rows.length + o);
+  const names = set.edits.map((e) => e.name);
+  const calibration = Int32Array.from({ length: made.count }, (_, i) => i).filter((i) => made.original[i] % 2 === 0);
+  const heldOut = Int32Array.from({ length: made.count }, (_, i) => i).filter((i) => made.original[i] % 2 === 1);
+  try {
+    const searched = new Map<string, { whole: TopK; regions: TopK }>();
+    for (const [id, emb] of copyEmb) {
+      searched.set(id, { whole: await wholeSearch.search(emb, made.count), regions: await regionSearch.search(emb, made.count) });
+    }
+    const xl = searched.get('XL');
+    if (!xl) return;
+    const sweep: RegionCopiesReport['sweep'] = REGION_PENALTIES.map((penalty) => {
+      const r = copiesRecall(mergeRegionTopK(xl.whole, xl.regions, imageOf, penalty), target, made.edit, names, calibration);
+      const perEdit = names.map((n) => ({ edit: n, recall1: r[n].recall1 }));
+      const worst = perEdit.reduce((a, b) => (b.recall1 < a.recall1 ? b : a));
+      return { penalty, worstEdit: worst.edit, worst: worst.recall1, mean: perEdit.reduce((a, b) => a + b.recall1, 0) / perEdit.length };
+    });
+    const chosen = sweep.reduce((a, b) => (b.worst > a.worst || (b.worst === a.worst && b.mean > a.mean) ? b : a));
+    for (const [id, { whole, regions }] of searched) {
+      ctx.results.get(id)!.copiesRegions = {
+        whole: copiesRecall(whole, target, made.edit, names, heldOut),
+        regions: copiesRecall(mergeRegionTopK(whole, regions, imageOf, chosen.penalty), target, made.edit, names, heldOut),
+      };
+    }
+    ctx.regionCopies = { grid, dbVectors: nImages * perRegion, penalty: chosen.penalty, calibrationCopies: calibration.length, heldOutCopies: heldOut.length, sweep };
+  } finally {
+    await regionSearch.release();
+    lap(run, 'regionCopies', since);
+  }
+}
+
+/** XL embeddings of the grid x grid regions of each image `indices` of `pixels`, image by image, region by region. */
+async function encodeRegions(enc: Encoder, pixels: Uint8Array, size: number, indices: ArrayLike<number>, grid: number, batch: number, onBatch: (n: number) => void): Promise<Float32Array> {
+  const per = size * size * 3;
+  const perRegion = grid * grid;
+  const chunk = Math.max(1, Math.floor(4096 / perRegion)); // images whose regions are held at once
+  const out = new Float32Array(indices.length * perRegion * enc.dim);
+  for (let start = 0; start < indices.length; start += chunk) {
+    const n = Math.min(chunk, indices.length - start);
+    const views = new Uint8Array(n * perRegion * per);
+    for (let i = 0; i < n; i++) {
+      const img = indices[start + i];
+      views.set(regionViews(await doubleSize(pixels.subarray(img * per, (img + 1) * per), size), size, grid), i * perRegion * per);
+    }
+    const emb = await encodeImages(enc, 'XL', views, size, Int32Array.from({ length: n * perRegion }, (_, i) => i), { batch, onBatch });
+    out.set(emb, start * perRegion * enc.dim);
+  }
+  return out;
 }
 
 /** The report's description of the copy set. */
