@@ -105,6 +105,7 @@ async function regionCopies(ctx: ModelContext, set: CopySet, wholeSearch: ExactS
     await enc.close();
   }
   lap(run, 'encodeRegions', since);
+  const searchSince = performance.now();
   const regionSearch = await ExactSearch.create(regionEmb, nImages * perRegion, ctx.ckpt.config.width, { k: REGION_K, threads: run.settings.threads });
   const imageOf = (row: number) => Math.floor(row / perRegion);
   const target = Int32Array.from(made.original, (o) => run.db.rows.length + o);
@@ -134,7 +135,7 @@ async function regionCopies(ctx: ModelContext, set: CopySet, wholeSearch: ExactS
     ctx.regionCopies = { grid, dbVectors: nImages * perRegion, penalty: chosen.penalty, calibrationCopies: calibration.length, heldOutCopies: heldOut.length, sweep };
   } finally {
     await regionSearch.release();
-    lap(run, 'regionCopies', since);
+    lap(run, 'regionCopies', searchSince);
   }
 }
 

@@ -6,7 +6,8 @@ import type { TopK } from './exact-search.ts';
 
 /**
  * Per query, the k best images of `whole` (rows are images) and `regions` (rows map to images through `imageOf`),
- * a region's score lowered by `penalty`; each image once, at its better score. Ties keep the whole-image hit.
+ * a region's score lowered by `penalty`; each image once, at its better score. Ties keep the whole-image hit. The
+ * first place is exact; a later image found by only one list carries that list's score (its other may be higher).
  */
 export function mergeRegionTopK(whole: TopK, regions: TopK, imageOf: (regionRow: number) => number, penalty: number, k = whole.k): TopK {
   if (whole.n !== regions.n) throw new RangeError(`whole has ${whole.n} queries, regions ${regions.n}`);
