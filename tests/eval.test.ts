@@ -237,6 +237,11 @@ test('copies with region vectors: the penalty is the sweep\'s best for XL\'s wor
   // An unedited copy's whole-image similarity is 1: no region (less a penalty) can beat it.
   assert.equal(uniform.find((e) => e.id === 'XL')!.copiesRegions!.regions.identical.recall1, 1);
   const md = fs.readFileSync(result.files!.summary, 'utf8');
+  // the headline's last two columns: XL's mean over edits and worst edit with region vectors
+  const withRegions = Object.entries(uniform.find((e) => e.id === 'XL')!.copiesRegions!.regions).filter(([n]) => n !== 'all');
+  const mean = withRegions.reduce((sum, [, r]) => sum + r.recall1, 0) / withRegions.length;
+  const worst = withRegions.reduce((a, b) => (b[1].recall1 < a[1].recall1 ? b : a));
+  assert.match(md, new RegExp(`\\| \`matvit-tiny\` \\| \`XL\` \\|[^\\n]*\\| ${mean.toFixed(4)} \\| ${worst[0]} \\(${worst[1].recall1.toFixed(3)}\\) \\|\\n`));
   assert.match(md, new RegExp(`### With region vectors in the database[\\s\\S]*penalty of ${rc.penalty}\\.[\\s\\S]*\\| \`matvit-tiny\` \\| \`XL\` \\| regions \\|`));
 });
 

@@ -212,8 +212,8 @@ function copiesSummary(copies: EncoderResult['copies']): { mean: number; worst: 
 
 /**
  * The figures that say whether a cheap query lands where XL does, per uniform width (and model): recall@10 of XL's
- * neighbours, self-retrieval, 1-NN accuracy against XL's, the copies' mean recall@1 over edits and the worst edit;
- * then the best 1-NN accuracy within 60% of XL's FLOPs.
+ * neighbours, self-retrieval, 1-NN accuracy against XL's, the copies' mean recall@1 over edits and the worst edit
+ * (also with region vectors, when the run has them); then the best 1-NN accuracy within 60% of XL's FLOPs.
  */
 export function headline(r: RecallCostResult): string[] {
   const models = modelsOf(r);
@@ -221,19 +221,26 @@ export function headline(r: RecallCostResult): string[] {
   const widths = [...new Set(models.flatMap((m) => m.encoders.filter((e) => e.family === 'uniform').map((e) => e.id)))];
   const rows = widths.flatMap((w) => models.map((m) => ({ m, e: m.encoders.find((x) => x.family === 'uniform' && x.id === w), xl: m.encoders.find((x) => x.family === 'uniform' && x.spec === 'XL') })));
   if (!rows.some(({ e }) => e && (e.all || e.self || e.copies))) return [];
+  const regional = models.some((m) => m.regionCopies);
   const out = ['## Headline figures', ''];
   out.push(
     'Per uniform width: recall@10 of the neighbours XL\'s query finds; self-retrieval R@1 (a stored image, encoded by the query encoder, finds its own XL entry first); ' +
-      '1-NN accuracy and its difference from XL\'s in points; the copies\' mean recall@1 over edit types and the hardest edit.' + (compared ? ' The models\' rows stand side by side.' : ''),
+      '1-NN accuracy and its difference from XL\'s in points; the copies\' mean recall@1 over edit types and the hardest edit' +
+      (regional ? ', over every copy and, with region vectors in the database, over the held-out half\'s (below)' : '') + '.' + (compared ? ' The models\' rows stand side by side.' : ''),
     '',
   );
-  out.push(`| ${[...(compared ? ['model'] : []), 'width', '× XL FLOPs', 'R@10 of XL\'s neighbours', 'self R@1', '1-NN acc', 'vs XL (points)', 'copies R@1, mean over edits', 'worst edit (R@1)'].join(' | ')} |`);
-  out.push(`| ${[...(compared ? ['---'] : []), '---', '---:', '---:', '---:', '---:', '---:', '---:', '---'].join(' | ')} |`);
+  const copiesHead = ['copies R@1, mean over edits', 'worst edit (R@1)', ...(regional ? ['with region vectors: mean', 'worst edit'] : [])];
+  out.push(`| ${[...(compared ? ['model'] : []), 'width', '× XL FLOPs', 'R@10 of XL\'s neighbours', 'self R@1', '1-NN acc', 'vs XL (points)', ...copiesHead].join(' | ')} |`);
+  out.push(`| ${[...(compared ? ['---'] : []), '---', '---:', '---:', '---:', '---:', '---:', ...copiesHead.map((h) => (h.startsWith('worst') ? '---' : '---:'))].join(' | ')} |`);
+  const copiesCells = (c: EncoderResult['copies'] | undefined) => {
+    const summary = copiesSummary(c ?? null);
+    return [f4(summary?.mean), summary ? `${summary.worst.edit} (${f3(summary.worst.recall1)})` : '–'];
+  };
   for (const { m, e, xl } of rows) {
     if (!e) continue;
-    const copies = copiesSummary(e.copies);
     const vsXl = e.all && xl?.all ? ((e.all.accuracy - xl.all.accuracy) * 100).toFixed(2) : '–';
-    out.push(`| ${[...(compared ? [`\`${m.label}\``] : []), `\`${e.id}\``, e.flopsRel.toFixed(3), f4(e.all?.recall10), f4(e.self?.recall1), f4(e.all?.accuracy), vsXl, f4(copies?.mean), copies ? `${copies.worst.edit} (${f3(copies.worst.recall1)})` : '–'].join(' | ')} |`);
+    const copies = [...copiesCells(e.copies), ...(regional ? copiesCells(e.copiesRegions?.regions) : [])];
+    out.push(`| ${[...(compared ? [`\`${m.label}\``] : []), `\`${e.id}\``, e.flopsRel.toFixed(3), f4(e.all?.recall10), f4(e.self?.recall1), f4(e.all?.accuracy), vsXl, ...copies].join(' | ')} |`);
   }
   out.push('');
   for (const m of models) {
