@@ -216,7 +216,6 @@ test('copies task: recall per edit, the unedited copy found by XL', () => {
   const worst = Object.entries(xl).filter(([n]) => n !== 'all').sort((a, b) => a[1].recall1 - b[1].recall1)[0];
   const md = fs.readFileSync(result.files!.summary, 'utf8');
   assert.match(md, new RegExp(`\\| \`matvit-tiny\` \\| \`XL\` \\| 1\\.000 \\| 1\\.0000 \\| 1\\.0000 \\|[^\\n]*\\| ${worst[0]} \\(${worst[1].recall1.toFixed(3)}\\) \\|`));
-
 });
 
 test('copies with region vectors: the penalty is the sweep\'s best for XL\'s worst edit, reported on the other originals', () => {
