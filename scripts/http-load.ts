@@ -133,6 +133,7 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const endAt = t0 + job.seconds * 1000;
+  const totalArrivals = job.rate === undefined ? 0 : Math.floor(job.seconds * job.rate + 1e-9); // open loop
   let lastAnswer = t0;
 
   const result = await new Promise<{ unsent: number }>((resolve) => {
@@ -165,7 +166,8 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
     /** Open loop: every arrival due by now (or by the end), even if a tick came late: a starved client still sends them all. */
     const admit = (now: number) => {
       if (job.rate === undefined) return;
-      const due = Math.floor(((Math.min(now, endAt) - t0) / 1000) * job.rate);
+      // At the end, the run's whole count: (t0 + 500) - t0 can come out one ulp below 500, which lost the last arrival.
+      const due = now >= endAt ? totalArrivals : Math.floor(((now - t0) / 1000) * job.rate);
       for (; arrived < due; arrived++) waiting.push(t0 + (arrived * 1000) / job.rate);
       for (const c of conns) if (!c.busy && waiting.length > 0) dispatch(c, waiting.shift()!);
     };
