@@ -72,7 +72,7 @@ export async function copiesTask(ctx: ModelContext, set: CopySet, regionGrid = D
       if (ref.family === 'uniform') uniformEmb.set(ref.id, emb);
     }
     lap(run, 'copies', since);
-    if (regionGrid > 0) await regionCopies(ctx, set, copySearch, uniformEmb, regionGrid);
+    if (regionGrid > 0) await regionCopies(ctx, set, { target, names }, copySearch, uniformEmb, regionGrid);
   } finally {
     await copySearch.release();
   }
@@ -83,33 +83,36 @@ export async function copiesTask(ctx: ModelContext, set: CopySet, regionGrid = D
  * every original's, encoded with XL), merged per image with mergeRegionTopK. The penalty is the one that maximises
  * XL's worst edit on the copies of even-numbered originals; the report holds the odd-numbered ones' results.
  */
-async function regionCopies(ctx: ModelContext, set: CopySet, wholeSearch: ExactSearch, copyEmb: Map<string, Float32Array>, grid: number): Promise<void> {
+async function regionCopies(
+  ctx: ModelContext,
+  set: CopySet,
+  { target, names }: { target: Int32Array; names: string[] }, // as copiesTask scores the copies
+  wholeSearch: ExactSearch,
+  copyEmb: Map<string, Float32Array>,
+  grid: number,
+): Promise<void> {
   const { run } = ctx;
   const { made } = set;
   const since = performance.now();
   const size = run.db.data.size;
+  const dim = ctx.ckpt.config.width;
   const perRegion = grid * grid;
-  const nImages = run.db.rows.length + set.originalImages.length; // the copies database's rows: distractors, then originals
+  const nDb = run.db.rows.length;
+  const nImages = nDb + set.originalImages.length; // the copies database's rows: distractors, then originals
   run.progress.start(nImages * perRegion, `region vectors (${ctx.label})`);
+  const regionEmb = new Float32Array(nImages * perRegion * dim);
   const enc = new Encoder(ctx.ckpt, ctx.modelPath, { threads: run.settings.threads });
-  let regionEmb: Float32Array;
   try {
-    const parts = [
-      await encodeRegions(enc, run.db.data.pixels, size, run.db.rows, grid, run.settings.batch, run.progress.tick),
-      await encodeRegions(enc, run.qs.data.pixels, size, set.originalImages, grid, run.settings.batch, run.progress.tick),
-    ];
-    regionEmb = new Float32Array(parts[0].length + parts[1].length);
-    regionEmb.set(parts[0]);
-    regionEmb.set(parts[1], parts[0].length);
+    const opts = { grid, batch: run.settings.batch, onBatch: run.progress.tick };
+    await encodeRegions(enc, run.db.data.pixels, size, run.db.rows, regionEmb.subarray(0, nDb * perRegion * dim), opts);
+    await encodeRegions(enc, run.qs.data.pixels, size, set.originalImages, regionEmb.subarray(nDb * perRegion * dim), opts);
   } finally {
     await enc.close();
   }
   lap(run, 'encodeRegions', since);
   const searchSince = performance.now();
-  const regionSearch = await ExactSearch.create(regionEmb, nImages * perRegion, ctx.ckpt.config.width, { k: REGION_K, threads: run.settings.threads });
+  const regionSearch = await ExactSearch.create(regionEmb, nImages * perRegion, dim, { k: REGION_K, threads: run.settings.threads });
   const imageOf = (row: number) => Math.floor(row / perRegion);
-  const target = Int32Array.from(made.original, (o) => run.db.rows.length + o);
-  const names = set.edits.map((e) => e.name);
   const calibration = Int32Array.from({ length: made.count }, (_, i) => i).filter((i) => made.original[i] % 2 === 0);
   const heldOut = Int32Array.from({ length: made.count }, (_, i) => i).filter((i) => made.original[i] % 2 === 1);
   try {
@@ -139,12 +142,13 @@ async function regionCopies(ctx: ModelContext, set: CopySet, wholeSearch: ExactS
   }
 }
 
-/** XL embeddings of the grid x grid regions of each image `indices` of `pixels`, image by image, region by region. */
-async function encodeRegions(enc: Encoder, pixels: Uint8Array, size: number, indices: ArrayLike<number>, grid: number, batch: number, onBatch: (n: number) => void): Promise<Float32Array> {
+/** Writes into `out` the XL embeddings of the grid x grid regions of each image `indices` of `pixels`, image by image, region by region. */
+async function encodeRegions(enc: Encoder, pixels: Uint8Array, size: number, indices: ArrayLike<number>, out: Float32Array, opts: { grid: number; batch: number; onBatch: (n: number) => void }): Promise<void> {
+  const { grid, batch, onBatch } = opts;
   const per = size * size * 3;
   const perRegion = grid * grid;
   const chunk = Math.max(1, Math.floor(4096 / perRegion)); // images whose regions are held at once
-  const out = new Float32Array(indices.length * perRegion * enc.dim);
+  if (out.length !== indices.length * perRegion * enc.dim) throw new RangeError(`room for ${out.length / enc.dim} region vectors, not ${indices.length * perRegion}`);
   for (let start = 0; start < indices.length; start += chunk) {
     const n = Math.min(chunk, indices.length - start);
     const views = new Uint8Array(n * perRegion * per);
@@ -155,7 +159,6 @@ async function encodeRegions(enc: Encoder, pixels: Uint8Array, size: number, ind
     const emb = await encodeImages(enc, 'XL', views, size, Int32Array.from({ length: n * perRegion }, (_, i) => i), { batch, onBatch });
     out.set(emb, start * perRegion * enc.dim);
   }
-  return out;
 }
 
 /** The report's description of the copy set. */
