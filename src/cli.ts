@@ -44,6 +44,7 @@ program
   .option('--nce-temp <x>', 'consistency: InfoNCE temperature (default 0.1)', num)
   .option('--rank-weight <x>', 'consistency: weight of the KL between XL\'s and the student\'s similarity distributions over the batch\'s XL embeddings (default 0: off)', num)
   .option('--rank-temp <x>', 'consistency: temperature of those similarity distributions (default 0.05)', num)
+  .option('--rank-bank <n>', 'consistency: also rank over the XL embeddings of this many recent training images (default 0: the batch alone)', int)
   .option('--copy-crop-area <min,max>', 'consistency: area fraction range of the copy view\'s random crop (default 0.25,1)', (v) => v.split(',').map(num))
   .option('--baseline <ffn>', 'train an ordinary ViT with this one FFN width (S|M|L|XL)')
   .option('--val-size <n>', 'held-out validation images', int)

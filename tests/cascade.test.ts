@@ -124,6 +124,22 @@ describe('calibrating the cascade', () => {
     assert.ok(ev.series.every((p, i) => i === 0 || p.flopsRel >= ev.series[i - 1].flopsRel));
     assert.equal(JSON.parse(JSON.stringify(r)).minMargin, r.minMargin, 'the rule survives calibration.json');
   });
+
+  test('a rule must meet the target by a standard error: a cheap encoder as accurate as XL on average but not on the same queries is not run alone', () => {
+    // Each encoder is right on an independent 70% of the queries and the margins carry no signal, so the cascade
+    // gains accuracy only by escalating. For this seed the cheap encoder alone is within the tolerance of XL's
+    // accuracy on the calibration half, which a rule with no allowance for noise takes.
+    const coin = mulberry32(11);
+    const right = (p: number) => Uint8Array.from({ length: n }, () => (coin() < p ? 1 : 0));
+    const [xlRight, cheapRight] = [right(0.7), right(0.7)];
+    const answer = (ok: Uint8Array) => topk((q, i) => [5 * (i + 1) + ((queryLabels[q] + (i > 0 || ok[q] ? 0 : 1)) % 5), 0.9 - (i === 0 ? 0 : 0.01 + 0.1 * coin())]);
+    const input = { cheap: [{ spec: 'S', flopsRel: 0.5, topk: answer(cheapRight) }], wide: { spec: 'XL', flopsRel: 1, topk: answer(xlRight) }, dbLabels, queryLabels, seed: 1 };
+    const naive = evaluateCascade({ ...input, confidenceSe: 0 }).rule;
+    assert.equal(naive.heldOut.escalated, 0, 'without the allowance the cheap encoder alone passes');
+    const careful = evaluateCascade(input).rule;
+    assert.ok(careful.heldOut.escalated > 0.3, `with it, the rule escalates ${careful.heldOut.escalated} of the queries`);
+    assert.match(careful.target, /by 1 standard error of the paired difference/);
+  });
 });
 
 describe('the cascade on a real store', () => {

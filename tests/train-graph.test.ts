@@ -43,11 +43,12 @@ for (const specs of [['M'], ['S', 'M', 'L', 'XL'], ['S,XL']]) {
 // to XL's embedding, XL held fixed), an InfoNCE between the student on view B and XL on view A, and the ranking term
 // (the student's and XL's similarity distributions over the other images' fixed XL embeddings). tfjs has no stop-gradient, so the fixed XL targets are
 // computed outside the differentiated function: the same semantics.
-for (const student of ['S', 'M,XL']) {
-  test(`consistency step gradients equal tfjs autodiff (student ${student})`, async () => {
+// With a bank, the ranking also runs over stored XL embeddings, of which the masked slots take no part.
+for (const [student, bankSize] of [['S', 0], ['M,XL', 0], ['L', 7]] as const) {
+  test(`consistency step gradients equal tfjs autodiff (student ${student}${bankSize ? `, bank of ${bankSize}` : ''})`, async () => {
     const { params, tensors } = await randomModel(c, 9);
     const B = 5;
-    const w: ConsistencyWeights = { kd: 0.7, kdTemp: 2, cos: 1.3, nce: 0.9, nceTemp: 0.2, rank: 1.1, rankTemp: 0.3 };
+    const w: ConsistencyWeights = { kd: 0.7, kdTemp: 2, cos: 1.3, nce: 0.9, nceTemp: 0.2, rank: 1.1, rankTemp: 0.3, rankBank: bankSize };
     const xA = tf.randomUniform([B, 32, 32, 3], 0, 1, 'float32', 11);
     const xB = tf.randomUniform([B, 32, 32, 3], 0, 1, 'float32', 12);
     const y = tf.oneHot(tf.tensor1d([2, 3, 9, 1, 2], 'int32'), 10).toFloat();
@@ -57,8 +58,12 @@ for (const student of ['S', 'M,XL']) {
     const studentWidths = parseSubmodel(student, c).widths;
     const fixed = forward(params, xA, xlWidths, c); // XL's targets, outside the gradient
     const pXl = tf.softmax(tf.div(fixed.logits!, w.kdTemp));
-    const notSelf = tf.mul(eye, -1e4); // an image's own entry is left out of the ranking
-    const xlScores = tf.add(tf.div(tf.matMul(fixed.embedding, tf.transpose(fixed.embedding)), w.rankTemp), notSelf);
+    const bank = tf.randomNormal([bankSize, c.width], 0, 1, 'float32', 13);
+    const bankZ = tf.div(bank, tf.norm(bank, 2, 1, true)); // unit rows, as stored XL embeddings are
+    const bankBias = tf.tile(tf.tensor2d([Array.from({ length: bankSize }, (_, j) => (j >= 5 ? -1e4 : 0))]), [B, 1]); // two slots unfilled
+    const database = tf.concat([fixed.embedding, bankZ], 0);
+    const notSelf = tf.concat([tf.mul(eye, -1e4), bankBias], 1); // an image's own entry is left out of the ranking
+    const xlScores = tf.add(tf.div(tf.matMul(fixed.embedding, tf.transpose(database)), w.rankTemp), notSelf);
     const pRank = tf.softmax(xlScores);
     const lossFn = (...ps: tf.Tensor[]) => {
       const p = Object.fromEntries(names.map((n, i) => [n, ps[i]]));
@@ -70,7 +75,7 @@ for (const student of ['S', 'M,XL']) {
       const cos = tf.sub(1, tf.mean(tf.sum(tf.mul(s.embedding, fixed.embedding), 1)));
       const sim = tf.div(tf.matMul(b.embedding, tf.transpose(a.embedding)), w.nceTemp);
       const nce = tf.mul(0.5, tf.add(tf.losses.softmaxCrossEntropy(eye, sim), tf.losses.softmaxCrossEntropy(eye, tf.transpose(sim))));
-      const studentScores = tf.add(tf.div(tf.matMul(s.embedding, tf.transpose(fixed.embedding)), w.rankTemp), notSelf);
+      const studentScores = tf.add(tf.div(tf.matMul(s.embedding, tf.transpose(database)), w.rankTemp), notSelf);
       const rank = tf.sub(tf.losses.softmaxCrossEntropy(pRank, studentScores), tf.losses.softmaxCrossEntropy(pRank, xlScores));
       return tf.addN([ce, tf.mul(w.kd * w.kdTemp ** 2, kl), tf.mul(w.cos, cos), tf.mul(w.nce, nce), tf.mul(w.rank, rank)]) as tf.Scalar;
     };
@@ -80,6 +85,10 @@ for (const student of ['S', 'M,XL']) {
     const sess = await ort.InferenceSession.create(g.onnx);
     const nchw = (x: tf.Tensor) => new ort.Tensor('float32', tf.transpose(x, [0, 3, 1, 2]).dataSync() as Float32Array, [B, 3, 32, 32]);
     const feeds: Record<string, ort.Tensor> = { pixels: nchw(xA), pixels_b: nchw(xB), targets: new ort.Tensor('float32', y.dataSync() as Float32Array, [B, 10]) };
+    if (bankSize) {
+      feeds.rank_bank = new ort.Tensor('float32', bankZ.dataSync() as Float32Array, [bankSize, c.width]);
+      feeds.rank_bank_bias = new ort.Tensor('float32', bankBias.dataSync() as Float32Array, [B, bankSize]);
+    }
     for (const n of names) feeds[n] = new ort.Tensor('float32', tensors[n].data, tensors[n].shape);
     const out = await sess.run(feeds);
     const loss = (out.loss.data as Float32Array)[0];
@@ -87,6 +96,11 @@ for (const student of ['S', 'M,XL']) {
     const kd = (out['loss.kd'].data as Float32Array)[0];
     assert.ok(kd > 0, 'the KL term is positive when the widths disagree');
     assert.ok((out['loss.rank'].data as Float32Array)[0] > 0, 'so is the ranking term');
+    if (bankSize) {
+      const ref = fixed.embedding.dataSync();
+      const got = out.embedding_xl.data as Float32Array;
+      assert.ok(ref.every((r, j) => Math.abs(r - got[j]) < 1e-5), 'the step hands back XL\'s embeddings for the bank');
+    }
     assertGradientsMatch(names, grads, out, 2e-4);
   });
 }

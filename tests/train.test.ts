@@ -74,6 +74,22 @@ test('kill -9 mid-run, rerun the same command: it resumes and ends with the unin
   assert.equal(new Set(logged).size, logged.length, 'no step logged twice after the resume');
 });
 
+test('with a ranking bank, a run stopped and resumed ends with the uninterrupted run\'s weights: the bank is part of the state', async () => {
+  const o = { ...common, limit: 300, epochs: 2, objective: 'consistency' as const, rankWeight: 1, rankBank: 48 }; // 48 slots: the ring wraps every 1.5 steps
+  const straight = tmp();
+  await train({ ...o, out: straight } as never);
+  const resumed = tmp();
+  const first = await train({ ...o, out: resumed, maxSteps: 5 } as never);
+  assert.equal(first.finished, false);
+  const state = loadModel(path.join(resumed, STATE_FILE)).metadata;
+  assert.equal(state['train.rank_bank_pushed'], String(5 * 32), 'the bank has taken every step\'s XL embeddings');
+  assert.equal((await train({ ...o, out: resumed } as never)).finished, true);
+  const a = loadModel(path.join(straight, 'model.safetensors')).params;
+  const b = loadModel(path.join(resumed, 'model.safetensors')).params;
+  for (const k of Object.keys(a)) assert.deepEqual(b[k].data, a[k].data, `${k} differs after resume`);
+  assert.ok(steps(straight).every((m) => m.terms.rank > 0), 'every step reports the ranking term');
+});
+
 test('--baseline S trains one fixed width; its other widths are refused at extraction and serving', async () => {
   const out = tmp();
   const r = await train({ ...common, out, epochs: 1, baseline: 'S' } as never);
@@ -97,4 +113,5 @@ test('options that would do nothing are refused: consistency terms without --obj
   assert.match(messages({ copyCropArea: [0.1, 1] }).join(), /--copy-crop-area only apply/);
   assert.match(messages({ objective: 'consistency', copyCropArea: [0.5, 0.2] }).join(), /min above max/);
   assert.match(messages({ objective: 'consistency', baseline: 'S' }).join(), /cannot be combined with --objective consistency/);
+  assert.match(messages({ objective: 'consistency', rankBank: 256 }).join(), /--rank-bank only applies with a --rank-weight above 0/);
 });

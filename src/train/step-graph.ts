@@ -76,6 +76,7 @@ export interface ConsistencyWeights {
   nceTemp: number;
   rank: number; // KL between XL's and the student's similarity distributions over the batch's other XL embeddings
   rankTemp: number;
+  rankBank: number; // XL embeddings of recent batches the ranking also runs over (0: the batch alone)
 }
 
 /** The loss terms a consistency step reports, in output order (`loss.<name>`). */
@@ -90,7 +91,11 @@ export const CONSISTENCY_TERMS = ['ce_xl', 'ce_student', 'kd', 'cos', 'nce', 'ra
  * directions, gradients into both widths): it pulls copies together and ties the student's space to XL's. A
  * ranking term asks more than the cosine: the student's query of A, scored against the batch's XL embeddings, should
  * rank the other images as XL's own query does (KL between the two softmaxes at a temperature, each image's own
- * entry left out), which is what recall of XL's neighbours measures. The student runs once over A and B stacked.
+ * entry left out), which is what recall of XL's neighbours measures. A batch of 128 holds about 13 images of a class,
+ * too few to show a query its ten nearest neighbours among 50,000; with `rankBank` N the ranking also runs over N
+ * XL embeddings of recent batches (inputs `rank_bank` [N, D] and `rank_bank_bias` [B, N]: 0, or -1e4 for a slot
+ * not yet filled), as SEED (Fang et al., 2021) distils a teacher's similarities over a queue; the step then outputs
+ * `embedding_xl` to fill it. The student runs once over A and B stacked.
  * Outputs: loss, logits_0 (XL), logits_1 (student on A), each term, the gradients.
  */
 export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWidths: number[], w: ConsistencyWeights): TrainGraph {
@@ -136,10 +141,13 @@ export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWid
     terms.nce = op.scale(g, bothWays, 0.5);
   }
   if (w.rank > 0) {
-    const database = op.stopGradient(g, zXl); // XL's embeddings of the batch: the stored side of a search
-    const self = diagonal(-1e4); // each image's own entry left out of the ranking
-    const scores = (queries: V) => op.add(g, op.scale(g, op.matmul(g, queries, op.transpose(g, database, [1, 0])), 1 / w.rankTemp), self);
-    const xlScores = scores(database);
+    // The stored side of a search: XL's embeddings of the batch (each image's own entry left out), then the bank's.
+    const xlQueries = op.stopGradient(g, zXl);
+    const bank = w.rankBank > 0 ? { z: g.input('rank_bank', [w.rankBank, c.width]), bias: g.input('rank_bank_bias', [batch, w.rankBank]) } : undefined;
+    const database = bank ? op.concat(g, [xlQueries, bank.z], 0) : xlQueries;
+    const bias = bank ? op.concat(g, [diagonal(-1e4), bank.bias], 1) : diagonal(-1e4);
+    const scores = (queries: V) => op.add(g, op.scale(g, op.matmul(g, queries, op.transpose(g, database, [1, 0])), 1 / w.rankTemp), bias);
+    const xlScores = scores(xlQueries);
     const pXl = g.node('Softmax', [xlScores], xlScores.shape, { axis: -1 });
     terms.rank = op.sub(g, op.crossEntropy(g, scores(op.slice(g, zStudent, 0, 0, batch)), pXl), op.crossEntropy(g, xlScores, pXl));
   }
@@ -148,10 +156,12 @@ export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWid
   g.output(loss, 'loss');
   g.output(xl.logits!, 'logits_0');
   g.output(studentLogits, 'logits_1');
+  const bankFill = w.rank > 0 && w.rankBank > 0 ? ['embedding_xl'] : [];
+  if (bankFill.length) g.output(zXl, 'embedding_xl');
   for (const t of CONSISTENCY_TERMS) g.output(terms[t], `loss.${t}`);
   const paramNames = W.inputs.map((v) => v.name);
   grads.forEach((d, i) => g.output(d, `grad.${paramNames[i]}`));
-  return { onnx: g.toBytes({}, 'matvit_consistency_step'), paramNames, outputs: ['loss', 'logits_0', 'logits_1', ...CONSISTENCY_TERMS.map((t) => `loss.${t}`), ...paramNames.map((n) => `grad.${n}`)] };
+  return { onnx: g.toBytes({}, 'matvit_consistency_step'), paramNames, outputs: ['loss', 'logits_0', 'logits_1', ...bankFill, ...CONSISTENCY_TERMS.map((t) => `loss.${t}`), ...paramNames.map((n) => `grad.${n}`)] };
 }
 
 /** Forward only, dynamic batch, weights as inputs: logits and features of each submodel (validation during training). */

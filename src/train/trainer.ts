@@ -48,6 +48,7 @@ export const TrainOptions = z.object({
   nceTemp: z.number().positive().optional(),
   rankWeight: z.number().nonnegative().optional(),
   rankTemp: z.number().positive().optional(),
+  rankBank: z.number().int().nonnegative().optional(), // XL embeddings of recent batches the ranking also runs over
   studentProbs: z.array(z.number().nonnegative()).length(4).optional(), // the student width's sampling (S/M/L/XL)
   copyCropArea: z.tuple([z.number().gt(0).max(1), z.number().gt(0).max(1)]).refine(([a, b]) => a <= b, 'min above max').optional(), // the copy view's crop area range
   init: z.string().optional(), // start from this model's weights (fine-tuning) instead of a fresh initialisation
@@ -63,9 +64,10 @@ export const TrainOptions = z.object({
   logEvery: z.number().int().positive().default(20), // steps between metrics.jsonl lines
 }).superRefine((o, ctx) => {
   // Options that would do nothing are refused rather than silently entering the run's identity.
-  const flags = { kdWeight: '--kd-weight', kdTemp: '--kd-temp', cosWeight: '--cos-weight', nceWeight: '--nce-weight', nceTemp: '--nce-temp', rankWeight: '--rank-weight', rankTemp: '--rank-temp', studentProbs: '--student-probs', copyCropArea: '--copy-crop-area' } as const;
+  const flags = { kdWeight: '--kd-weight', kdTemp: '--kd-temp', cosWeight: '--cos-weight', nceWeight: '--nce-weight', nceTemp: '--nce-temp', rankWeight: '--rank-weight', rankTemp: '--rank-temp', rankBank: '--rank-bank', studentProbs: '--student-probs', copyCropArea: '--copy-crop-area' } as const;
   const given = Object.entries(flags).filter(([k]) => o[k as keyof typeof flags] !== undefined).map(([, f]) => f);
   if (o.objective !== 'consistency' && given.length) ctx.addIssue({ code: 'custom', path: ['objective'], message: `${given.join(', ')} only apply to --objective consistency` });
+  if (o.rankBank && !o.rankWeight) ctx.addIssue({ code: 'custom', path: ['rankBank'], message: '--rank-bank only applies with a --rank-weight above 0' });
   if (o.objective === 'consistency' && o.baseline) ctx.addIssue({ code: 'custom', path: ['baseline'], message: 'a baseline trains one width: it cannot be combined with --objective consistency' });
 });
 export type TrainOptions = z.infer<typeof TrainOptions>;
@@ -74,7 +76,7 @@ const VOLATILE: (keyof TrainOptions)[] = ['checkpointMinutes', 'threads', 'maxSt
 
 /** The consistency objective's settings, defaults filled in (recorded in the model's metadata and the model card). */
 export function consistencySettings(o: TrainOptions): ConsistencyWeights & { studentProbs: number[]; copyCropArea: readonly [number, number] } {
-  return { kd: o.kdWeight ?? 1, kdTemp: o.kdTemp ?? 2, cos: o.cosWeight ?? 1, nce: o.nceWeight ?? 1, nceTemp: o.nceTemp ?? 0.1, rank: o.rankWeight ?? 0, rankTemp: o.rankTemp ?? 0.05, studentProbs: o.studentProbs ?? [0.35, 0.2, 0.2, 0.25], copyCropArea: o.copyCropArea ?? COPY_EDITS.crop.area };
+  return { kd: o.kdWeight ?? 1, kdTemp: o.kdTemp ?? 2, cos: o.cosWeight ?? 1, nce: o.nceWeight ?? 1, nceTemp: o.nceTemp ?? 0.1, rank: o.rankWeight ?? 0, rankTemp: o.rankTemp ?? 0.05, rankBank: o.rankBank ?? 0, studentProbs: o.studentProbs ?? [0.35, 0.2, 0.2, 0.25], copyCropArea: o.copyCropArea ?? COPY_EDITS.crop.area };
 }
 
 export const STATE_FILE = 'train-state.safetensors';
@@ -88,6 +90,13 @@ interface RunState {
   m: TensorMap;
   v: TensorMap;
   val: Record<string, number>;
+  bank?: RankBank;
+}
+
+/** A ring of XL embeddings from recent steps (--rank-bank), part of the state so that a resumed run matches. */
+interface RankBank {
+  z: Float32Array; // [size, D]
+  pushed: number; // embeddings written since the start; slot (pushed % size) is the next one written
 }
 
 function modelConfig(o: TrainOptions): MatViTConfig {
@@ -102,7 +111,8 @@ function identity(o: Record<string, unknown>): string {
 function freshState(c: MatViTConfig, o: TrainOptions): RunState {
   const params = o.init ? initialWeights(o.init, c) : toTensorMap(initParams(c, o.seed));
   const zeros = () => Object.fromEntries(Object.entries(params).map(([k, t]) => [k, { shape: t.shape, data: new Float32Array(t.data.length) }]));
-  return { step: 0, elapsedSec: 0, params, m: zeros(), v: zeros(), val: {} };
+  const bank = o.rankBank ? { z: new Float32Array(o.rankBank * c.width), pushed: 0 } : undefined;
+  return { step: 0, elapsedSec: 0, params, m: zeros(), v: zeros(), val: {}, bank };
 }
 
 /** Weights to fine-tune from: a trained MatViT of the same configuration, with its classification head. */
@@ -128,13 +138,19 @@ function loadState(file: string, o: TrainOptions): RunState {
       if (!t) throw new CheckpointError(`${file}: optimiser state adam.${kind}.${k} is missing`);
       return [k, t];
     }));
-  return { step: Number(ckpt.metadata['train.step']), elapsedSec: Number(ckpt.metadata['train.elapsed_sec']), params: ckpt.params, m: moments('m'), v: moments('v'), val: JSON.parse(ckpt.metadata['train.val'] ?? '{}') };
+  let bank: RankBank | undefined;
+  if (o.rankBank) {
+    if (!tensors['rank.bank']) throw new CheckpointError(`${file}: the ranking bank rank.bank is missing`);
+    bank = { z: tensors['rank.bank'].data, pushed: Number(ckpt.metadata['train.rank_bank_pushed']) };
+  }
+  return { step: Number(ckpt.metadata['train.step']), elapsedSec: Number(ckpt.metadata['train.elapsed_sec']), params: ckpt.params, m: moments('m'), v: moments('v'), val: JSON.parse(ckpt.metadata['train.val'] ?? '{}'), bank };
 }
 
 function saveState(dir: string, o: TrainOptions, c: MatViTConfig, s: RunState): void {
   const tensors: TensorMap = { ...s.params };
   for (const [k, t] of Object.entries(s.m)) tensors[`adam.m.${k}`] = t;
   for (const [k, t] of Object.entries(s.v)) tensors[`adam.v.${k}`] = t;
+  if (s.bank) tensors['rank.bank'] = { shape: [s.bank.z.length / c.width, c.width], data: s.bank.z };
   saveSafetensors(path.join(dir, STATE_FILE), tensors, {
     format: 'matvit/1',
     config: JSON.stringify(c),
@@ -142,6 +158,7 @@ function saveState(dir: string, o: TrainOptions, c: MatViTConfig, s: RunState): 
     'train.elapsed_sec': s.elapsedSec.toFixed(1),
     'train.options': identity(o),
     'train.val': JSON.stringify(s.val),
+    ...(s.bank ? { 'train.rank_bank_pushed': String(s.bank.pushed) } : {}),
   });
 }
 
@@ -325,8 +342,10 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
         ...paramFeeds(names, s.params),
         ...(await pixelFeeds(idx, rand)),
         targets: new ort.Tensor('float32', smoothedTargets(labels, c.numClasses, o.labelSmoothing), [o.batchSize, c.numClasses]),
+        ...(s.bank ? bankFeeds(s.bank, o.batchSize, c.width) : {}),
       };
       const out = await (await session(specs)).run(feeds);
+      if (s.bank) pushToBank(s.bank, out['embedding_xl'].data as Float32Array, c.width);
       const loss = (out.loss.data as Float32Array)[0] / (consistency ? 1 : specs.length);
       const terms = consistency ? Object.fromEntries(CONSISTENCY_TERMS.map((t) => [t, +(out[`loss.${t}`].data as Float32Array)[0].toFixed(5)])) : undefined;
       if (!Number.isFinite(loss)) throw new Error(`loss is ${loss} at step ${s.step}: stopping without saving this step`);
@@ -362,6 +381,20 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   }
   if (stopSignal) logger.warn({ step: s.step, signal: stopSignal }, 'stopped by signal; checkpoint saved, rerun the same command to resume');
   return { step: s.step, totalSteps, finished: s.step >= totalSteps, val: s.val };
+}
+
+/** The bank and its mask: a slot not yet written scores -1e4, so it takes no part in either ranking. */
+function bankFeeds(bank: RankBank, batch: number, D: number): Record<string, ort.Tensor> {
+  const size = bank.z.length / D;
+  const bias = new Float32Array(batch * size);
+  for (let slot = Math.min(bank.pushed, size); slot < size; slot++) for (let b = 0; b < batch; b++) bias[b * size + slot] = -1e4;
+  return { rank_bank: new ort.Tensor('float32', bank.z, [size, D]), rank_bank_bias: new ort.Tensor('float32', bias, [batch, size]) };
+}
+
+/** Writes this step's XL embeddings over the oldest slots. */
+function pushToBank(bank: RankBank, embeddings: Float32Array, D: number): void {
+  const size = bank.z.length / D;
+  for (let b = 0; b < embeddings.length / D; b++, bank.pushed++) bank.z.set(embeddings.subarray(b * D, (b + 1) * D), (bank.pushed % size) * D);
 }
 
 function trainAccuracy(logits: Float32Array, labels: Int32Array, classes: number): number {
