@@ -85,7 +85,7 @@ describe('store', () => {
       assert.equal(store.insertImageWithEmbedding(image(6), MODEL, v1).id, 5);
       const stats = store.stats();
       assert.equal(stats.images, 3);
-      assert.deepEqual(stats.models.find((m) => m.modelId === MODEL), { modelId: MODEL, embeddings: 3, dim: 8, generation: 5 });
+      assert.deepEqual(stats.models.find((m) => m.modelId === MODEL), { modelId: MODEL, embeddings: 3, regionVectors: 0, dim: 8, generation: 5 });
     } finally {
       store.close();
     }
@@ -277,6 +277,65 @@ describe('HNSW index', () => {
     assert.equal(hnsw.search(b, 1)[0].id, 2);
     assert.throws(() => hnsw.add(3, new Float32Array(4)), /zero or non-finite vector/);
     assert.throws(() => hnsw.add(3, new Float32Array(5)), /5 dimensions, the index has 4/);
+  });
+
+  test('region vectors have their own derived HNSW file: saved with the index, loaded, rebuilt from the store when missing', () => {
+    const dir = newDir();
+    const R = 4;
+    const vecs = randomVectors(50, 32, 7);
+    const regions = randomVectors(50 * R, 32, 8);
+    const flat = (i: number) => {
+      const out = new Float32Array(R * 32);
+      for (let r = 0; r < R; r++) out.set(regions[i * R + r], r * 32);
+      return out;
+    };
+    let ix = openIndex(dir, MODEL, 32, { writer: true });
+    addEmbeddings(ix, vecs.slice(0, 20).map((vector, i) => ({ image: image(i), vector }))); // no regions yet
+    assert.equal(ix.regions, null);
+    addEmbeddings(ix, vecs.slice(20).map((vector, j) => ({ image: image(20 + j), vector, regions: flat(20 + j) })));
+    addEmbeddings(ix, [{ image: image(3), vector: vecs[3], regions: flat(3) }]); // a stored image gains its regions
+    deleteImages(ix, [ix.store.findByHash(image(25).contentHash)!.id]);
+    const queries = [3, 21, 30, 49].map((i) => regions[i * R + 1]);
+    const search = (h: IndexHandle) => queries.map((q) => h.regions!.hnsw.search(q, 5).map((hit) => hit.id));
+    const before = search(ix);
+    assert.deepEqual(before.map((ids) => Math.floor(ids[0] / R)), [3, 21, 30, 49].map((i) => ix.store.findByHash(image(i).contentHash)!.id));
+    assert.equal(ix.regions!.hnsw.size, 31 * R - R);
+    closeIndex(ix);
+    const regionFile = ix.regions!.file;
+    assert.ok(fs.existsSync(regionFile) && fs.existsSync(sidecarPath(regionFile)) && regionFile !== ix.file);
+
+    ix = openIndex(dir, MODEL, 32);
+    assert.deepEqual(search(ix), before, 'the saved file, loaded');
+    closeIndex(ix);
+    const store = ImageStore.open(dir);
+    try {
+      assert.equal(JSON.parse(fs.readFileSync(sidecarPath(regionFile), 'utf8')).count, 30 * R);
+    } finally {
+      store.close();
+    }
+    fs.rmSync(regionFile);
+    ix = openIndex(dir, MODEL, 32, { writer: true });
+    assert.deepEqual(search(ix), before, 'rebuilt from the store');
+    closeIndex(ix);
+    assert.ok(fs.existsSync(regionFile), 'a writer saves the rebuilt file');
+  });
+
+  test('a version 4 store gains the region vector table on open', () => {
+    const dir = newDir();
+    ImageStore.open(dir, { writer: true }).close();
+    const db = new Database(path.join(dir, 'store.sqlite'));
+    db.exec('DROP TABLE region_embeddings');
+    db.pragma('user_version = 4');
+    db.close();
+    const store = ImageStore.open(dir, { writer: true });
+    try {
+      assert.equal(store.stats().schemaVersion, SCHEMA_VERSION);
+      const [v] = randomVectors(2, 8, 9);
+      store.addBatch([{ image: image(1), vector: v, regions: Float32Array.from([...v, ...v]) }], MODEL);
+      assert.deepEqual([store.regionsPerImage(MODEL), store.regionCount(MODEL)], [2, 2]);
+    } finally {
+      store.close();
+    }
   });
 
   test('a missing index file or a stale sidecar triggers a rebuild with the same results', () => {

@@ -11,6 +11,7 @@ import zlib from 'node:zlib';
 import sharp from 'sharp';
 import tar from 'tar-stream';
 import { acceptedFormat } from '../src/data/formats.ts';
+import { regionViews } from '../src/data/regions.ts';
 import { MAX_IMAGE_BYTES, decodeImage } from '../src/data/images.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { TINY_CONFIG } from '../src/encoder/config.ts';
@@ -376,6 +377,49 @@ describe('search', () => {
       assert.deepEqual(byId.results.map((r) => r.id), res.results.slice(1, 5).map((r) => r.id));
       assert.deepEqual(byId.cost, { ffn: 'XL', flops: 0, encodeMs: 0, searchMs: byId.cost.searchMs });
       await assert.rejects(searchById(embedded(h), 12345, {}), NotFoundError);
+    } finally {
+      h.close();
+    }
+  });
+});
+
+describe('region vectors', () => {
+  test('--regions: each image gets grid² region vectors; a region of an image finds it; a rerun gives them to images indexed without; uploads get them too', { timeout: 60_000 }, async () => {
+    const dir = fs.mkdtempSync(path.join(tmp, 'regions-src-'));
+    const size = encoder.config.imageSize;
+    for (let i = 0; i < 6; i++) await raw(48, 40, 900 + i).png().toFile(path.join(dir, `img${i}.png`));
+    const h = open(newStore());
+    const store = embedded(h);
+    try {
+      const first = await indexSources(store, encoder, [path.join(dir, 'img0.png'), path.join(dir, 'img1.png')]); // no regions
+      assert.equal(first.indexed, 2);
+      assert.equal(await store.regionsPerImage(), null);
+      const r = await indexSources(store, encoder, [dir], { regionGrid: 2 });
+      assert.deepEqual([r.indexed, r.duplicates], [6, 0], 'the two indexed before count: they gained their regions');
+      assert.equal(await store.regionsPerImage(), 4);
+      assert.equal((await store.stats()).models[0].regionVectors, 6 * 4);
+      const again = await indexSources(store, encoder, [dir], { regionGrid: 2 });
+      assert.deepEqual([again.indexed, again.duplicates], [0, 6]);
+      await assert.rejects(indexSources(store, encoder, [dir], { regionGrid: 3 }), /2x2 grid, not 3x3/);
+
+      // Image 3's bottom-right region, as a query: the pixels the indexer encoded for it, so its similarity is 1. (With
+      // random weights every image is close to every other, so no penalty: this checks the pipeline, not the model.)
+      const bytes = fs.readFileSync(path.join(dir, 'img3.png'));
+      const double = await decodeImage(bytes, 2 * size);
+      const region = regionViews(double.pixels, size, 2).subarray(3 * size * size * 3);
+      const id3 = (await store.findByHash(contentHash(bytes)))!.row.id;
+      const encode = (px: Uint8Array, spec: string) => encoder.encode([px], spec).then((e) => e[0]);
+      const found = await searchByPixels(store, encode, region, { k: 3, regionPenalty: 0 });
+      assert.equal(found.results[0].id, id3);
+      assert.ok(found.results[0].score > 0.9999, `score ${found.results[0].score}`);
+      assert.ok((await searchByPixels(store, encode, region, { k: 3 })).results.every((hit) => hit.score < 0.9999), 'the whole-image vectors alone do not hold it');
+
+      // An upload to a store that holds region vectors gets them, without being asked.
+      const upload = await raw(40, 40, 950).png().toBuffer();
+      const [added] = await indexBuffers(store, encoder, [{ name: 'up.png', bytes: upload }]);
+      assert.ok('id' in added && added.created);
+      assert.equal((await store.findByHash(contentHash(upload)))?.regions, true);
+      assert.equal((await store.stats()).models[0].regionVectors, 7 * 4);
     } finally {
       h.close();
     }

@@ -163,12 +163,20 @@ describe('the commands on a PostgreSQL store', () => {
     assert.equal(nb.stdout.split('\n')[0], na.stdout.split('\n')[0]);
     assertUsageError(await run(['search', query, '--where', 'colour=red', '--store', pgs.url, '--model', model]), /^matvit: .*unknown filter "colour"/m, 'a malformed filter on PostgreSQL');
 
+    // Region vectors: the images indexed before get theirs; both stores then search with them and agree.
+    const [ga0, gb0] = await both(['index', folder, '--regions', '2', '--threads', '1', '--json']);
+    assert.deepEqual([json(ga0).indexed, json(gb0).indexed], [ra.indexed, ra.indexed]);
+    const [qa, qb] = await both(['search', query, '--k', '5', '--json']);
+    const ids = (r: Run) => json(r).results.map((h: { id: number; score: number }) => [h.id, h.score.toFixed(4)]);
+    assert.deepEqual(ids(qb), ids(qa), 'search with region vectors');
+
     const [sa, sb] = await both(['stats', '--json']);
     const pick = (r: Run) => {
       const s = json(r);
-      return [s.images, s.labelled, s.thumbnails, s.originals, s.models.map((m: { modelId: string; embeddings: number; current: boolean }) => [m.modelId, m.embeddings, m.current])];
+      return [s.images, s.labelled, s.thumbnails, s.originals, s.models.map((m: { modelId: string; embeddings: number; regionVectors: number; current: boolean }) => [m.modelId, m.embeddings, m.regionVectors, m.current])];
     };
     assert.deepEqual(pick(sb), pick(sa));
+    assert.equal(json(sa).models[0].regionVectors, 4 * ra.indexed);
     assert.match((await run(['stats', '--store', pgs.url, '--model', model])).stdout, /pgvector HNSW index in the database, M 16, ef-construction 128/);
 
     const [da, db] = await both(['rm', '3', '7', '--json']);
@@ -288,6 +296,12 @@ describe('distributed indexing', () => {
     const again = await run(['index', DEMO_GALLERY, '--queue', redis.url, '--store', pgs.url, '--model', model, '--json']);
     assert.deepEqual((({ indexed, duplicates, jobs }) => ({ indexed, duplicates, jobs }))(JSON.parse(again.stdout)), { indexed: 0, duplicates: 10_000, jobs: report.jobs });
     assert.equal((await sql<{ n: number }>('SELECT count(*)::int AS n FROM images'))[0].n, expected.size);
+
+    // With --regions the same images are new jobs, whose workers give each image its region vectors.
+    const regions = await run(['index', folder, '--regions', '2', '--queue', redis.url, '--store', pgs.url, '--model', model, '--json']);
+    assert.equal(regions.code, 0, regions.stderr);
+    assert.deepEqual((({ indexed, duplicates }) => ({ indexed, duplicates }))(JSON.parse(regions.stdout)), { indexed: FOLDER_IMAGES, duplicates: 0 });
+    assert.equal((await sql<{ n: number }>('SELECT count(*)::int AS n FROM region_embeddings_1'))[0].n, 4 * FOLDER_IMAGES);
 
     // The others stop cleanly on SIGTERM.
     for (const w of workers.slice(1)) w.child.kill('SIGTERM');

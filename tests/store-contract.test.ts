@@ -372,6 +372,51 @@ for (const backend of backends) {
         assert.ok(recall >= 0.95, `recall@10 ${recall}`);
       }));
 
+    test('region vectors: an image is found by its best region less the penalty, each image once; deletes take them too', () =>
+      withStore(async (store) => {
+        const R = 4;
+        const whole = randomVectors(8, DIM, 40);
+        const regions = randomVectors(8 * R, DIM, 41);
+        const regionsOf = (i: number) => {
+          const flat = new Float32Array(R * DIM);
+          for (let r = 0; r < R; r++) flat.set(regions[i * R + r], r * DIM);
+          return flat;
+        };
+        assert.equal(await store.regionsPerImage(), null);
+        const ids = (await store.add([...Array(8).keys()].map((i) => ({ image: image(i), vector: whole[i], ...(i < 7 ? { regions: regionsOf(i) } : {}) })))).map((r) => r.id);
+        assert.equal(await store.regionsPerImage(), R);
+        assert.equal((await store.stats()).models[0].regionVectors, 7 * R);
+
+        const query = regions[2 * R + 3]; // image 2's last region, as a crop of it would encode
+        const plain = await store.nearest(query, 3);
+        const exact = bruteForceTopK(Float32Array.from(whole.flatMap((v) => [...v])), 8, DIM, query, 1, 3);
+        assert.deepEqual(plain.map((h) => h.id), [...exact.indices].map((i) => ids[i]), 'without a penalty, whole-image vectors only');
+        const merged = await store.nearest(query, 3, undefined, null, 0.1);
+        assert.equal(merged[0].id, ids[2]);
+        assert.ok(Math.abs(merged[0].score - 0.9) < 1e-4, `the region's similarity less the penalty: ${merged[0].score}`);
+        assert.equal(new Set(merged.map((h) => h.id)).size, 3, 'each image once');
+        assert.ok(merged.every((h, j) => j === 0 || h.score <= merged[j - 1].score));
+        assert.deepEqual((await store.nearest(query, 3, undefined, null, 5)).map((h) => h.id), plain.map((h) => h.id), 'a large penalty gives back the whole-image ranking');
+        const cats = await store.nearest(query, 3, undefined, parseWhere(['label=cat']), 0.1); // image 2 is a dog
+        assert.ok(cats.length > 0 && !cats.some((h) => h.id === ids[2]), 'a filter holds for region hits too');
+
+        // An image stored without regions gains them; every image of the model has the same number.
+        const known = await store.findByHash(image(7).contentHash);
+        assert.deepEqual([known?.indexed, known?.regions], [true, false]);
+        const again = await store.add([{ image: image(7), vector: whole[7], regions: regionsOf(7) }]);
+        assert.deepEqual([again[0].id, again[0].embeddingAdded, again[0].regionsAdded], [ids[7], false, true]);
+        assert.equal((await store.findByHash(image(7).contentHash))?.regions, true);
+        assert.equal((await store.add([{ image: image(7), vector: whole[7], regions: regionsOf(7) }]))[0].regionsAdded, undefined, 'kept, not added twice');
+        assert.equal((await store.nearest(regions[7 * R], 1, undefined, null, 0.1))[0].id, ids[7]);
+        await assert.rejects(store.add([{ image: image(20), vector: whole[0], regions: regions[0] }]), (e: Error) => e instanceof StoreError && /4 region vectors per image/.test(e.message));
+        await assert.rejects(store.add([{ image: image(21), vector: whole[0], regions: new Float32Array(R * DIM - 1) }]), StoreError);
+        assert.equal((await store.rows([ids[0]])).length, 1);
+
+        await store.delete([ids[2]]);
+        assert.ok(!(await store.nearest(query, 3, undefined, null, 0.1)).some((h) => h.id === ids[2]), 'a deleted image\'s regions are gone');
+        assert.equal((await store.stats()).models[0].regionVectors, 7 * R);
+      }));
+
     test('a store built for a model of another dimension is refused', async () => {
       const location = await withStore(async (store, loc) => {
         await store.add([{ image: image(1), vector: randomVectors(1, DIM, 12)[0] }]);

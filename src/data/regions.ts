@@ -3,8 +3,6 @@
 // came from, so a database that also holds region embeddings finds the original of such a crop.
 // A region is cut from the image decoded at twice the model's size, so it needs no second resize: decodeImage(bytes,
 // 2 * size) gives the same pixels as upscaling decodeImage(bytes, size) when the file is already size x size.
-import sharp from 'sharp';
-
 /** Regions per side by default: 3 x 3 half-side squares, their corners a quarter of the side apart. */
 export const DEFAULT_REGION_GRID = 3;
 
@@ -39,6 +37,7 @@ export function regionViews(double: Uint8Array, size: number, grid = DEFAULT_REG
 /** Upscales a size x size RGB image to 2 * size with decodeImage's resize, for images held only at model size. */
 export async function doubleSize(pixels: Uint8Array, size: number): Promise<Uint8Array> {
   const raw = { width: size, height: size, channels: 3 as const };
+  const { default: sharp } = await import('sharp'); // here only: the CLI imports this module for its constants
   const data = await sharp(pixels, { raw }).resize(2 * size, 2 * size, { fit: 'cover', position: 'centre' }).raw().toBuffer();
   return new Uint8Array(data.buffer, data.byteOffset, data.length);
 }

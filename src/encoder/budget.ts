@@ -40,6 +40,8 @@ export interface Calibration {
   cascade?: CascadeCalibration;
   /** Each uniform width's HNSW search beam, from the evaluation's ef sweep (src/eval/hnsw.ts chooseSearchEf). */
   search?: SearchCalibration;
+  /** Region vectors (src/data/regions.ts): the penalty a region's similarity takes, chosen by the copies task. */
+  regions?: { grid: number; penalty: number };
   /** Set by loadCalibration when the caller's modelId differs from the one the file was measured for. */
   stale?: boolean;
 }
@@ -120,8 +122,20 @@ export function parseCalibration(text: string, source = 'calibration'): Calibrat
   if (c.search !== undefined && !(c.search && typeof c.search.ef === 'object' && Object.values(c.search.ef).every((ef) => Number.isInteger(ef) && ef > 0))) {
     throw new CalibrationError(`${source}: bad search ef ${JSON.stringify(c.search)}`);
   }
+  if (c.regions !== undefined && !(Number.isInteger(c.regions?.grid) && c.regions.grid > 0 && c.regions.penalty >= 0 && Number.isFinite(c.regions.penalty))) {
+    throw new CalibrationError(`${source}: bad regions ${JSON.stringify(c.regions)}`);
+  }
   c.frontier.sort((a, b) => a.flops - b.flops);
   return c;
+}
+
+// The penalty chosen for the shipped MatViT v4 when a calibration has none (reports/cifar10-regions: 0.10, where
+// XL's worst copy edit was best on the calibration half).
+const DEFAULT_REGION_PENALTY = 0.1;
+
+/** What a region's similarity is lowered by when a search merges region vectors (src/index/region-merge.ts). */
+export function regionPenaltyOf(cal: Calibration): number {
+  return cal.regions?.penalty ?? DEFAULT_REGION_PENALTY;
 }
 
 /** The fields auto reads from a cascade (a hand-edited file must fail at load, not on the first auto query). */

@@ -26,6 +26,7 @@ export function toCalibration(r: RecallCostResult): Calibration {
     notes: r.notes.filter((n) => /trustworthy|subset/.test(n)),
     frontier,
     ...(r.cascade ? { cascade: r.cascade.rule } : {}),
+    ...(r.regionCopies ? { regions: { grid: r.regionCopies.grid, penalty: r.regionCopies.penalty } } : {}),
     ...(r.hnsw?.searchEf ? { search: { ef: r.hnsw.searchEf, tolerance: r.hnsw.searchEfTolerance!, dbSize: r.hnsw.dbSize, M: r.hnsw.params.M, efConstruction: r.hnsw.params.efConstruction } } : {}),
   };
 }

@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
+import { DEFAULT_REGION_GRID } from '../data/regions.ts';
 import { UsageError } from '../errors.ts';
 import type { Encoder } from '../encoder/runtime.ts';
 import type { IndexReport } from './indexer.ts';
@@ -73,6 +74,7 @@ export function registerIndexCommands(program: Command): void {
     .option('--batch-size <n>', 'images per encoder run', positiveInt('batch size', 4096), 64)
     .option('--threads <n>', 'encoder threads, each a worker with a one-thread session (default: all cores when the machine is idle, else 1)', positiveInt('threads', 256))
     .option('--json', 'print the report as JSON')
+    .option('--regions [grid]', `also store region vectors, a grid x grid of half-side squares per image (default ${DEFAULT_REGION_GRID}): a crop of an image then finds it; ten times the encoding`, positiveInt('region grid', 8))
     .option('--queue <url>', 'enqueue the work for `matvit worker` processes on this Redis (redis://HOST:PORT) instead of indexing here; needs a PostgreSQL --store')
     .option('--queue-name <name>', 'BullMQ queue name, the same for the workers (default matvit-index)')
     .option('--job-size <n>', 'with --queue: images per job', positiveInt('job size', 4096), 64)
@@ -80,13 +82,15 @@ export function registerIndexCommands(program: Command): void {
       'after',
       `
 Images already indexed with the same model (same content) are skipped, so a rerun after Ctrl-C or a crash indexes
-only the rest. Bad files are listed with their reason and never stop the job. With --queue, jobs are named after
+only the rest; with --regions, images indexed without region vectors get them. Once a store holds region vectors,
+every image added to it (by index, upload or worker) gets them too. Bad files are listed with their reason and never stop the job. With --queue, jobs are named after
 what they hold, so enqueueing the same sources again adds nothing; Ctrl-C stops waiting, the workers go on.
 ${EXIT_HELP} 3: nothing could be indexed (no image found, or every file failed); 5: a folder or archive could
 not be read (whole, or past some point: listed, everything else is indexed); 130: interrupted (what was committed
 is kept). Some files failing still exits 0: they are listed in the summary.`,
     )
-    .action(async (paths: string[], opts: CommonOptions & { batchSize: number; threads?: number; queue?: string; queueName?: string; jobSize: number }) => {
+    .action(async (paths: string[], given: CommonOptions & { batchSize: number; threads?: number; queue?: string; queueName?: string; jobSize: number; regions?: number | true }) => {
+      const opts = { ...given, regionGrid: given.regions === true ? DEFAULT_REGION_GRID : given.regions };
       for (const p of paths) if (!fs.existsSync(p)) throw new UsageError(`no such file or directory: ${p}`);
       if (opts.queue !== undefined) return enqueueCommand(paths, { ...opts, queue: opts.queue });
       const { defaultEncoderThreads, indexSources } = await import('./indexer.ts');
@@ -96,7 +100,7 @@ is kept). Some files failing still exits 0: they are listed in the summary.`,
       const bar = progressReporter();
       let report: IndexReport;
       try {
-        report = await indexSources(store, encoder, paths, { batchSize: opts.batchSize, signal: stop.signal, onProgress: bar.update });
+        report = await indexSources(store, encoder, paths, { batchSize: opts.batchSize, regionGrid: opts.regionGrid, signal: stop.signal, onProgress: bar.update });
       } finally {
         bar.stop();
         await store.close();
@@ -179,9 +183,9 @@ ${EXIT_HELP}`,
         if (bytes) {
           const { decodeImage } = await import('../data/images.ts');
           const decoded = await decodeImage(bytes, encoder.config.imageSize);
-          const plan = await queryPlan(encoder, opts.model, opts);
+          const { plan, regionPenalty } = await queryPlan(encoder, opts.model, opts);
           const cascade = plan.chosenBy === 'cascade' ? plan.rule : undefined;
-          res = await search.searchByPixels(store, (p, s) => encoder.encode([p], s).then((e) => e[0]), decoded.pixels, { k: opts.k, ffn: plan.spec, ef: opts.ef ?? plan.ef, cascade, filter });
+          res = await search.searchByPixels(store, (p, s) => encoder.encode([p], s).then((e) => e[0]), decoded.pixels, { k: opts.k, ffn: plan.spec, ef: opts.ef ?? plan.ef, cascade, filter, regionPenalty });
         } else {
           res = await search.searchById(store, opts.id!, { k: opts.k, ef: opts.ef, filter });
         }
@@ -278,7 +282,7 @@ async function sharedStoreAndQueue(store: string, queue: string) {
 }
 
 /** `matvit index --queue`: enqueue the sources, follow the workers, report as local indexing does. */
-async function enqueueCommand(paths: string[], opts: CommonOptions & { queue: string; queueName?: string; jobSize: number }): Promise<void> {
+async function enqueueCommand(paths: string[], opts: CommonOptions & { queue: string; queueName?: string; jobSize: number; regionGrid?: number }): Promise<void> {
   const queueLoc = await sharedStoreAndQueue(opts.store, opts.queue);
   const { connectQueue } = await import('../queue/connection.ts');
   const { indexThroughQueue } = await import('../queue/enqueue.ts');
@@ -299,6 +303,7 @@ async function enqueueCommand(paths: string[], opts: CommonOptions & { queue: st
     report = await indexThroughQueue(redis, paths, {
       queueName: opts.queueName,
       jobItems: opts.jobSize,
+      regionGrid: opts.regionGrid,
       signal: stop.signal,
       onProgress: bar.update,
       onNoWorkers: () => process.stderr.write(`matvit: no worker is connected yet: the jobs wait for one (matvit worker --queue ${queueLoc.display} --store ...)\n`),
@@ -384,13 +389,15 @@ function readQuery(file: string): Buffer {
 }
 
 /** The query's encoders (src/encoder/policy.ts); a calibrated choice says why on stderr. */
+/** The query's encoders (src/encoder/policy.ts) and the region penalty, from the model's calibration. */
 async function queryPlan(encoder: Encoder, model: string | undefined, req: { ffn?: string; budget?: number; maxEncodeMs?: number }) {
-  const { loadCalibration } = await import('../encoder/budget.ts');
+  const { loadCalibration, regionPenaltyOf } = await import('../encoder/budget.ts');
   const { planQuery } = await import('../encoder/policy.ts');
   try {
-    const plan = planQuery(req, loadCalibration(model ?? encoder.modelPath, { modelId: encoder.modelId, config: encoder.config }));
+    const calibration = loadCalibration(model ?? encoder.modelPath, { modelId: encoder.modelId, config: encoder.config });
+    const plan = planQuery(req, calibration);
     if (plan.reason) process.stderr.write(`matvit: query encoder ${plan.reason}\n`);
-    return plan;
+    return { plan, regionPenalty: regionPenaltyOf(calibration) };
   } catch (err) {
     throw new UsageError((err as Error).message); // an invalid budget, or an unreadable calibration file
   }
@@ -440,7 +447,7 @@ function formatStats(s: import('./stats.ts').StoreStatsReport): string {
     const state = s.kind === 'postgres'
       ? `pgvector HNSW index in the database${h.M === null ? '' : `, M ${h.M}, ef-construction ${h.efConstruction}`}`
       : h.file === null ? 'no HNSW file' : `HNSW ${mb(h.bytes)}, ${h.inSync ? 'in sync' : `stale (${h.staleReason}; rebuilt at the next open)`}, M ${h.M ?? '?'}, ef-construction ${h.efConstruction ?? '?'}`;
-    lines.push(`${m.current ? '* ' : '  '}${m.modelId}: ${m.embeddings} embeddings of dimension ${m.dim ?? '?'}; ${state}`);
+    lines.push(`${m.current ? '* ' : '  '}${m.modelId}: ${m.embeddings} embeddings of dimension ${m.dim ?? '?'}${m.regionVectors ? ` and ${m.regionVectors} region vectors` : ''}; ${state}`);
   }
   if (s.models.length === 0) lines.push('no embeddings yet');
   lines.push(`default search ef ${s.defaultEf}`);

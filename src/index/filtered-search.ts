@@ -12,7 +12,8 @@
 import { bruteForceTopK } from './exact-search.ts';
 import { type ImageFilter, filterKey } from './filter.ts';
 import { type SearchHit, normalize } from './hnsw.ts';
-import type { IndexHandle } from './service.ts';
+import { mergeRegionHits } from './region-merge.ts';
+import type { IndexHandle, RegionIndex } from './service.ts';
 
 // scripts/bench-filter.ts on 59,000 CIFAR-10 XL embeddings (dim 128), S queries, median ms per search, exact over the
 // allowed vectors / filtered HNSW walk (ef 160), random metadata filters (2 cores, shared, load average ~8):
@@ -55,8 +56,30 @@ export class AllowedCache {
   }
 }
 
-/** The k images nearest to `query` among those `filter` allows (all images when it is null), best first. */
-export function nearestFiltered(handle: IndexHandle, query: ArrayLike<number>, k: number, opts: { ef?: number; filter?: ImageFilter | null } = {}): SearchHit[] {
+/** Region hits a search with region vectors reads: an image's regions may take several of the first places. */
+export const regionHitsWanted = (k: number) => Math.max(20, 2 * k);
+
+/**
+ * The k images nearest to `query` among those `filter` allows (all images when it is null), best first. With
+ * `regionPenalty`, region vectors count too (mergeRegionHits): their index is searched with the filter applied
+ * during the walk.
+ */
+export function nearestFiltered(handle: IndexHandle, query: ArrayLike<number>, k: number, opts: { ef?: number; filter?: ImageFilter | null; regionPenalty?: number } = {}): SearchHit[] {
+  const whole = nearestImages(handle, query, k, opts);
+  const { regions } = handle;
+  if (opts.regionPenalty === undefined || !regions || regions.hnsw.size === 0) return whole;
+  return mergeRegionHits(whole, nearestRegions(handle, regions, query, k, opts), opts.regionPenalty, k);
+}
+
+/** The regions nearest to `query` among the allowed images', as hits of their images (one per region). */
+function nearestRegions(handle: IndexHandle, regions: RegionIndex, query: ArrayLike<number>, k: number, opts: { ef?: number; filter?: ImageFilter | null }): SearchHit[] {
+  const bitmap = opts.filter ? handle.allowed.get(handle, opts.filter).bitmap : null;
+  const { perImage } = regions;
+  const filter = bitmap ? (label: number) => bitmap[Math.floor(label / perImage)] === 1 : undefined;
+  return regions.hnsw.search(query, regionHitsWanted(k), { ef: opts.ef, filter }).map((h) => ({ id: Math.floor(h.id / perImage), score: h.score }));
+}
+
+function nearestImages(handle: IndexHandle, query: ArrayLike<number>, k: number, opts: { ef?: number; filter?: ImageFilter | null }): SearchHit[] {
   const { hnsw } = handle;
   if (!opts.filter) return hnsw.search(query, k, { ef: opts.ef });
   const allowed = handle.allowed.get(handle, opts.filter);

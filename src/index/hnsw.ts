@@ -55,6 +55,44 @@ export interface SearchHit {
 
 export const sidecarPath = (indexFile: string) => `${indexFile}.json`;
 
+/** What an index file caches: a set of the store's vectors under one name, and how to read them in one snapshot. */
+export interface VectorSource {
+  name: string; // the sidecar's modelId
+  generation(): number;
+  count(): number;
+  vectors(): Iterable<{ label: number; vector: Float32Array }>;
+  snapshot<T>(fn: () => T): T;
+}
+
+/** The whole-image embeddings of a model: labels are image ids. */
+export function imageVectors(store: ImageStore, modelId: string): VectorSource {
+  return {
+    name: modelId,
+    generation: () => store.generation(modelId),
+    count: () => store.count(modelId),
+    vectors: function* () {
+      for (const { id, vector } of store.iterateEmbeddings(modelId)) yield { label: id, vector };
+    },
+    snapshot: (fn) => store.readSnapshot(fn),
+  };
+}
+
+/** What a model's region index is called (its sidecar's modelId, and its file name). */
+export const regionIndexName = (modelId: string) => `${modelId}#regions`;
+
+/** The region vectors of a model (`perImage` per image): labels are image id x perImage + region. */
+export function regionVectors(store: ImageStore, modelId: string, perImage: number): VectorSource {
+  return {
+    name: regionIndexName(modelId),
+    generation: () => store.generation(modelId), // bumped by every write of the model's embeddings or regions
+    count: () => store.regionCount(modelId),
+    vectors: function* () {
+      for (const { id, region, vector } of store.iterateRegionEmbeddings(modelId)) yield { label: id * perImage + region, vector };
+    },
+    snapshot: (fn) => store.readSnapshot(fn),
+  };
+}
+
 /** The sidecar of an index file, or null when it is missing or unreadable. */
 export function readSidecar(indexFile: string): Partial<Sidecar> | null {
   try {
@@ -116,7 +154,13 @@ export class HnswIndex {
    * store's embeddings (logging why). The caller decides whether to save a rebuilt index.
    */
   static open(store: ImageStore, modelId: string, dim: number, file: string, opts: HnswOptions = {}): { index: HnswIndex; rebuilt: boolean; reason?: string } {
-    const { generation, count } = store.readSnapshot(() => ({ generation: store.generation(modelId), count: store.count(modelId) }));
+    return HnswIndex.openSource(imageVectors(store, modelId), dim, file, opts);
+  }
+
+  /** open, for any set of the store's vectors (e.g. regionVectors). */
+  static openSource(source: VectorSource, dim: number, file: string, opts: HnswOptions = {}): { index: HnswIndex; rebuilt: boolean; reason?: string } {
+    const modelId = source.name;
+    const { generation, count } = source.snapshot(() => ({ generation: source.generation(), count: source.count() }));
     const reason = HnswIndex.mismatch(file, { modelId, dim, generation, count });
     if (count === 0 && !fs.existsSync(file)) {
       // A new store or model: nothing to rebuild, nothing to warn about.
@@ -131,7 +175,7 @@ export class HnswIndex {
         native.readIndexSync(file, true);
         const after = fs.statSync(file);
         if (after.ino !== before.ino || after.mtimeMs !== before.mtimeMs) {
-          return HnswIndex.rebuildLogged(store, modelId, dim, file, opts, 'the index file was replaced while it was being read');
+          return HnswIndex.rebuildLogged(source, dim, file, opts, 'the index file was replaced while it was being read');
         }
         // The graph was built with the file's M and efConstruction (e.g. by `matvit reindex --m 8`), whatever the
         // options say: the sidecar written at the next save must keep saying so.
@@ -143,18 +187,19 @@ export class HnswIndex {
         index.generation = generation;
         return { index, rebuilt: false };
       } catch (err) {
-        return HnswIndex.rebuildLogged(store, modelId, dim, file, opts, `the index file is unreadable: ${(err as Error).message}`);
+        return HnswIndex.rebuildLogged(source, dim, file, opts, `the index file is unreadable: ${(err as Error).message}`);
       }
     }
-    return HnswIndex.rebuildLogged(store, modelId, dim, file, opts, reason);
+    return HnswIndex.rebuildLogged(source, dim, file, opts, reason);
   }
 
-  private static rebuildLogged(store: ImageStore, modelId: string, dim: number, file: string, opts: HnswOptions, reason: string) {
+  private static rebuildLogged(source: VectorSource, dim: number, file: string, opts: HnswOptions, reason: string) {
+    const modelId = source.name;
     logger.warn({ file, modelId, reason }, 'rebuilding the HNSW index from the store');
     const t0 = Date.now();
     // Keep the graph parameters of the file being replaced (set by `matvit reindex --m ...`) unless told otherwise.
     const prev = readSidecar(file);
-    const index = HnswIndex.rebuild(store, modelId, dim, { M: prev?.M, efConstruction: prev?.efConstruction, ...definedOnly(opts) });
+    const index = HnswIndex.rebuildSource(source, dim, { M: prev?.M, efConstruction: prev?.efConstruction, ...definedOnly(opts) });
     logger.info({ modelId, vectors: index.size, seconds: (Date.now() - t0) / 1000 }, 'HNSW index rebuilt');
     return { index, rebuilt: true, reason };
   }
@@ -189,12 +234,17 @@ export class HnswIndex {
 
   /** A fresh index of every embedding the store holds for the model, inserted in id order. */
   static rebuild(store: ImageStore, modelId: string, dim: number, opts: HnswOptions = {}): HnswIndex {
-    return store.readSnapshot(() => {
-      const count = store.count(modelId);
+    return HnswIndex.rebuildSource(imageVectors(store, modelId), dim, opts);
+  }
+
+  /** rebuild, for any set of the store's vectors. */
+  static rebuildSource(source: VectorSource, dim: number, opts: HnswOptions = {}): HnswIndex {
+    return source.snapshot(() => {
+      const count = source.count();
       const capacity = Math.max(opts.initialCapacity ?? HNSW_DEFAULTS.initialCapacity, Math.ceil(count * 1.1));
-      const index = new HnswIndex(modelId, dim, { ...opts, initialCapacity: capacity });
-      for (const { id, vector } of store.iterateEmbeddings(modelId)) index.add(id, vector);
-      index.generation = store.generation(modelId);
+      const index = new HnswIndex(source.name, dim, { ...opts, initialCapacity: capacity });
+      for (const { label, vector } of source.vectors()) index.add(label, vector);
+      index.generation = source.generation();
       return index;
     });
   }

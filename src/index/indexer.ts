@@ -14,7 +14,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { type DecodedImage, DEFAULT_MAX_PIXELS, ImageDecodeError } from '../data/images.ts';
+import { type DecodedImage, DEFAULT_MAX_PIXELS, ImageDecodeError, decodePixels } from '../data/images.ts';
+import { regionViews } from '../data/regions.ts';
 import { SourceReadError, describeFsError, isArchiveName, iterateImageSource, listImageSource, readImageFile } from '../data/sources.ts';
 import { EncoderPool } from '../encoder/pool.ts';
 import { Encoder, type ImageEncoder } from '../encoder/runtime.ts';
@@ -22,8 +23,8 @@ import { logger } from '../log.ts';
 import { UPLOAD_PREFIX, needsCopy } from './originals.ts';
 import { type ImageDecoder, sharedDecoder } from './decoder.ts';
 export { getOriginal, getThumbnail } from './originals.ts'; // the API's image routes use them beside indexBuffers
-import type { StoreBackend } from '../store/types.ts';
-import { type ImageRow, type NewImage, StoreError, contentHash } from './store.ts';
+import type { StoreBackend, StoreItem } from '../store/types.ts';
+import { type ImageRow, StoreError, contentHash } from './store.ts';
 import { makeThumbnail, needsMadeThumbnail } from './thumbnails.ts';
 
 export interface IndexProgress {
@@ -40,6 +41,11 @@ export interface IndexOptions {
   /** Stops reading new items; what is already in flight is finished and committed, and the report returned. */
   signal?: AbortSignal;
   maxPixels?: number; // larger images fail as too-large (default: decodeImage's limit)
+  /**
+   * Also store region vectors, a grid x grid of them per image (src/data/regions.ts), and give them to stored images
+   * that have none. Without it, a store that holds region vectors for the model gets them for every image added.
+   */
+  regionGrid?: number;
 }
 
 export interface IndexReport {
@@ -62,6 +68,7 @@ const UPLOAD_CONCURRENCY = 8; // decodes in flight for indexBuffers
 
 /** A decoded item waiting for its embedding. */
 interface Ready {
+  regionPixels?: Uint8Array[]; // its regions' pixels, when the store keeps region vectors
   path: string; // what the store records as source
   label: string | null;
   metadata: Record<string, unknown>;
@@ -106,20 +113,27 @@ class Indexing {
   private pool: Promise<EncoderPool | null> = Promise.resolve(null); // the workers batches go to (startPool)
   private ownsPool = false; // started for this job, so closed at its end
   private busyBefore = 0;
+  private grid: Promise<number | null>; // region vectors per side, or null: none
 
-  constructor(readonly store: StoreBackend, readonly encoder: ImageEncoder, maxPixels?: number) {
+  constructor(readonly store: StoreBackend, readonly encoder: ImageEncoder, maxPixels?: number, regionGrid?: number) {
     if (!store.writer) throw new StoreError(`store "${store.location}" was opened for reading; open it with { writer: true } to index`);
     if (store.modelId !== encoder.modelId || store.dim !== encoder.dim) {
       throw new Error(`the store was opened for model "${store.modelId}" (${store.dim}-d) but the encoder is "${encoder.modelId}" (${encoder.dim}-d)`);
     }
     this.maxPixels = maxPixels ?? DEFAULT_MAX_PIXELS;
     this.decoder = sharedDecoder(encoder.config.imageSize);
+    this.grid = regionGridOf(store, regionGrid);
+    this.grid.catch(() => {}); // rejected: the first lookup throws it
   }
 
-  /** The stored image with this content, if any, and whether it already has an embedding for the model. */
+  /**
+   * The stored image with this content, if any, and whether it already has what this job stores for the model: its
+   * embedding, and its region vectors when the job stores them.
+   */
   async lookup(hash: string): Promise<{ row: ImageRow | undefined; indexed: boolean }> {
+    const grid = await this.grid;
     const found = await this.store.findByHash(hash);
-    return { row: found?.row, indexed: found?.indexed ?? false };
+    return { row: found?.row, indexed: (found?.indexed ?? false) && (grid === null || found!.regions) };
   }
 
   /**
@@ -129,15 +143,18 @@ class Indexing {
    */
   async decode(path: string, label: string | null, metadata: Record<string, unknown>, bytes: Buffer, hash: string, known?: ImageRow, given?: DecodedImage): Promise<Ready | ImageDecodeError> {
     let decoded: DecodedImage;
+    let regionPixels: Uint8Array[] | undefined;
     try {
       decoded = given ?? (await this.decoder.decode(bytes, this.maxPixels));
+      const grid = await this.grid;
+      if (grid !== null) regionPixels = await decodeRegions(bytes, this.encoder.config.imageSize, grid, this.maxPixels);
     } catch (err) {
       if (err instanceof ImageDecodeError) return err;
       throw err;
     }
     const needed = known ? await this.lacksThumbnail(known, bytes) : needsMadeThumbnail(decoded.width, decoded.height, decoded.format, bytes.length);
     const thumb = needed ? orNull(makeThumbnail(bytes, this.maxPixels), path) : null;
-    return { path, label, metadata, bytes, hash, decoded, thumb };
+    return { path, label, metadata, bytes, hash, decoded, thumb, regionPixels };
   }
 
   /** Whether a stored image (with these bytes) lacks the thumbnail it should have stored. */
@@ -170,19 +187,30 @@ class Indexing {
     return pool ? (pool.busyMs - this.busyBefore) / pool.threads / 1000 : undefined;
   }
 
-  /** Encodes decoded items with the full model: in the pool when there is one, else on this thread. */
-  async encode(items: Ready[]): Promise<Float32Array[]> {
-    const pixels = items.map((r) => r.decoded.pixels);
-    return ((await this.pool) ?? this.encoder).encode(pixels, 'XL');
+  /**
+   * Encodes decoded items, and their regions if they have them, with the full model: in the pool when there is one,
+   * else on this thread.
+   */
+  async encode(items: Ready[]): Promise<Encoded> {
+    const pixels = items.flatMap((r) => [r.decoded.pixels, ...(r.regionPixels ?? [])]);
+    const out = await ((await this.pool) ?? this.encoder).encode(pixels, 'XL');
+    let at = 0;
+    return items.map((r) => {
+      const vector = out[at++];
+      if (!r.regionPixels) return { vector };
+      const regions = new Float32Array(r.regionPixels.length * vector.length);
+      for (let j = 0; j < r.regionPixels.length; j++) regions.set(out[at++], j * vector.length);
+      return { vector, regions };
+    });
   }
 
   /**
    * Stores a batch once its thumbnails are ready: one transaction (images, embeddings, thumbnails, and the bytes of
    * images with no file of their own), then HNSW.
    */
-  async commit(items: Ready[], vectors: Float32Array[]) {
+  async commit(items: Ready[], encoded: Encoded) {
     const thumbs = await Promise.all(items.map((r) => r.thumb)); // started at decode: usually done by now
-    const rows = items.map((r, i): { image: NewImage; vector: Float32Array } => ({
+    const rows = items.map((r, i): StoreItem => ({
       image: {
         source: r.path,
         contentHash: r.hash,
@@ -194,7 +222,7 @@ class Indexing {
         original: needsCopy(r.path) ? r.bytes : undefined,
         thumbnail: thumbs[i] ?? undefined,
       },
-      vector: vectors[i],
+      ...encoded[i],
     }));
     return this.store.add(rows);
   }
@@ -208,6 +236,26 @@ class Indexing {
     const thumb = await orNull(makeThumbnail(bytes, this.maxPixels), row.source);
     if (thumb) await this.store.addThumbnail(row.id, thumb);
   }
+}
+
+/** Each item's embedding, and its region vectors (grid² of them, one after another) when it has regions. */
+type Encoded = { vector: Float32Array; regions?: Float32Array }[];
+
+/** The grid a job stores region vectors with: the one asked for, else the store's, else null (none). */
+async function regionGridOf(store: StoreBackend, asked: number | undefined): Promise<number | null> {
+  const perImage = await store.regionsPerImage();
+  const stored = perImage === null ? null : Math.round(Math.sqrt(perImage));
+  if (stored !== null && stored * stored !== perImage) throw new StoreError(`the store holds ${perImage} region vectors per image, not a square grid: this program cannot add images to it`);
+  if (asked !== undefined && (!Number.isInteger(asked) || asked < 1)) throw new RangeError(`region grid must be a positive integer, got ${asked}`);
+  if (asked !== undefined && stored !== null && asked !== stored) throw new StoreError(`the store holds region vectors of a ${stored}x${stored} grid, not ${asked}x${asked}`);
+  return asked ?? stored;
+}
+
+/** The regions of an image (src/data/regions.ts), cut from it decoded at twice the model's size. */
+async function decodeRegions(bytes: Buffer, size: number, grid: number, maxPixels: number): Promise<Uint8Array[]> {
+  const all = regionViews(await decodePixels(bytes, 2 * size, { maxPixels }), size, grid);
+  const each = size * size * 3;
+  return Array.from({ length: grid * grid }, (_, j) => all.subarray(j * each, (j + 1) * each));
 }
 
 /** A thumbnail, or null (logged) if it failed: the image is indexed without one. */
@@ -247,7 +295,7 @@ async function indexAll(
   opts: IndexOptions,
 ): Promise<IndexReport> {
   const t0 = performance.now();
-  const ix = new Indexing(store, encoder, opts.maxPixels);
+  const ix = new Indexing(store, encoder, opts.maxPixels, opts.regionGrid);
   const batchSize = opts.batchSize ?? DEFAULT_BATCH_SIZE;
   if (!Number.isInteger(batchSize) || batchSize <= 0) throw new RangeError(`batch size must be a positive integer, got ${batchSize}`);
   let total: number | undefined;
@@ -292,14 +340,13 @@ async function indexAll(
 
   // Batches in order: while one is committed, the next is already being encoded.
   let batch: Ready[] = [];
-  let running: { items: Ready[]; out: Promise<Float32Array[]> } | null = null;
-  const commit = async ({ items, out }: { items: Ready[]; out: Promise<Float32Array[]> }) => {
-    const vectors = await out;
-    const results = await ix.commit(items, vectors);
+  let running: { items: Ready[]; out: Promise<Encoded> } | null = null;
+  const commit = async ({ items, out }: { items: Ready[]; out: Promise<Encoded> }) => {
+    const results = await ix.commit(items, await out);
     results.forEach((r, i) => {
       pending.delete(items[i].hash);
       bytesInFlight -= items[i].bytes.length;
-      if (r.embeddingAdded) {
+      if (r.embeddingAdded || r.regionsAdded) {
         report.indexed++;
         report.ids.push(r.id);
       } else {
@@ -351,7 +398,7 @@ async function indexAll(
     await finish();
   } finally {
     // On an error, let what is in flight settle before the caller closes the store under it.
-    const last = running as { out: Promise<Float32Array[]> } | null; // (assigned in the closures above)
+    const last = running as { out: Promise<Encoded> } | null; // (assigned in the closures above)
     await Promise.allSettled([...window, last?.out]);
     await ix.stopPool();
   }
@@ -395,8 +442,8 @@ export async function indexBuffers(
   ready.sort((a, b) => a.index - b.index); // ids in the order given
   for (let s = 0; s < ready.length; s += DEFAULT_BATCH_SIZE) {
     const chunk = ready.slice(s, s + DEFAULT_BATCH_SIZE);
-    const vectors = await ix.encode(chunk.map((c) => c.item));
-    (await ix.commit(chunk.map((c) => c.item), vectors)).forEach((res, j) => (results[chunk[j].index] = { id: res.id, created: res.created }));
+    const encoded = await ix.encode(chunk.map((c) => c.item));
+    (await ix.commit(chunk.map((c) => c.item), encoded)).forEach((res, j) => (results[chunk[j].index] = { id: res.id, created: res.created }));
   }
   return results;
 }

@@ -4,32 +4,38 @@
 // whole picture (grayscale, heavy JPEG); with it, a region wins only when it is clearly closer, as for a crop.
 import type { TopK } from './exact-search.ts';
 
+export interface ScoredImage {
+  id: number;
+  score: number;
+}
+
 /**
- * Per query, the k best images of `whole` (rows are images) and `regions` (rows map to images through `imageOf`),
- * a region's score lowered by `penalty`; each image once, at its better score. Ties keep the whole-image hit. The
- * first place is exact; a later image found by only one list carries that list's score (its other may be higher).
+ * One query's k best images from its whole-image hits and its region hits (`id`: the region's image), a region's
+ * score lowered by `penalty`; each image once, at its better score, best first. Ties keep the whole-image hit, then
+ * the lower id. The first place is exact; a later image found by only one list carries that list's score (its other
+ * may be higher).
+ */
+export function mergeRegionHits(whole: Iterable<ScoredImage>, regions: Iterable<ScoredImage>, penalty: number, k: number): ScoredImage[] {
+  if (!(penalty >= 0) || !Number.isFinite(penalty)) throw new RangeError(`region penalty must be >= 0 and finite, got ${penalty}`);
+  const best = new Map<number, number>();
+  for (const { id, score } of whole) best.set(id, Math.max(best.get(id) ?? -Infinity, score));
+  for (const { id, score } of regions) if (score - penalty > (best.get(id) ?? -Infinity)) best.set(id, score - penalty);
+  return [...best].sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, k).map(([id, score]) => ({ id, score }));
+}
+
+/**
+ * mergeRegionHits for every query of `whole` (rows are images) and `regions` (rows map to images through
+ * `imageOf`): the evaluation's exact-search results.
  */
 export function mergeRegionTopK(whole: TopK, regions: TopK, imageOf: (regionRow: number) => number, penalty: number, k = whole.k): TopK {
   if (whole.n !== regions.n) throw new RangeError(`whole has ${whole.n} queries, regions ${regions.n}`);
-  if (!(penalty >= 0)) throw new RangeError(`region penalty must be >= 0, got ${penalty}`);
   const out: TopK = { n: whole.n, k, indices: new Int32Array(whole.n * k).fill(-1), scores: new Float32Array(whole.n * k).fill(-Infinity) };
-  const best = new Map<number, number>();
+  const hits = function* (t: TopK, q: number, map: (row: number) => number) {
+    for (let j = 0; j < t.k; j++) if (t.indices[q * t.k + j] >= 0) yield { id: map(t.indices[q * t.k + j]), score: t.scores[q * t.k + j] };
+  };
   for (let q = 0; q < whole.n; q++) {
-    best.clear();
-    for (let j = 0; j < whole.k; j++) {
-      const image = whole.indices[q * whole.k + j];
-      if (image >= 0) best.set(image, Math.max(best.get(image) ?? -Infinity, whole.scores[q * whole.k + j]));
-    }
-    for (let j = 0; j < regions.k; j++) {
-      const row = regions.indices[q * regions.k + j];
-      if (row < 0) continue;
-      const image = imageOf(row);
-      const score = regions.scores[q * regions.k + j] - penalty;
-      if (score > (best.get(image) ?? -Infinity)) best.set(image, score);
-    }
-    const ranked = [...best].sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, k);
-    ranked.forEach(([image, score], j) => {
-      out.indices[q * k + j] = image;
+    mergeRegionHits(hits(whole, q, (row) => row), hits(regions, q, imageOf), penalty, k).forEach(({ id, score }, j) => {
+      out.indices[q * k + j] = id;
       out.scores[q * k + j] = score;
     });
   }

@@ -16,6 +16,7 @@ export interface SearchOptions {
   ef?: number; // HNSW beam width (default: the index's, HNSW_DEFAULTS.ef; raised to k when smaller)
   cascade?: CascadeRule; // run this cascade (src/encoder/policy.ts) instead of `ffn`
   filter?: ImageFilter | null; // only images that pass (filter.ts)
+  regionPenalty?: number; // an upload also matches stored region vectors, less this (StoreBackend.nearest)
 }
 
 export interface SearchResult {
@@ -57,7 +58,7 @@ export async function searchByPixels(
     const t0 = performance.now();
     const query = await encode(pixels, sub.spec);
     const t1 = performance.now();
-    const hits = await store.nearest(query, k, ef, opts.filter);
+    const hits = await store.nearest(query, k, ef, opts.filter, opts.regionPenalty);
     return { spec: sub.spec, flops: countFlops(config, sub.widths), results: await rows(store, hits), encodeMs: t1 - t0, searchMs: performance.now() - t1 };
   };
   const rule = opts.cascade;

@@ -7,7 +7,7 @@ import path from 'node:path';
 import type { MatViTConfig } from '../encoder/config.ts';
 import { logger } from '../log.ts';
 import { AllowedCache } from './filtered-search.ts';
-import { type HnswOptions, HnswIndex, IndexSaveError, sidecarPath } from './hnsw.ts';
+import { type HnswOptions, HnswIndex, IndexSaveError, regionIndexName, regionVectors, sidecarPath } from './hnsw.ts';
 import { type InsertResult, type NewImage, ImageStore, StoreError } from './store.ts';
 
 export interface OpenIndexOptions {
@@ -29,7 +29,16 @@ export interface IndexHandle {
   unsaved: number; // changes since the last save
   broken: boolean; // the HNSW index missed a change: never save it, the next open rebuilds
   allowed: AllowedCache; // the ids recent search filters allow (filtered-search.ts)
+  regions: RegionIndex | null; // the model's region vectors, once it has any
+  hnswOptions?: HnswOptions;
   close(): void; // closeIndex(this)
+}
+
+/** The HNSW index of a model's region vectors: `perImage` labels per image, image id x perImage + region. */
+export interface RegionIndex {
+  hnsw: HnswIndex;
+  file: string;
+  perImage: number;
 }
 
 /** The HNSW file of a model inside the store folder (model ids may contain any character). */
@@ -62,9 +71,12 @@ export function openIndex(storeDir: string, modelId: string, dim: number, opts: 
       unsaved: 0,
       broken: false,
       allowed: new AllowedCache(),
+      regions: null,
+      hnswOptions: opts.hnsw,
       close: () => closeIndex(handle),
     };
-    if (rebuilt && store.writer) saveIndex(handle);
+    const regionsRebuilt = openRegions(handle);
+    if ((rebuilt || regionsRebuilt) && store.writer) saveIndex(handle);
     return handle;
   } catch (err) {
     store.close();
@@ -72,8 +84,25 @@ export function openIndex(storeDir: string, modelId: string, dim: number, opts: 
   }
 }
 
-/** Stores images with their embeddings (one transaction), then adds the new embeddings to the HNSW index. */
-export function addEmbeddings(ix: IndexHandle, items: { image: NewImage; vector: Float32Array }[]): InsertResult[] {
+/**
+ * Opens the region index when the store has region vectors for the model and it is not open yet (loaded, or rebuilt
+ * from the store: then it returns true).
+ */
+function openRegions(ix: IndexHandle): boolean {
+  const perImage = ix.store.regionsPerImage(ix.modelId);
+  if (perImage === null) return false;
+  const source = regionVectors(ix.store, ix.modelId, perImage);
+  const file = indexFilePath(ix.store.dir, source.name);
+  const { index, rebuilt } = HnswIndex.openSource(source, ix.dim, file, ix.hnswOptions);
+  ix.regions = { hnsw: index, file, perImage };
+  return rebuilt;
+}
+
+/**
+ * Stores images with their embeddings and region vectors (one transaction), then adds the new vectors to the HNSW
+ * indexes. The first region vectors of a model start its region index.
+ */
+export function addEmbeddings(ix: IndexHandle, items: { image: NewImage; vector: Float32Array; regions?: Float32Array }[]): InsertResult[] {
   const results = ix.store.addBatch(items, ix.modelId);
   try {
     results.forEach((r, i) => {
@@ -82,25 +111,49 @@ export function addEmbeddings(ix: IndexHandle, items: { image: NewImage; vector:
         ix.unsaved++;
       }
     });
+    const perImage = results.some((r) => r.regionsAdded) ? ix.store.regionsPerImage(ix.modelId) : null;
+    if (!ix.regions && perImage !== null) {
+      const name = regionIndexName(ix.modelId);
+      ix.regions = { hnsw: HnswIndex.create(name, ix.dim, ix.hnswOptions), file: indexFilePath(ix.store.dir, name), perImage };
+    }
+    const regions = ix.regions;
+    if (regions) {
+      results.forEach((r, i) => {
+        if (!r.regionsAdded) return;
+        const flat = items[i].regions!;
+        for (let j = 0; j < regions.perImage; j++) regions.hnsw.add(r.id * regions.perImage + j, flat.subarray(j * ix.dim, (j + 1) * ix.dim));
+        ix.unsaved++;
+      });
+    }
   } catch (err) {
     markBroken(ix, err);
     throw err;
   }
-  ix.hnsw.generation = ix.store.generation(ix.modelId);
+  setGeneration(ix);
   if (ix.unsaved >= ix.saveEvery) saveIndex(ix);
   return results;
+}
+
+/** Both indexes reflect the store's current generation of the model (one counter covers embeddings and regions). */
+function setGeneration(ix: IndexHandle): void {
+  ix.hnsw.generation = ix.store.generation(ix.modelId);
+  if (ix.regions) ix.regions.hnsw.generation = ix.hnsw.generation;
 }
 
 /** Deletes images from the store, then from the HNSW index. Returns the ids that existed. */
 export function deleteImages(ix: IndexHandle, ids: number[]): number[] {
   const gone = ix.store.deleteImages(ids);
   try {
-    for (const id of gone) if (ix.hnsw.remove(id)) ix.unsaved++;
+    for (const id of gone) {
+      if (ix.hnsw.remove(id)) ix.unsaved++;
+      const r = ix.regions;
+      for (let j = 0; r && j < r.perImage; j++) if (r.hnsw.remove(id * r.perImage + j)) ix.unsaved++;
+    }
   } catch (err) {
     markBroken(ix, err);
     throw err;
   }
-  ix.hnsw.generation = ix.store.generation(ix.modelId);
+  setGeneration(ix);
   if (ix.unsaved >= ix.saveEvery) saveIndex(ix);
   return gone;
 }
@@ -111,12 +164,14 @@ export function deleteImages(ix: IndexHandle, ids: number[]): number[] {
  */
 export function saveIndex(ix: IndexHandle): IndexSaveError | null {
   if (!ix.store.writer || ix.broken) return null;
-  try {
-    ix.hnsw.save(ix.file);
-  } catch (err) {
-    if (!(err instanceof IndexSaveError)) throw err;
-    logger.error({ file: ix.file, err: err.message }, 'the HNSW index was not saved; the previous file is kept and the next open rebuilds it from the store');
-    return err;
+  for (const [index, file] of [[ix.hnsw, ix.file], ...(ix.regions ? [[ix.regions.hnsw, ix.regions.file] as const] : [])] as const) {
+    try {
+      index.save(file);
+    } catch (err) {
+      if (!(err instanceof IndexSaveError)) throw err;
+      logger.error({ file, err: err.message }, 'the HNSW index was not saved; the previous file is kept and the next open rebuilds it from the store');
+      return err;
+    }
   }
   ix.unsaved = 0;
   return null;
@@ -137,5 +192,6 @@ function markBroken(ix: IndexHandle, err: unknown): void {
   // SQLite has the change, the HNSW index does not: make sure no saved file claims to be up to date.
   ix.broken = true;
   fs.rmSync(sidecarPath(ix.file), { force: true });
+  if (ix.regions) fs.rmSync(sidecarPath(ix.regions.file), { force: true });
   logger.error({ file: ix.file, err: (err as Error).message }, 'HNSW update failed after the store was written; the index will be rebuilt at the next open');
 }

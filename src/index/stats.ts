@@ -2,7 +2,7 @@
 // file, disk use) and rebuilding a model's HNSW index from SQLite with chosen graph parameters. A PostgreSQL store
 // keeps its HNSW index in the database (pgvector): databaseStats reports it, PostgresStore.rebuildIndex rebuilds it.
 import fs from 'node:fs';
-import { HNSW_DEFAULTS, HnswIndex, readSidecar } from './hnsw.ts';
+import { HNSW_DEFAULTS, HnswIndex, readSidecar, regionIndexName, regionVectors } from './hnsw.ts';
 import { indexFilePath } from './service.ts';
 import { ImageStore, type StoreStats } from './store.ts';
 import type { StoreBackend } from '../store/types.ts';
@@ -58,20 +58,29 @@ export interface ReindexResult {
   modelId: string;
   file: string;
   vectors: number;
+  regionVectors?: number; // in the region index, rebuilt beside it (with the same parameters) when the model has one
   M: number;
   efConstruction: number;
   seconds: number;
 }
 
-/** Rebuilds the model's HNSW file from the embeddings in SQLite (takes the writer lock while it runs). */
+/** Rebuilds the model's HNSW files (and its region vectors') from SQLite (takes the writer lock while it runs). */
 export function reindex(dir: string, modelId: string, dim: number, opts: { M?: number; efConstruction?: number } = {}): ReindexResult {
   const store = ImageStore.open(dir, { writer: true });
   try {
     const t0 = performance.now();
-    const index = HnswIndex.rebuild(store, modelId, dim, { M: opts.M, efConstruction: opts.efConstruction });
+    const params = { M: opts.M, efConstruction: opts.efConstruction };
+    const index = HnswIndex.rebuild(store, modelId, dim, params);
     const file = indexFilePath(store.dir, modelId);
     index.save(file);
-    return { modelId, file, vectors: index.size, M: index.M, efConstruction: index.efConstruction, seconds: (performance.now() - t0) / 1000 };
+    const perImage = store.regionsPerImage(modelId);
+    let regionVectorsIndexed: number | undefined;
+    if (perImage !== null) {
+      const regions = HnswIndex.rebuildSource(regionVectors(store, modelId, perImage), dim, params);
+      regions.save(indexFilePath(store.dir, regionIndexName(modelId)));
+      regionVectorsIndexed = regions.size;
+    }
+    return { modelId, file, vectors: index.size, regionVectors: regionVectorsIndexed, M: index.M, efConstruction: index.efConstruction, seconds: (performance.now() - t0) / 1000 };
   } finally {
     store.close();
   }

@@ -8,7 +8,7 @@ import Database from 'better-sqlite3';
 import { logger } from '../log.ts';
 import { type ImageFilter, metaTexts, sourceRanges } from './filter.ts';
 
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 export class StoreError extends Error {
   override name = 'StoreError';
@@ -39,6 +39,7 @@ export interface InsertResult {
   id: number;
   created: boolean; // false: the same content was already stored (under this id)
   embeddingAdded: boolean; // false: the image already had an embedding for this model (left unchanged)
+  regionsAdded?: true; // this call stored the image's region vectors (StoreBackend.add)
 }
 
 export interface StoreStats {
@@ -46,7 +47,7 @@ export interface StoreStats {
   schemaVersion: number;
   images: number;
   labelled: number;
-  models: { modelId: string; embeddings: number; dim: number | null; generation: number }[];
+  models: { modelId: string; embeddings: number; regionVectors: number; dim: number | null; generation: number }[];
   dbBytes: number;
   originals: number; // kept copies (uploads, archive members)
   originalBytes: number;
@@ -64,6 +65,19 @@ const FILTER_INDEXES = `
   CREATE INDEX IF NOT EXISTS images_by_label ON images(label);
   CREATE INDEX IF NOT EXISTS images_by_source ON images(source);
   CREATE INDEX IF NOT EXISTS images_by_added_at ON images(added_at);
+`;
+
+// Since version 5: region vectors (src/data/regions.ts), the model's embeddings of an image's parts, which find the
+// original of a crop. Their HNSW file is derived like the whole-image one (labels: image id x R + region). IF NOT
+// EXISTS, as FILTER_INDEXES.
+const REGION_TABLE = `
+  CREATE TABLE IF NOT EXISTS region_embeddings (
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    model_id TEXT NOT NULL,
+    region INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (model_id, image_id, region)
+  ) WITHOUT ROWID;
 `;
 
 const SCHEMA = `
@@ -95,6 +109,7 @@ const SCHEMA = `
     webp BLOB NOT NULL
   );
   ${FILTER_INDEXES}
+  ${REGION_TABLE}
 `;
 
 /** Where stores before version 3 kept thumbnails: <store>/thumbs/<id / 1000>/<id>.webp. */
@@ -108,11 +123,13 @@ const MIGRATIONS: Record<number, (db: Database.Database, dir: string) => void> =
     importThumbnailFiles(db, path.join(dir, OLD_THUMBS_DIR));
   },
   3: (db) => db.exec(FILTER_INDEXES),
+  4: (db) => db.exec(REGION_TABLE),
 };
 
 const genKey = (modelId: string) => `generation:${modelId}`;
 const dimKey = (modelId: string) => `dim:${modelId}`;
 const configKey = (modelId: string) => `config:${modelId}`;
+const regionsKey = (modelId: string) => `regions:${modelId}`;
 const HASH_RE = /^[0-9a-f]{64}$/;
 
 interface RawImageRow {
@@ -231,6 +248,10 @@ export class ImageStore {
       deleteImage: db.prepare('DELETE FROM images WHERE id = ?'),
       count: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM embeddings WHERE model_id = ?'),
       iterate: db.prepare<[string], { image_id: number; vector: Buffer }>('SELECT image_id, vector FROM embeddings WHERE model_id = ? ORDER BY image_id'),
+      insertRegion: db.prepare('INSERT OR IGNORE INTO region_embeddings (image_id, model_id, region, vector) VALUES (?, ?, ?, ?)'),
+      hasRegions: db.prepare<[string, number], { one: number }>('SELECT 1 AS one FROM region_embeddings WHERE model_id = ? AND image_id = ? LIMIT 1'),
+      countRegions: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM region_embeddings WHERE model_id = ?'),
+      iterateRegions: db.prepare<[string], { image_id: number; region: number; vector: Buffer }>('SELECT image_id, region, vector FROM region_embeddings WHERE model_id = ? ORDER BY image_id, region'),
       getState: db.prepare<[string], { value: string }>('SELECT value FROM index_state WHERE key = ?'),
       setState: db.prepare('INSERT INTO index_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
       bumpState: db.prepare("INSERT INTO index_state (key, value) VALUES (?, '1') ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"),
@@ -324,6 +345,27 @@ export class ImageStore {
     for (const row of this.stmts.iterate.iterate(modelId)) yield { id: row.image_id, vector: blobToVector(row.vector) };
   }
 
+  /** Region vectors per image recorded for a model at its first region vectors, or null. */
+  regionsPerImage(modelId: string): number | null {
+    const v = this.stmts.getState.get(regionsKey(modelId))?.value;
+    return v === undefined ? null : Number(v);
+  }
+
+  /** Number of region vectors stored for a model. */
+  regionCount(modelId: string): number {
+    return this.stmts.countRegions.get(modelId)!.n;
+  }
+
+  /** Every region vector of a model in (image id, region) order, streamed as iterateEmbeddings is. */
+  *iterateRegionEmbeddings(modelId: string): Generator<{ id: number; region: number; vector: Float32Array }> {
+    for (const row of this.stmts.iterateRegions.iterate(modelId)) yield { id: row.image_id, region: row.region, vector: blobToVector(row.vector) };
+  }
+
+  /** Whether image `id` has region vectors for the model. */
+  hasRegions(id: number, modelId: string): boolean {
+    return this.stmts.hasRegions.get(modelId, id) !== undefined;
+  }
+
   /** Runs `fn` in one read transaction: generation, count and embeddings read inside it agree with each other. */
   readSnapshot<T>(fn: () => T): T {
     return this.db.transaction(fn).deferred();
@@ -357,7 +399,7 @@ export class ImageStore {
   stats(): StoreStats {
     const images = this.db.prepare('SELECT count(*) AS n, count(label) AS labelled FROM images').get() as { n: number; labelled: number };
     const models = (this.db.prepare('SELECT model_id, count(*) AS n FROM embeddings GROUP BY model_id ORDER BY model_id').all() as { model_id: string; n: number }[]).map(
-      (m) => ({ modelId: m.model_id, embeddings: m.n, dim: this.dim(m.model_id), generation: this.generation(m.model_id) }),
+      (m) => ({ modelId: m.model_id, embeddings: m.n, regionVectors: this.regionCount(m.model_id), dim: this.dim(m.model_id), generation: this.generation(m.model_id) }),
     );
     const pages = this.db.pragma('page_count', { simple: true }) as number;
     const pageSize = this.db.pragma('page_size', { simple: true }) as number;
@@ -400,14 +442,14 @@ export class ImageStore {
    * Stores many images with their embeddings, kept originals and thumbnails in one transaction (all or nothing). An
    * image already stored keeps its row and original; it gets the thumbnail given only if it has none.
    */
-  addBatch(items: { image: NewImage; vector: Float32Array }[], modelId: string): InsertResult[] {
+  addBatch(items: { image: NewImage; vector: Float32Array; regions?: Float32Array }[], modelId: string): InsertResult[] {
     this.assertWriter();
     for (const { image, vector } of items) validateImage(image, vector);
     return this.db
       .transaction(() => {
         let dim = this.dim(modelId);
         let added = 0;
-        const results = items.map(({ image, vector }): InsertResult => {
+        const results = items.map(({ image, vector, regions }): InsertResult => {
           if (dim === null) {
             dim = vector.length;
             this.stmts.setState.run(dimKey(modelId), String(dim));
@@ -423,12 +465,25 @@ export class ImageStore {
           if (thumbnail) this.stmts.insertThumbnail.run(id, thumbnail);
           const embeddingAdded = this.stmts.insertEmbedding.run(id, modelId, vectorToBlob(vector)).changes > 0;
           if (embeddingAdded) added++;
-          return { id, created: !existing, embeddingAdded };
+          if (!regions || !this.insertRegions(id, modelId, dim, regions, image.source)) return { id, created: !existing, embeddingAdded };
+          added++;
+          return { id, created: !existing, embeddingAdded, regionsAdded: true };
         });
         if (added > 0) this.stmts.bumpState.run(genKey(modelId));
         return results;
       })
       .immediate();
+  }
+
+  /** Stores an image's region vectors unless it has them; every image of a model has the same number. */
+  private insertRegions(id: number, modelId: string, dim: number, regions: Float32Array, source: string): boolean {
+    const n = validateRegions(source, regions, dim);
+    const known = this.regionsPerImage(modelId);
+    if (known === null) this.stmts.setState.run(regionsKey(modelId), String(n));
+    else if (known !== n) throw new StoreError(`model "${modelId}" stores ${known} region vectors per image; "${source}" has ${n}`);
+    let added = 0;
+    for (let r = 0; r < n; r++) added += this.stmts.insertRegion.run(id, modelId, r, vectorToBlob(regions.subarray(r * dim, (r + 1) * dim))).changes;
+    return added > 0;
   }
 
   /**
@@ -513,6 +568,18 @@ export function validateImage(image: NewImage, vector: Float32Array): void {
   if (!HASH_RE.test(image.contentHash)) throw new StoreError(`content hash of "${image.source}" must be 64 lowercase hex digits (sha256), got "${image.contentHash}"`);
   if (!(vector instanceof Float32Array) || vector.length === 0) throw new StoreError(`embedding for "${image.source}" must be a non-empty Float32Array`);
   if (!vector.every(Number.isFinite)) throw new StoreError(`embedding for "${image.source}" contains NaN or infinite values`);
+}
+
+/** What every store checks of an image's region vectors (both backends); returns how many there are. */
+export function validateRegions(source: string, regions: Float32Array, dim: number): number {
+  const n = regions.length / dim;
+  if (!(regions instanceof Float32Array) || !Number.isInteger(n) || n < 1) throw new StoreError(`region vectors for "${source}" must be a Float32Array of whole ${dim}-dimensional vectors, got ${regions.length} values`);
+  for (let r = 0; r < n; r++) {
+    let norm = 0;
+    for (let j = r * dim; j < (r + 1) * dim; j++) norm += regions[j] * regions[j];
+    if (!(norm > 0) || !Number.isFinite(norm)) throw new StoreError(`region vector ${r} of "${source}" is zero or not finite`);
+  }
+  return n;
 }
 
 function toImageRow(r: RawImageRow): ImageRow {

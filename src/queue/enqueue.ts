@@ -9,6 +9,7 @@ import { DEFAULT_JOB_ITEMS, DEFAULT_QUEUE_NAME, IndexJobResult, batchJobs, jobOp
 export interface EnqueueOptions {
   queueName?: string;
   jobItems?: number; // images per job
+  regionGrid?: number; // the workers also store region vectors (IndexOptions.regionGrid)
   onProgress?: (p: IndexProgress) => void;
   /** Called once if no worker is connected when the jobs are in the queue (they wait for one). */
   onNoWorkers?: () => void;
@@ -101,7 +102,7 @@ export async function indexThroughQueue(redis: Redis, sources: string[], opts: E
       if (chunk.length) await queue.addBulk(chunk);
       chunk = [];
     };
-    for await (const job of batchJobs(sourceItems(sources, report), opts.jobItems ?? DEFAULT_JOB_ITEMS)) {
+    for await (const job of batchJobs(sourceItems(sources, report), opts.jobItems ?? DEFAULT_JOB_ITEMS, opts.regionGrid)) {
       if (opts.signal?.aborted) break;
       if (size.has(job.id)) continue; // the same items twice on the command line
       size.set(job.id, job.data.items.length);

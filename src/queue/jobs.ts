@@ -18,7 +18,10 @@ export const JobItem = z.object({
   label: z.string().nullable(),
   bytes: z.base64().optional(), // archive members
 });
-export const IndexJobData = z.object({ items: z.array(JobItem).min(1) });
+export const IndexJobData = z.object({
+  items: z.array(JobItem).min(1),
+  regionGrid: z.number().int().positive().optional(), // also store region vectors (IndexOptions.regionGrid)
+});
 export type IndexJobData = z.infer<typeof IndexJobData>;
 
 /** What a worker returns for a job (BullMQ keeps it as the job's return value). */
@@ -38,21 +41,24 @@ export const jobOptions = {
 } as const;
 
 /** Groups items into jobs of at most `maxItems` items and MAX_JOB_BYTES of member bytes, in order. */
-export async function* batchJobs(items: AsyncIterable<IndexItem>, maxItems = DEFAULT_JOB_ITEMS): AsyncGenerator<{ id: string; data: IndexJobData }> {
+export async function* batchJobs(items: AsyncIterable<IndexItem>, maxItems = DEFAULT_JOB_ITEMS, regionGrid?: number): AsyncGenerator<{ id: string; data: IndexJobData }> {
   let batch: IndexJobData['items'] = [];
   let bytes = 0;
-  let key = crypto.createHash('sha256');
+  // A job that also stores region vectors is another job than the same items without them.
+  const newKey = () => crypto.createHash('sha256').update(regionGrid ? `regions ${regionGrid}\n` : '');
+  let key = newKey();
+  const data = (): IndexJobData => ({ items: batch, ...(regionGrid ? { regionGrid } : {}) });
   for await (const item of items) {
     const size = item.bytes?.length ?? 0;
     if (batch.length > 0 && (batch.length >= maxItems || bytes + size > MAX_JOB_BYTES)) {
-      yield { id: jobId(key), data: { items: batch } };
-      [batch, bytes, key] = [[], 0, crypto.createHash('sha256')];
+      yield { id: jobId(key), data: data() };
+      [batch, bytes, key] = [[], 0, newKey()];
     }
     batch.push({ path: item.path, label: item.label ?? null, ...(item.bytes ? { bytes: item.bytes.toString('base64') } : {}) });
     bytes += size;
     key.update(JSON.stringify([item.path, item.label ?? null, item.bytes ? contentHash(item.bytes) : fileVersion(item.path)]));
   }
-  if (batch.length > 0) yield { id: jobId(key), data: { items: batch } };
+  if (batch.length > 0) yield { id: jobId(key), data: data() };
 }
 
 /** The job's items as the indexer takes them. */

@@ -32,6 +32,7 @@ export async function runWorker(redis: Redis, store: StoreBackend, encoder: Imag
       if (!parsed.success) throw new UnrecoverableError(`not an indexing job: ${parsed.error.issues[0]?.message}`);
       const r = await indexItems(store, encoder, toIndexItems(parsed.data), {
         batchSize: opts.batchSize,
+        regionGrid: parsed.data.regionGrid,
         onProgress: (p) => void job.updateProgress(p.done).catch(() => {}), // progress is advisory; the result is not
       });
       totals.jobs++;

@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { IMAGE_FORMATS } from '../data/formats.ts';
 import { DEFAULT_MAX_PIXELS, type DecodedImage, ImageDecodeError, MAX_IMAGE_BYTES, } from '../data/images.ts';
 import type { EncodeBatcher } from '../encoder/batcher.ts';
-import type { Calibration, CalibrationEntry } from '../encoder/budget.ts';
+import { type Calibration, type CalibrationEntry, regionPenaltyOf } from '../encoder/budget.ts';
 import { GRANULARITIES, countFlops, countParams } from '../encoder/config.ts';
 import { EncoderPool } from '../encoder/pool.ts';
 import { AUTO, type CascadeRule, type Escalation, type QueryPlan, autoLadder, planQuery } from '../encoder/policy.ts';
@@ -60,6 +60,7 @@ export interface SearchOpts {
   ef?: number;
   cascade?: CascadeRule;
   filter?: ImageFilter | null;
+  regionPenalty?: number;
 }
 export interface SearchApi {
   searchByPixels(store: StoreBackend, encode: (pixels: Uint8Array, spec: string) => Promise<Float32Array>, pixels: Uint8Array, opts: SearchOpts): Promise<SearchOutcome>;
@@ -117,6 +118,7 @@ export class SearchService {
   readonly uploads: UploadBudget; // the upload bytes in memory, over all requests
   readonly defaultFfn: string;
   private readonly xlFlops: number;
+  private readonly regionPenalty: number; // for a store that holds region vectors
   private readonly decoder: ImageDecoder;
   private readonly measured = new Map<string, number>(); // spec -> median batch-1 encode ms, measured at start
   private readonly served = new Map<string, number[]>(); // spec -> recent encode waits
@@ -135,6 +137,7 @@ export class SearchService {
     this.defaultFfn = byDefault.toLowerCase() === AUTO ? AUTO : deps.encoder.submodel(byDefault).spec;
     const c = deps.encoder.config;
     this.xlFlops = countFlops(c, deps.encoder.submodel('XL').widths);
+    this.regionPenalty = regionPenaltyOf(deps.calibration);
     this.decoder = sharedDecoder(c.imageSize);
   }
 
@@ -156,7 +159,7 @@ export class SearchService {
     // The plan's beam (a cheap encoder's calibrated one, or a narrower one under load) applies to an encoder's query;
     // a stored image's own XL embedding searches with the index's.
     const ef = params.ef ?? (upload ? plan.ef : undefined);
-    const opts: SearchOpts = { k: params.k, ffn: plan.spec, ef, filter: params.where, ...(plan.chosenBy === 'cascade' && upload ? { cascade: plan.rule } : {}) };
+    const opts: SearchOpts = { k: params.k, ffn: plan.spec, ef, filter: params.where, regionPenalty: this.regionPenalty, ...(plan.chosenBy === 'cascade' && upload ? { cascade: plan.rule } : {}) };
     let outcome: SearchOutcome;
     let decodeMs = 0;
     if (upload) {

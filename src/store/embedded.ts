@@ -2,7 +2,7 @@
 // This adapter only carries the StoreBackend calls to the existing functions; it adds no behaviour.
 import { nearestFiltered } from '../index/filtered-search.ts';
 import { type IndexHandle, addEmbeddings, deleteImages, openIndex } from '../index/service.ts';
-import type { ImageFilter, ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, SearchHit, StoreBackend, StoreStats, VectorIndexInfo } from './types.ts';
+import type { ImageFilter, ImageRow, InsertResult, ModelSpec, OpenStoreOptions, SearchHit, StoreBackend, StoreItem, StoreStats, VectorIndexInfo } from './types.ts';
 
 export class EmbeddedStore implements StoreBackend {
   readonly kind = 'embedded';
@@ -29,7 +29,7 @@ export class EmbeddedStore implements StoreBackend {
     return this.handle.config;
   }
 
-  async add(items: { image: NewImage; vector: Float32Array }[]): Promise<InsertResult[]> {
+  async add(items: StoreItem[]): Promise<InsertResult[]> {
     return addEmbeddings(this.handle, items);
   }
 
@@ -41,17 +41,21 @@ export class EmbeddedStore implements StoreBackend {
     return this.handle.store.getImages(ids);
   }
 
-  async findByHash(hash: string): Promise<{ row: ImageRow; indexed: boolean } | undefined> {
+  async findByHash(hash: string): Promise<{ row: ImageRow; indexed: boolean; regions: boolean } | undefined> {
     const row = this.handle.store.findByHash(hash);
-    return row && { row, indexed: this.handle.store.hasEmbedding(row.id, this.modelId) };
+    return row && { row, indexed: this.handle.store.hasEmbedding(row.id, this.modelId), regions: this.handle.store.hasRegions(row.id, this.modelId) };
   }
 
   async embedding(id: number): Promise<Float32Array | undefined> {
     return this.handle.store.getEmbedding(id, this.modelId);
   }
 
-  async nearest(query: Float32Array, k: number, ef?: number, filter?: ImageFilter | null): Promise<SearchHit[]> {
-    return nearestFiltered(this.handle, query, k, { ef, filter });
+  async nearest(query: Float32Array, k: number, ef?: number, filter?: ImageFilter | null, regionPenalty?: number): Promise<SearchHit[]> {
+    return nearestFiltered(this.handle, query, k, { ef, filter, regionPenalty });
+  }
+
+  async regionsPerImage(): Promise<number | null> {
+    return this.handle.store.regionsPerImage(this.modelId);
   }
 
   async count(): Promise<number> {

@@ -1,7 +1,8 @@
 // The PostgreSQL store's schema: versioned migrations, applied in order inside one transaction under an advisory
-// lock (two processes opening a new database at once must not both create it), and one embeddings table per model
-// with a vector(D) column and an HNSW index over inner product (vectors are stored L2-normalised, so inner product
-// is cosine similarity, as in the embedded store's hnswlib index).
+// lock (two processes opening a new database at once must not both create it), and per model one embeddings table
+// and one region embeddings table (src/data/regions.ts), each with a vector(D) column and an HNSW index over inner
+// product (vectors are stored L2-normalised, so inner product is cosine similarity, as in the embedded store's
+// hnswlib index).
 import type pg from 'pg';
 import { HNSW_DEFAULTS } from '../index/hnsw.ts';
 import { StoreError } from '../index/store.ts';
@@ -13,7 +14,7 @@ const FILTER_INDEXES = `CREATE INDEX IF NOT EXISTS images_by_label ON images (la
    CREATE INDEX IF NOT EXISTS images_by_added_at ON images (added_at);`;
 
 /** Each entry brings the schema from version i to i + 1. Never edit a shipped entry: add one. */
-export const MIGRATIONS: string[] = [
+export const MIGRATIONS: (string | ((client: pg.PoolClient) => Promise<void>))[] = [
   `CREATE TABLE images (
      id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, -- never reused, as in the embedded store
      source text NOT NULL,
@@ -40,6 +41,13 @@ export const MIGRATIONS: string[] = [
   // is at version 2 with this table and without the indexes, so this step creates whichever of them is missing.
   `CREATE TABLE IF NOT EXISTS store_state (key text PRIMARY KEY, value text NOT NULL);
    ${FILTER_INDEXES}`,
+  // Region vectors: R per image, recorded by a model's first write of them (null: none yet); models made before get
+  // their table here, later ones in ensureModel. IF NOT EXISTS, as version 3: a database whose schema_migrations
+  // was rewound (tests/store-postgres.test.ts rewinds to version 2) runs this again over what it made.
+  async (client) => {
+    await client.query('ALTER TABLE models ADD COLUMN IF NOT EXISTS regions integer CHECK (regions > 0)');
+    for (const m of (await client.query<{ id: number; dim: number }>('SELECT id, dim FROM models')).rows) await createRegionTable(client, m.id, m.dim);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -49,6 +57,7 @@ const MIN_PGVECTOR = [0, 7, 0];
 const LOCK_KEY = 0x6d617476; // 'matv': the advisory lock migrations and model creation hold
 
 export const embeddingsTable = (modelRowId: number) => `embeddings_${modelRowId}`;
+export const regionsTable = (modelRowId: number) => `region_embeddings_${modelRowId}`;
 
 /** pgvector's iterative index scans (a filtered search that keeps scanning the HNSW index until k rows pass). */
 export const ITERATIVE_SCANS = [0, 8, 0];
@@ -68,7 +77,8 @@ export async function migrate(client: pg.PoolClient, where: string): Promise<num
       throw new StoreError(`the store in ${where} has schema version ${version}, newer than this program's ${SCHEMA_VERSION}: upgrade the program`);
     }
     for (let v = version; v < SCHEMA_VERSION; v++) {
-      await client.query(MIGRATIONS[v]);
+      const step = MIGRATIONS[v];
+      await (typeof step === 'string' ? client.query(step) : step(client));
       await client.query('INSERT INTO schema_migrations (version) VALUES ($1)', [v + 1]);
     }
     return have;
@@ -121,6 +131,7 @@ export async function ensureModel(client: pg.PoolClient, modelId: string, dim: n
       const table = embeddingsTable(created.id);
       await client.query(`CREATE TABLE ${table} (image_id bigint PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE, e vector(${dim}) NOT NULL)`);
       await client.query(`CREATE INDEX ${table}_hnsw ON ${table} USING hnsw (e vector_ip_ops) WITH (m = ${HNSW_DEFAULTS.M}, ef_construction = ${HNSW_DEFAULTS.efConstruction})`);
+      await createRegionTable(client, created.id, dim);
       return created;
     });
   }
@@ -130,6 +141,18 @@ export async function ensureModel(client: pg.PoolClient, modelId: string, dim: n
     row = { ...row, config };
   }
   return row ?? null;
+}
+
+/** A model's region vectors, searched as its embeddings are (IF NOT EXISTS: see version 4). */
+async function createRegionTable(client: pg.PoolClient, modelRowId: number, dim: number): Promise<void> {
+  const table = regionsTable(modelRowId);
+  await client.query(`CREATE TABLE IF NOT EXISTS ${table} (
+     image_id bigint NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+     region smallint NOT NULL CHECK (region >= 0),
+     e vector(${dim}) NOT NULL,
+     PRIMARY KEY (image_id, region)
+   )`);
+  await client.query(`CREATE INDEX IF NOT EXISTS ${table}_hnsw ON ${table} USING hnsw (e vector_ip_ops) WITH (m = ${HNSW_DEFAULTS.M}, ef_construction = ${HNSW_DEFAULTS.efConstruction})`);
 }
 
 /** Runs fn between BEGIN and COMMIT; ROLLBACK if it throws. */

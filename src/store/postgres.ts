@@ -4,14 +4,15 @@
 import pg from 'pg';
 import type { MatViTConfig } from '../encoder/config.ts';
 import { type ImageFilter, metaTexts, sourceRanges } from '../index/filter.ts';
-import { EXACT_MAX } from '../index/filtered-search.ts';
+import { EXACT_MAX, regionHitsWanted } from '../index/filtered-search.ts';
 import { HNSW_DEFAULTS, normalize } from '../index/hnsw.ts';
+import { mergeRegionHits } from '../index/region-merge.ts';
 import type { ReindexResult } from '../index/stats.ts';
-import { StoreError, validateImage } from '../index/store.ts';
+import { StoreError, validateImage, validateRegions } from '../index/store.ts';
 import { logger } from '../log.ts';
-import { ITERATIVE_SCANS, type ModelRow, SCHEMA_VERSION, atLeast, embeddingsTable, ensureModel, inTransaction, migrate } from './pg-schema.ts';
+import { ITERATIVE_SCANS, type ModelRow, SCHEMA_VERSION, atLeast, embeddingsTable, ensureModel, inTransaction, migrate, regionsTable } from './pg-schema.ts';
 import { parseStoreLocation } from './location.ts';
-import type { ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, SearchHit, StoreBackend, StoreStats, VectorIndexInfo } from './types.ts';
+import type { ImageRow, InsertResult, ModelSpec, NewImage, OpenStoreOptions, SearchHit, StoreBackend, StoreItem, StoreStats, VectorIndexInfo } from './types.ts';
 
 /** pgvector refuses hnsw.ef_search above this. */
 const PG_MAX_EF = 1000;
@@ -77,12 +78,26 @@ export class PostgresStore implements StoreBackend {
     return this.model && embeddingsTable(this.model.id);
   }
 
-  async add(items: { image: NewImage; vector: Float32Array }[]): Promise<InsertResult[]> {
+  async add(items: StoreItem[]): Promise<InsertResult[]> {
     this.assertWriter();
-    for (const { image, vector } of items) this.validate(image, vector);
+    let R: number | null = null; // region vectors per image in this batch, as the first image with them has
+    let firstSource = '';
+    for (const { image, vector, regions } of items) {
+      this.validate(image, vector);
+      if (!regions) continue;
+      const n = validateRegions(image.source, regions, this.dim);
+      if (R !== null && n !== R) throw new StoreError(`"${image.source}" has ${n} region vectors, "${firstSource}" in the same batch ${R}: every image of model "${this.modelId}" has the same number`);
+      if (R === null) [R, firstSource] = [n, image.source];
+    }
     if (items.length === 0) return [];
     const table = this.table!;
     return this.transaction(async (c) => {
+      if (R !== null) {
+        // The model's row stays locked to the end: two writers' first region vectors cannot record two numbers.
+        const known = (await c.query<{ regions: number | null }>('SELECT regions FROM models WHERE id = $1 FOR UPDATE', [this.model!.id])).rows[0].regions;
+        if (known === null) await c.query('UPDATE models SET regions = $2 WHERE id = $1', [this.model!.id, R]);
+        else if (known !== R) throw new StoreError(`model "${this.modelId}" stores ${known} region vectors per image; "${firstSource}" has ${R}`);
+      }
       // Images new to the store, once each (a batch may hold the same content twice: the first copy counts).
       const first = new Map<string, number>();
       items.forEach(({ image }, i) => first.has(image.contentHash) || first.set(image.contentHash, i));
@@ -110,12 +125,24 @@ export class PostgresStore implements StoreBackend {
         `INSERT INTO ${table} (image_id, e) SELECT * FROM unnest($1::bigint[], $2::text[]::vector[]) ON CONFLICT DO NOTHING RETURNING image_id`,
         [firsts.map((i) => idOf(items[i].image)), firsts.map((i) => vectorText(items[i].vector))],
       );
-      if (added.rows.length > 0) await c.query('UPDATE models SET generation = generation + 1 WHERE id = $1', [this.model!.id]);
+      // A known image that has its region vectors keeps them (they are all or none of an image's R).
+      const withRegions = firsts.filter((i) => items[i].regions);
+      const regionRows = withRegions.flatMap((i) => Array.from({ length: R! }, (_, r) => ({ id: idOf(items[i].image), r, e: vectorText(items[i].regions!.subarray(r * this.dim, (r + 1) * this.dim)) })));
+      const regionIds = new Set<number>();
+      if (regionRows.length > 0) {
+        const { rows } = await c.query<{ image_id: string }>(
+          `INSERT INTO ${regionsTable(this.model!.id)} (image_id, region, e) SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::text[]::vector[]) ON CONFLICT DO NOTHING RETURNING image_id`,
+          [regionRows.map((x) => x.id), regionRows.map((x) => x.r), regionRows.map((x) => x.e)],
+        );
+        for (const r of rows) regionIds.add(Number(r.image_id));
+      }
+      if (added.rows.length > 0 || regionIds.size > 0) await c.query('UPDATE models SET generation = generation + 1 WHERE id = $1', [this.model!.id]);
       const addedIds = new Set(added.rows.map((r) => Number(r.image_id)));
       return items.map(({ image }, i): InsertResult => {
         const isFirst = first.get(image.contentHash) === i;
         const id = idOf(image);
-        return { id, created: isFirst && created.has(image.contentHash), embeddingAdded: isFirst && addedIds.has(id) };
+        const result = { id, created: isFirst && created.has(image.contentHash), embeddingAdded: isFirst && addedIds.has(id) };
+        return isFirst && regionIds.has(id) ? { ...result, regionsAdded: true } : result;
       });
     });
   }
@@ -139,11 +166,13 @@ export class PostgresStore implements StoreBackend {
     return ids.flatMap((id) => byId.get(id) ?? []);
   }
 
-  async findByHash(hash: string): Promise<{ row: ImageRow; indexed: boolean } | undefined> {
-    const table = this.table;
-    const sql = table ? `SELECT i.*, EXISTS (SELECT 1 FROM ${table} e WHERE e.image_id = i.id) AS indexed FROM images i WHERE content_hash = $1` : 'SELECT i.*, false AS indexed FROM images i WHERE content_hash = $1';
-    const r = (await this.pool.query<RawImageRow & { indexed: boolean }>(sql, [hash])).rows[0];
-    return r && { row: toImageRow(r), indexed: r.indexed };
+  async findByHash(hash: string): Promise<{ row: ImageRow; indexed: boolean; regions: boolean } | undefined> {
+    const has = (table: string) => `EXISTS (SELECT 1 FROM ${table} e WHERE e.image_id = i.id)`;
+    const sql = this.model
+      ? `SELECT i.*, ${has(embeddingsTable(this.model.id))} AS indexed, ${has(regionsTable(this.model.id))} AS regions FROM images i WHERE content_hash = $1`
+      : 'SELECT i.*, false AS indexed, false AS regions FROM images i WHERE content_hash = $1';
+    const r = (await this.pool.query<RawImageRow & { indexed: boolean; regions: boolean }>(sql, [hash])).rows[0];
+    return r && { row: toImageRow(r), indexed: r.indexed, regions: r.regions };
   }
 
   async embedding(id: number): Promise<Float32Array | undefined> {
@@ -156,39 +185,48 @@ export class PostgresStore implements StoreBackend {
    * With a filter: few passing images (EXACT_MAX, as the embedded store) are searched exactly (the HNSW index is
    * turned off for the query); more go through pgvector's iterative index scan, which keeps scanning the index
    * until k rows pass, where the installed pgvector has it (0.8), and exactly otherwise. An iterative scan that
-   * stops short of k (hnsw.max_scan_tuples) is answered exactly too.
+   * stops short of k (hnsw.max_scan_tuples) is answered exactly too. With a region penalty, the region vectors are
+   * searched the same way, in the same transaction (one snapshot), for their best max(20, 2k), and merged.
    */
-  async nearest(query: Float32Array, k: number, ef: number = HNSW_DEFAULTS.ef, filter?: ImageFilter | null): Promise<SearchHit[]> {
+  async nearest(query: Float32Array, k: number, ef: number = HNSW_DEFAULTS.ef, filter?: ImageFilter | null, regionPenalty?: number): Promise<SearchHit[]> {
     if (!Number.isInteger(k) || k <= 0) throw new RangeError(`k must be a positive integer, got ${k}`);
     if (query.length !== this.dim) throw new RangeError(`query has ${query.length} dimensions, the store has ${this.dim}`);
+    if (regionPenalty !== undefined && !(regionPenalty >= 0 && Number.isFinite(regionPenalty))) throw new RangeError(`region penalty must be a finite number >= 0, got ${regionPenalty}`);
     if (!this.table) return [];
-    const beam = Math.min(PG_MAX_EF, Math.max(ef, k)); // pgvector returns at most ef_search rows
     const filterParams: unknown[] = [];
     const where = filter ? filterWhere(filter, filterParams) : null;
-    const params = [...filterParams, vectorText(query), k];
-    const [q, limit] = [`$${params.length - 1}::vector`, `$${params.length}`];
-    const sql = `SELECT e.image_id, e.e <#> ${q} AS d FROM ${this.table} e${where ? ` JOIN images i ON i.id = e.image_id WHERE ${where}` : ''} ORDER BY e.e <#> ${q} LIMIT ${limit}`;
     return this.transaction(async (c) => {
-      const set = (name: string, value: string) => c.query('SELECT set_config($1, $2, true)', [name, value]); // this transaction only
-      await set('hnsw.ef_search', String(beam));
-      let exact = false;
-      if (where) {
-        const { rows } = await c.query<{ n: string }>(`SELECT count(*) AS n FROM ${this.table} e JOIN images i ON i.id = e.image_id WHERE ${where}`, filterParams);
-        const n = Number(rows[0].n);
-        if (n === 0) return [];
-        exact = n <= EXACT_MAX || !this.iterativeScans;
-        if (exact) await set('enable_indexscan', 'off');
-        else await set('hnsw.iterative_scan', 'strict_order');
-        let { rows: hits } = await c.query<{ image_id: string; d: number }>(sql, params);
-        if (!exact && hits.length < Math.min(k, n)) {
-          await set('enable_indexscan', 'off');
-          hits = (await c.query<{ image_id: string; d: number }>(sql, params)).rows;
-        }
-        return hits.map((r) => ({ id: Number(r.image_id), score: -r.d }));
-      }
-      const { rows } = await c.query<{ image_id: string; d: number }>(sql, params);
-      return rows.map((r) => ({ id: Number(r.image_id), score: -r.d })); // <#> is the negated inner product
+      const whole = await this.search(c, this.table!, query, k, ef, where, filterParams);
+      if (regionPenalty === undefined) return whole;
+      const regions = await this.search(c, regionsTable(this.model!.id), query, regionHitsWanted(k), ef, where, filterParams);
+      return regions.length === 0 ? whole : mergeRegionHits(whole, regions, regionPenalty, k);
     });
+  }
+
+  /** The `limit` rows of `table` (an embeddings or region table) nearest to the query, inside transaction `c`. */
+  private async search(c: pg.PoolClient, table: string, query: Float32Array, limit: number, ef: number, where: string | null, filterParams: unknown[]): Promise<SearchHit[]> {
+    const params = [...filterParams, vectorText(query), limit];
+    const [q, lim] = [`$${params.length - 1}::vector`, `$${params.length}`];
+    const sql = `SELECT e.image_id, e.e <#> ${q} AS d FROM ${table} e${where ? ` JOIN images i ON i.id = e.image_id WHERE ${where}` : ''} ORDER BY e.e <#> ${q} LIMIT ${lim}`;
+    const run = async () => (await c.query<{ image_id: string; d: number }>(sql, params)).rows.map((r) => ({ id: Number(r.image_id), score: -r.d })); // <#> is the negated inner product
+    const set = (name: string, value: string) => c.query('SELECT set_config($1, $2, true)', [name, value]); // this transaction only
+    await set('hnsw.ef_search', String(Math.min(PG_MAX_EF, Math.max(ef, limit)))); // pgvector returns at most ef_search rows
+    if (!where) return run();
+    const { rows } = await c.query<{ n: string }>(`SELECT count(*) AS n FROM ${table} e JOIN images i ON i.id = e.image_id WHERE ${where}`, filterParams);
+    const n = Number(rows[0].n);
+    if (n === 0) return [];
+    const exact = n <= EXACT_MAX || !this.iterativeScans;
+    await set('enable_indexscan', exact ? 'off' : 'on'); // explicit both ways: an earlier search of this transaction may have turned it off
+    if (!exact) await set('hnsw.iterative_scan', 'strict_order');
+    const hits = await run();
+    if (exact || hits.length >= Math.min(limit, n)) return hits;
+    await set('enable_indexscan', 'off');
+    return run();
+  }
+
+  async regionsPerImage(): Promise<number | null> {
+    if (!this.model) return null;
+    return (await this.pool.query<{ regions: number | null }>('SELECT regions FROM models WHERE id = $1', [this.model.id])).rows[0].regions;
   }
 
   async count(): Promise<number> {
@@ -209,8 +247,8 @@ export class PostgresStore implements StoreBackend {
         const dbBytes = await one<{ b: string }>('SELECT pg_database_size(current_database()) AS b');
         const models = [];
         for (const m of (await c.query<{ id: number; model_id: string; dim: number; generation: string }>('SELECT id, model_id, dim, generation FROM models ORDER BY model_id')).rows) {
-          const n = await one<{ n: string }>(`SELECT count(*) AS n FROM ${embeddingsTable(m.id)}`);
-          if (Number(n.n) > 0) models.push({ modelId: m.model_id, embeddings: Number(n.n), dim: m.dim, generation: Number(m.generation) });
+          const n = await one<{ n: string; regions: string }>(`SELECT (SELECT count(*) FROM ${embeddingsTable(m.id)}) AS n, (SELECT count(*) FROM ${regionsTable(m.id)}) AS regions`);
+          if (Number(n.n) > 0) models.push({ modelId: m.model_id, embeddings: Number(n.n), regionVectors: Number(n.regions), dim: m.dim, generation: Number(m.generation) });
         }
         return {
           dir: this.location,

@@ -9,6 +9,13 @@ import type { ImageRow, InsertResult, NewImage, StoreStats } from '../index/stor
 
 export type { ImageFilter, ImageRow, InsertResult, NewImage, SearchHit, StoreStats };
 
+/** An image to store, with its embedding and, optionally, its region vectors (see StoreBackend.add). */
+export interface StoreItem {
+  image: NewImage;
+  vector: Float32Array;
+  regions?: Float32Array;
+}
+
 /** The model whose embeddings a store is opened for. */
 export interface ModelSpec {
   modelId: string;
@@ -41,22 +48,28 @@ export interface StoreBackend {
   /**
    * Stores images with their embeddings, thumbnails and kept originals in one transaction (all or nothing). Identical
    * content (same contentHash) is stored once: a known image keeps its row and original, gains the embedding if it
-   * had none for this model, and the thumbnail if it had none.
+   * had none for this model, and the thumbnail if it had none. `regions`, when given, are the image's region vectors
+   * (src/data/regions.ts: R vectors of `dim` floats, one after another); every image of a model has the same R, and a
+   * known image gains them if it had none.
    */
-  add(items: { image: NewImage; vector: Float32Array }[]): Promise<InsertResult[]>;
+  add(items: StoreItem[]): Promise<InsertResult[]>;
   /** Deletes images with everything stored for them, in one transaction. Returns the ids that existed, in order. */
   delete(ids: number[]): Promise<number[]>;
   /** The rows of `ids` that exist, in the order given. */
   rows(ids: number[]): Promise<ImageRow[]>;
-  /** The stored image with this content, and whether it has an embedding for the model. */
-  findByHash(hash: string): Promise<{ row: ImageRow; indexed: boolean } | undefined>;
+  /** The stored image with this content, and whether it has an embedding and region vectors for the model. */
+  findByHash(hash: string): Promise<{ row: ImageRow; indexed: boolean; regions: boolean } | undefined>;
   /** The model's embedding of image `id` (its direction: backends may keep it normalised). */
   embedding(id: number): Promise<Float32Array | undefined>;
   /**
    * The k images nearest to `query` by cosine similarity, best first; `ef` is the HNSW beam (raised to k). With a
-   * filter (src/index/filter.ts), only images that pass, with the recall of an unfiltered search.
+   * filter (src/index/filter.ts), only images that pass, with the recall of an unfiltered search. With
+   * `regionPenalty`, an image scores the better of its own similarity and its best region's less the penalty
+   * (src/index/region-merge.ts); images stored without region vectors score by their own.
    */
-  nearest(query: Float32Array, k: number, ef?: number, filter?: ImageFilter | null): Promise<SearchHit[]>;
+  nearest(query: Float32Array, k: number, ef?: number, filter?: ImageFilter | null, regionPenalty?: number): Promise<SearchHit[]>;
+  /** Region vectors per image stored for the model, or null when it has none. */
+  regionsPerImage(): Promise<number | null>;
   /** Embeddings stored for the model. */
   count(): Promise<number>;
   stats(): Promise<StoreStats>;
