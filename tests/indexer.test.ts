@@ -351,7 +351,7 @@ describe('search', () => {
       const encode = (p: Uint8Array, s: string) => encoder.encode([p], s).then((e) => e[0]);
       const res = await searchByPixels(embedded(h), encode, pixels, { k: 5 });
       assert.equal(res.results.length, 5);
-      assert.deepEqual(Object.keys(res.results[0]).sort(), ['contentHash', 'id', 'label', 'metadata', 'path', 'score', 'source']);
+      assert.deepEqual(Object.keys(res.results[0]).sort(), ['contentHash', 'id', 'label', 'metadata', 'path', 'region', 'score', 'source']);
       assert.equal(res.results[0].path, query);
       assert.equal(res.results[0].label, 'x');
       assert.ok(res.results[0].score > 0.999);
@@ -410,7 +410,7 @@ describe('region vectors', () => {
       const id3 = (await store.findByHash(contentHash(bytes)))!.row.id;
       const encode = (px: Uint8Array, spec: string) => encoder.encode([px], spec).then((e) => e[0]);
       const found = await searchByPixels(store, encode, region, { k: 3, regionPenalty: 0 });
-      assert.equal(found.results[0].id, id3);
+      assert.deepEqual([found.results[0].id, found.results[0].region], [id3, true]);
       assert.ok(found.results[0].score > 0.9999, `score ${found.results[0].score}`);
       assert.ok((await searchByPixels(store, encode, region, { k: 3 })).results.every((hit) => hit.score < 0.9999), 'the whole-image vectors alone do not hold it');
 

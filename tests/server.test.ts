@@ -205,6 +205,7 @@ describe('serving', () => {
     assert.equal(xl.results.length, 5);
     assert.equal(xl.results[0].label, q.label);
     assert.ok(xl.results[0].score > 0.999, `self-match score ${xl.results[0].score}`);
+    assert.ok(xl.results.every((r: { region: boolean }) => r.region === false), 'a store without region vectors matches whole images');
     assert.match(xl.results[0].name, new RegExp(`${path.basename(q.file)}$`));
     assert.equal(xl.results[0].thumbUrl, `/api/images/${xl.results[0].id}/thumb?v=${contentHash(q.bytes).slice(0, 16)}`, 'the URL names the content');
     assert.equal(xl.cost.ffn, 'XL');

@@ -394,6 +394,8 @@ for (const backend of backends) {
         const merged = await store.nearest(query, 3, undefined, null, 0.1);
         assert.equal(merged[0].id, ids[2]);
         assert.ok(Math.abs(merged[0].score - 0.9) < 1e-4, `the region's similarity less the penalty: ${merged[0].score}`);
+        assert.equal(merged[0].region, true, 'and it says so');
+        assert.ok(plain.every((h) => h.region === undefined));
         assert.equal(new Set(merged.map((h) => h.id)).size, 3, 'each image once');
         assert.ok(merged.every((h, j) => j === 0 || h.score <= merged[j - 1].score));
         assert.deepEqual((await store.nearest(query, 3, undefined, null, 5)).map((h) => h.id), plain.map((h) => h.id), 'a large penalty gives back the whole-image ranking');

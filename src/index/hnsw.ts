@@ -51,6 +51,7 @@ export class IndexSaveError extends Error {
 export interface SearchHit {
   id: number;
   score: number; // cosine similarity, in [-1, 1]
+  region?: true; // the score is the image's best region's, less the penalty (src/index/region-merge.ts)
 }
 
 export const sidecarPath = (indexFile: string) => `${indexFile}.json`;

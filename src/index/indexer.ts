@@ -68,13 +68,13 @@ const UPLOAD_CONCURRENCY = 8; // decodes in flight for indexBuffers
 
 /** A decoded item waiting for its embedding. */
 interface Ready {
-  regionPixels?: Uint8Array[]; // its regions' pixels, when the store keeps region vectors
   path: string; // what the store records as source
   label: string | null;
   metadata: Record<string, unknown>;
   bytes: Buffer;
   hash: string;
   decoded: DecodedImage;
+  regionPixels?: Uint8Array[]; // its regions' pixels, when the job stores region vectors
   thumb: Promise<Buffer | null> | null; // null: it needs none (its own thumbnail, or stored for another model with one)
 }
 

@@ -3,11 +3,9 @@
 // the penalty, a region of some other image (a patch of sky, a face) outranks the original of a copy that keeps the
 // whole picture (grayscale, heavy JPEG); with it, a region wins only when it is clearly closer, as for a crop.
 import type { TopK } from './exact-search.ts';
+import type { SearchHit } from './hnsw.ts';
 
-export interface ScoredImage {
-  id: number;
-  score: number;
-}
+type ScoredImage = Pick<SearchHit, 'id' | 'score'>;
 
 /**
  * One query's k best images from its whole-image hits and its region hits (`id`: the region's image), a region's
@@ -15,12 +13,12 @@ export interface ScoredImage {
  * the lower id. The first place is exact; a later image found by only one list carries that list's score (its other
  * may be higher).
  */
-export function mergeRegionHits(whole: Iterable<ScoredImage>, regions: Iterable<ScoredImage>, penalty: number, k: number): ScoredImage[] {
+export function mergeRegionHits(whole: Iterable<ScoredImage>, regions: Iterable<ScoredImage>, penalty: number, k: number): SearchHit[] {
   if (!(penalty >= 0) || !Number.isFinite(penalty)) throw new RangeError(`region penalty must be >= 0 and finite, got ${penalty}`);
-  const best = new Map<number, number>();
-  for (const { id, score } of whole) best.set(id, Math.max(best.get(id) ?? -Infinity, score));
-  for (const { id, score } of regions) if (score - penalty > (best.get(id) ?? -Infinity)) best.set(id, score - penalty);
-  return [...best].sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, k).map(([id, score]) => ({ id, score }));
+  const best = new Map<number, SearchHit>();
+  for (const { id, score } of whole) if (score > (best.get(id)?.score ?? -Infinity)) best.set(id, { id, score });
+  for (const { id, score } of regions) if (score - penalty > (best.get(id)?.score ?? -Infinity)) best.set(id, { id, score: score - penalty, region: true });
+  return [...best.values()].sort((a, b) => b.score - a.score || a.id - b.id).slice(0, k);
 }
 
 /**

@@ -27,6 +27,7 @@ export interface SearchResult {
   source: string; // as stored: the path, or `upload:<name>`
   contentHash: string; // names the content (the thumbnail URL carries it)
   metadata: Record<string, unknown>;
+  region: boolean; // matched by one of its region vectors (a part of it), not by the whole image
 }
 
 export interface SearchResponse {
@@ -110,6 +111,6 @@ async function rows(store: StoreBackend, hits: SearchHit[]): Promise<SearchResul
   const byId = new Map((await store.rows(hits.map((h) => h.id))).map((r) => [r.id, r]));
   return hits.flatMap((h) => {
     const r = byId.get(h.id);
-    return r ? [{ id: h.id, score: h.score, label: r.label, path: sourcePath(r.source), source: r.source, contentHash: r.contentHash, metadata: r.metadata }] : [];
+    return r ? [{ id: h.id, score: h.score, label: r.label, path: sourcePath(r.source), source: r.source, contentHash: r.contentHash, metadata: r.metadata, region: h.region ?? false }] : [];
   });
 }

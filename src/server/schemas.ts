@@ -92,7 +92,8 @@ export const ThumbQuery = z.strictObject({
 export const SearchResult = z
   .object({
     id: z.number().int(),
-    score: z.number().describe('cosine similarity to the query, in [-1, 1]'),
+    score: z.number().describe('cosine similarity to the query, in [-1, 1]; for a region match, the region\'s less the penalty'),
+    region: z.boolean().describe('matched by one of the image\'s region vectors (the query looks like a part of it, such as a crop), not by the whole image'),
     label: z.string().nullable(),
     name: z.string().describe('file name the image was indexed from'),
     metadata: z.record(z.string(), z.unknown()),

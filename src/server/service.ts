@@ -49,6 +49,7 @@ export interface SearchHitRow {
   source: string; // as stored (uploads: `upload:<name>`)
   contentHash: string;
   metadata: Record<string, unknown>;
+  region?: boolean; // matched by a region vector
 }
 export interface SearchOutcome {
   results: SearchHitRow[];
@@ -187,6 +188,7 @@ export class SearchService {
         label: r.label ?? null,
         name: r.path !== null ? displayName(r.path) : uploadName(r.source),
         metadata: r.metadata ?? {},
+        region: r.region ?? false,
         imageUrl: imageUrl(r.id),
         thumbUrl: thumbUrl(r.id, r.contentHash),
       })),

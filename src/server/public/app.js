@@ -203,6 +203,7 @@ function renderResults(r) {
       const caption = Object.assign(document.createElement('span'), { className: 'caption' });
       const label = Object.assign(document.createElement('span'), { className: 'label', textContent: hit.label ?? hit.name });
       const score = Object.assign(document.createElement('span'), { className: 'score', textContent: hit.score.toFixed(3) });
+      if (hit.region) Object.assign(score, { textContent: `${score.textContent} · part`, title: 'matched a part of this image (one of its region vectors): the query looks like a crop of it' });
       caption.append(label, score);
       button.append(img, caption);
       button.addEventListener('click', () => useStored(hit.id, hit.label, hit.thumbUrl));
