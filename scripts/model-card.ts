@@ -86,7 +86,8 @@ const lines = [
         '  weight cos); an InfoNCE loss (temperature nceTemp, weight nce) pairs the student\'s embedding of a copy view (random',
         '  resized crop, flip, rotation, colour jitter and grayscale, blur, JPEG re-compression, down-and-up scaling) with XL\'s',
         '  embedding of the light view, the other images of the batch as negatives; with rank > 0, a KL (temperature rankTemp)',
-        '  between XL\'s and the student\'s similarity distributions over the batch\'s other XL embeddings. Copy crops cover',
+        '  between XL\'s and the student\'s similarity distributions over the batch\'s other XL embeddings (and, with rankBank',
+        '  > 0, over the XL embeddings of that many recent training images, kept in a ring). Copy crops cover',
         '  copyCropArea of the image\'s area. AdamW, cosine decay, clipping, label smoothing.',
       ]
     : [

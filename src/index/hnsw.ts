@@ -1,7 +1,7 @@
 // Approximate nearest-neighbour search: an hnswlib-node adapter over L2-normalised vectors (inner product = cosine).
-// HNSW labels are the store's image ids. The index file is a cache of the store's embeddings, checked against the
-// store through a JSON sidecar (which also carries the file's checksum) and rebuilt from SQLite whenever it does
-// not match.
+// HNSW labels are the store's image ids (a region index's: image id x regions per image + region, VectorSource).
+// The index file is a cache of the store's embeddings, checked against the store through a JSON sidecar (which also
+// carries the file's checksum) and rebuilt from SQLite whenever it does not match.
 import fs from 'node:fs';
 import hnswlib from 'hnswlib-node';
 import { logger } from '../log.ts';
