@@ -171,6 +171,7 @@ describe('serving', () => {
     const stats = StatsResponse.parse((await call('GET', '/api/stats')).json);
     assert.equal(stats.images, gallery.length);
     assert.equal(stats.labelled, gallery.length);
+    assert.deepEqual(stats.regions, { vectors: 0, penalty: 0.1 }, 'no region vectors; the default penalty (the test model has no calibration)');
     assert.equal(stats.limits.maxUploadBytes, MAX_UPLOAD);
     const doc = (await call('GET', '/api/openapi.json')).json;
     assert.equal(doc.openapi, '3.1.0');

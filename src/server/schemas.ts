@@ -175,6 +175,9 @@ export const StatsResponse = z
     images: z.number().int(),
     labelled: z.number().int(),
     indexed: z.number().int().describe('vectors in the HNSW index'),
+    regions: z
+      .object({ vectors: z.number().int(), penalty: z.number() })
+      .describe('region vectors stored for the model (`matvit index --regions`), which an upload\'s search also matches, each less the penalty'),
     hnsw: z.object({ M: z.number(), efConstruction: z.number(), ef: z.number(), capacity: z.number() }),
     dbBytes: z.number(),
     limits: z.object({ maxUploadBytes: z.number(), maxPixels: z.number(), maxFiles: z.number(), maxUploadMemoryBytes: z.number() }),

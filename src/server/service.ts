@@ -352,6 +352,7 @@ export class SearchService {
       images: s.images,
       labelled: s.labelled,
       indexed: index.vectors,
+      regions: { vectors: s.models.find((m) => m.modelId === this.deps.store.modelId)?.regionVectors ?? 0, penalty: this.regionPenalty },
       hnsw: { M: index.M, efConstruction: index.efConstruction, ef: index.ef, capacity: index.capacity },
       dbBytes: s.dbBytes,
       limits: { ...this.limits },
