@@ -83,8 +83,9 @@ export function registerIndexCommands(program: Command): void {
       `
 Images already indexed with the same model (same content) are skipped, so a rerun after Ctrl-C or a crash indexes
 only the rest; with --regions, images indexed without region vectors get them. Once a store holds region vectors,
-every image added to it (by index, upload or worker) gets them too. Bad files are listed with their reason and never stop the job. With --queue, jobs are named after
-what they hold, so enqueueing the same sources again adds nothing; Ctrl-C stops waiting, the workers go on.
+every image added to it (by index, upload or worker) gets them too. Bad files are listed with their reason and never
+stop the job. With --queue, jobs are named after what they hold, so enqueueing the same sources again adds nothing;
+Ctrl-C stops waiting, the workers go on.
 ${EXIT_HELP} 3: nothing could be indexed (no image found, or every file failed); 5: a folder or archive could
 not be read (whole, or past some point: listed, everything else is indexed); 130: interrupted (what was committed
 is kept). Some files failing still exits 0: they are listed in the summary.`,
@@ -388,8 +389,10 @@ function readQuery(file: string): Buffer {
   }
 }
 
-/** The query's encoders (src/encoder/policy.ts); a calibrated choice says why on stderr. */
-/** The query's encoders (src/encoder/policy.ts) and the region penalty, from the model's calibration. */
+/**
+ * The query's encoders (src/encoder/policy.ts) and the region penalty, from the model's calibration; a calibrated
+ * choice says why on stderr.
+ */
 async function queryPlan(encoder: Encoder, model: string | undefined, req: { ffn?: string; budget?: number; maxEncodeMs?: number }) {
   const { loadCalibration, regionPenaltyOf } = await import('../encoder/budget.ts');
   const { planQuery } = await import('../encoder/policy.ts');

@@ -439,8 +439,9 @@ export class ImageStore {
   }
 
   /**
-   * Stores many images with their embeddings, kept originals and thumbnails in one transaction (all or nothing). An
-   * image already stored keeps its row and original; it gets the thumbnail given only if it has none.
+   * Stores many images with their embeddings, region vectors, kept originals and thumbnails in one transaction (all
+   * or nothing). An image already stored keeps its row and original; it gets the thumbnail and region vectors given
+   * only if it has none.
    */
   addBatch(items: { image: NewImage; vector: Float32Array; regions?: Float32Array }[], modelId: string): InsertResult[] {
     this.assertWriter();
