@@ -84,16 +84,18 @@ export function openIndex(storeDir: string, modelId: string, dim: number, opts: 
   }
 }
 
+/** The HNSW file of a model's region vectors inside the store folder. */
+export const regionIndexFilePath = (storeDir: string, modelId: string) => indexFilePath(storeDir, regionIndexName(modelId));
+
 /**
- * Opens the region index when the store has region vectors for the model and it is not open yet (loaded, or rebuilt
- * from the store: then it returns true).
+ * Opens the region index when the store has region vectors for the model (loaded, or rebuilt from the store: then it
+ * returns true).
  */
 function openRegions(ix: IndexHandle): boolean {
   const perImage = ix.store.regionsPerImage(ix.modelId);
   if (perImage === null) return false;
-  const source = regionVectors(ix.store, ix.modelId, perImage);
-  const file = indexFilePath(ix.store.dir, source.name);
-  const { index, rebuilt } = HnswIndex.openSource(source, ix.dim, file, ix.hnswOptions);
+  const file = regionIndexFilePath(ix.store.dir, ix.modelId);
+  const { index, rebuilt } = HnswIndex.openSource(regionVectors(ix.store, ix.modelId, perImage), ix.dim, file, ix.hnswOptions);
   ix.regions = { hnsw: index, file, perImage };
   return rebuilt;
 }
@@ -113,8 +115,7 @@ export function addEmbeddings(ix: IndexHandle, items: { image: NewImage; vector:
     });
     const perImage = results.some((r) => r.regionsAdded) ? ix.store.regionsPerImage(ix.modelId) : null;
     if (!ix.regions && perImage !== null) {
-      const name = regionIndexName(ix.modelId);
-      ix.regions = { hnsw: HnswIndex.create(name, ix.dim, ix.hnswOptions), file: indexFilePath(ix.store.dir, name), perImage };
+      ix.regions = { hnsw: HnswIndex.create(regionIndexName(ix.modelId), ix.dim, ix.hnswOptions), file: regionIndexFilePath(ix.store.dir, ix.modelId), perImage };
     }
     const regions = ix.regions;
     if (regions) {
@@ -164,7 +165,9 @@ export function deleteImages(ix: IndexHandle, ids: number[]): number[] {
  */
 export function saveIndex(ix: IndexHandle): IndexSaveError | null {
   if (!ix.store.writer || ix.broken) return null;
-  for (const [index, file] of [[ix.hnsw, ix.file], ...(ix.regions ? [[ix.regions.hnsw, ix.regions.file] as const] : [])] as const) {
+  const indexes: [HnswIndex, string][] = [[ix.hnsw, ix.file]];
+  if (ix.regions) indexes.push([ix.regions.hnsw, ix.regions.file]);
+  for (const [index, file] of indexes) {
     try {
       index.save(file);
     } catch (err) {

@@ -2,8 +2,8 @@
 // file, disk use) and rebuilding a model's HNSW index from SQLite with chosen graph parameters. A PostgreSQL store
 // keeps its HNSW index in the database (pgvector): databaseStats reports it, PostgresStore.rebuildIndex rebuilds it.
 import fs from 'node:fs';
-import { HNSW_DEFAULTS, HnswIndex, readSidecar, regionIndexName, regionVectors } from './hnsw.ts';
-import { indexFilePath } from './service.ts';
+import { HNSW_DEFAULTS, HnswIndex, readSidecar, regionVectors } from './hnsw.ts';
+import { indexFilePath, regionIndexFilePath } from './service.ts';
 import { ImageStore, type StoreStats } from './store.ts';
 import type { StoreBackend } from '../store/types.ts';
 
@@ -77,7 +77,7 @@ export function reindex(dir: string, modelId: string, dim: number, opts: { M?: n
     let regionVectorsIndexed: number | undefined;
     if (perImage !== null) {
       const regions = HnswIndex.rebuildSource(regionVectors(store, modelId, perImage), dim, params);
-      regions.save(indexFilePath(store.dir, regionIndexName(modelId)));
+      regions.save(regionIndexFilePath(store.dir, modelId));
       regionVectorsIndexed = regions.size;
     }
     return { modelId, file, vectors: index.size, regionVectors: regionVectorsIndexed, M: index.M, efConstruction: index.efConstruction, seconds: (performance.now() - t0) / 1000 };

@@ -45,6 +45,8 @@ export class PostgresStore implements StoreBackend {
     private readonly iterativeScans: boolean, // pgvector >= 0.8: filtered searches keep scanning the HNSW index
   ) {}
 
+  private regionsSeen = false; // the model has region vectors (hasRegions)
+
   /**
    * Connects, brings the schema up to date (creating pgvector if the database has it available) and, for a writer,
    * creates the model's embeddings table. Every failure is a StoreError naming the problem; nothing is written
@@ -197,7 +199,7 @@ export class PostgresStore implements StoreBackend {
     const where = filter ? filterWhere(filter, filterParams) : null;
     return this.transaction(async (c) => {
       const whole = await this.search(c, this.table!, query, k, ef, where, filterParams);
-      if (regionPenalty === undefined) return whole;
+      if (regionPenalty === undefined || !(await this.hasRegions(c))) return whole;
       const regions = await this.search(c, regionsTable(this.model!.id), query, regionHitsWanted(k), ef, where, filterParams);
       return regions.length === 0 ? whole : mergeRegionHits(whole, regions, regionPenalty, k);
     });
@@ -225,8 +227,21 @@ export class PostgresStore implements StoreBackend {
   }
 
   async regionsPerImage(): Promise<number | null> {
+    return this.readRegionsPerImage(this.pool);
+  }
+
+  private async readRegionsPerImage(c: pg.Pool | pg.PoolClient): Promise<number | null> {
     if (!this.model) return null;
-    return (await this.pool.query<{ regions: number | null }>('SELECT regions FROM models WHERE id = $1', [this.model.id])).rows[0].regions;
+    return (await c.query<{ regions: number | null }>('SELECT regions FROM models WHERE id = $1', [this.model.id])).rows[0].regions;
+  }
+
+  /**
+   * Whether the model has region vectors, so that a search of a store without them runs one key lookup rather than a
+   * second search. Once recorded, the number of regions per image never goes back to null: that answer is kept.
+   */
+  private async hasRegions(c: pg.PoolClient): Promise<boolean> {
+    this.regionsSeen ||= (await this.readRegionsPerImage(c)) !== null;
+    return this.regionsSeen;
   }
 
   async count(): Promise<number> {
