@@ -8,7 +8,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import type { AdapterFit } from '../src/encoder/adapt.ts';
+import { adaptersPath } from '../src/encoder/adapters.ts';
 import { loadModel } from '../src/encoder/checkpoint.ts';
+import { readSafetensorsMetadata } from '../src/encoder/safetensors.ts';
 import { loadLabelledPixels } from '../src/data/labelled.ts';
 import { METRICS_FILE, MODEL_FILE, STATE_FILE, evaluateTop1 } from '../src/train/trainer.ts';
 import { formatSeconds } from '../src/progress.ts';
@@ -107,6 +110,7 @@ const lines = [
   ...baselines.map((b) => `| baseline ViT-${b.trained[0]} (${b.dir}) | ${['S', 'M', 'L', 'XL'].map((g) => pct(b.top1[g])).join(' | ')} | ${status(b)} |`),
   '',
 ];
+lines.push(...adaptersSection(path.join(args.model, MODEL_FILE)));
 const resultsFile = path.join(args.report, 'results.json');
 if (fs.existsSync(resultsFile)) lines.push(...retrievalSection(JSON.parse(fs.readFileSync(resultsFile, 'utf8')) as RecallCostResult));
 else lines.push('## Retrieval', '', 'Run `npm run eval` for 1-nearest-neighbour accuracy against the XL-encoded training set.', '');
@@ -114,6 +118,26 @@ const ownFile = path.join(args['own-report'], 'results.json');
 if (fs.existsSync(ownFile)) lines.push(...ownSection(JSON.parse(fs.readFileSync(ownFile, 'utf8')) as RecallCostResult));
 fs.writeFileSync(path.join(args.model, 'MODEL_CARD.md'), lines.join('\n'));
 console.log(lines.join('\n'));
+
+/** The query adapters beside the model (`matvit adapt`), with the held-out figures their fit recorded. */
+function adaptersSection(modelFile: string): string[] {
+  const file = adaptersPath(modelFile);
+  if (!fs.existsSync(file)) return [];
+  const meta = readSafetensorsMetadata(file);
+  const fits = JSON.parse(meta.fits ?? '[]') as AdapterFit[];
+  return [
+    '## Query adapters',
+    '',
+    `\`${path.basename(file)}\`: per listed width, an affine map of its embedding toward XL's, fitted by ridge regression ` +
+      `(lambda ${meta.lambda}) on \`${path.basename(meta.data ?? '?')}\` by \`matvit adapt\` (${meta.created?.slice(0, 10) ?? ''}), ` +
+      'applied inside the query encoder; XL and every other width run bare. Held-out images of that set, before / after:',
+    '',
+    '| width | fit images | held out | cosine to XL\'s embedding | recall@10 of XL\'s neighbours |',
+    '| --- | ---: | ---: | ---: | ---: |',
+    ...fits.map((f) => `| \`${f.spec}\` | ${f.fitImages} | ${f.heldOutImages} | ${f.cosineBefore.toFixed(4)} / ${f.cosineAfter.toFixed(4)} | ${f.recall10Before.toFixed(3)} / ${f.recall10After.toFixed(3)} |`),
+    '',
+  ];
+}
 
 /** The uniform granularities, the Mix'n'Match lists on the frontier and the baselines, as queries against XL. */
 function retrievalSection(r: RecallCostResult): string[] {

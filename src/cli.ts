@@ -76,6 +76,22 @@ program
     console.log(JSON.stringify(r));
   });
 
+program
+  .command('adapt')
+  .description("fit query adapters: per narrower submodel, an affine map of its embedding toward XL's (written beside the model)")
+  .option('--model <ckpt>', 'model checkpoint (default: the shipped model)')
+  .requiredOption('--data <source>', 'images like the database\'s, usually the training set: folder of class folders, .tar.gz, or IDX images file')
+  .option('--ffn <specs>', "submodels to fit, separated by ';' (e.g. 'S;M;L;S,S,M,M,L,XL'; default M and L, as shipped: README)", 'M;L')
+  .option('--lambda <x>', 'ridge penalty on the map\'s weights', num, 1e-3)
+  .option('--held-out <x>', 'share of the images held out for the before/after figures', num, 0.1)
+  .option('--limit <n>', 'use only the first N images', int)
+  .option('--threads <n>', 'onnxruntime threads', int)
+  .action(async (opts) => {
+    const { adaptModel } = await import('./encoder/adapt.ts');
+    const r = await adaptModel({ model: opts.model && path.resolve(opts.model), data: path.resolve(opts.data), specs: String(opts.ffn).split(';').filter(Boolean), lambda: opts.lambda, heldOut: opts.heldOut, limit: opts.limit, threads: opts.threads });
+    console.log(JSON.stringify(r));
+  });
+
 registerIndexCommands(program);
 registerServeCommand(program);
 

@@ -2,6 +2,7 @@
 // pipeline: read, parse the config, check every expected tensor's name and shape, report what is wrong.
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { type QueryAdapters, loadAdapters, removeAdapters } from './adapters.ts';
 import { type MatViTConfig, ConfigError, validateConfig } from './config.ts';
 import { paramShapes } from './layout.ts';
 import { CheckpointError, type TensorMap, loadSafetensors, readSafetensorsMetadata, saveSafetensors } from './safetensors.ts';
@@ -15,10 +16,12 @@ export interface ModelCheckpoint {
   config: MatViTConfig;
   params: TensorMap; // float32 weights by name
   metadata: Record<string, string>; // everything else in the header (training run, step, accuracy...)
+  adapters?: QueryAdapters; // per narrower submodel, from the model's sidecar file (adapters.ts)
 }
 
 export function saveModel(file: string, config: MatViTConfig, params: TensorMap, extra: Record<string, string> = {}): void {
   saveSafetensors(file, params, { ...extra, format: FORMAT, config: JSON.stringify(config) });
+  removeAdapters(file); // fitted to the weights this file held before
 }
 
 /** Loads and validates a model checkpoint. `requireHead` is for training; embedding models need no head. */
@@ -38,7 +41,7 @@ export function loadModel(file: string, { requireHead = false } = {}): ModelChec
     params[name] = t;
   }
   const { format: _f, config: _c, ...rest } = metadata;
-  return { config, params, metadata: rest };
+  return { config, params, metadata: rest, adapters: loadAdapters(file, config.width) };
 }
 
 /** A checkpoint's model config, read from its header alone (not the weights). Throws CheckpointError. */

@@ -2,6 +2,7 @@
 // physically sliced, so the file is smaller and the runtime does fewer FLOPs. Input `pixels` [N, 3, H, W] float32
 // RGB in [0, 1]; output `embedding` [N, D], L2-normalised; the config and widths travel in metadata_props.
 import { GraphBuilder, type V } from '../onnx/graph.ts';
+import type { QueryAdapter } from './adapters.ts';
 import { type MatViTConfig, type Submodel, countFlops, countParams } from './config.ts';
 import { ffnSlices } from './layout.ts';
 import { type WeightSource, matvitGraph } from './onnx-matvit.ts';
@@ -48,20 +49,33 @@ export interface ExportedModel {
   metadata: Record<string, string>;
 }
 
-export function exportSubmodel(config: MatViTConfig, params: TensorMap, sub: Submodel, extraMetadata: Record<string, string> = {}): ExportedModel {
+export interface ExportOptions {
+  metadata?: Record<string, string>; // added to the file's metadata_props
+  adapter?: QueryAdapter; // the submodel's query adapter (adapters.ts): applied to the normalised embedding, then normalised again
+}
+
+export function exportSubmodel(config: MatViTConfig, params: TensorMap, sub: Submodel, opts: ExportOptions = {}): ExportedModel {
+  const { adapter } = opts;
   const g = new GraphBuilder();
   const pixels = g.input('pixels', [-1, config.channels, config.imageSize, config.imageSize]);
   const [{ features }] = matvitGraph(g, config, new SlicedWeights(g, params, config), pixels, [sub.widths], -1, false);
-  g.output(g.node('LpNormalization', [features], features.shape, { axis: -1, p: 2 }), 'embedding');
+  let embedding = g.node('LpNormalization', [features], features.shape, { axis: -1, p: 2 });
+  if (adapter) {
+    const D = config.width;
+    const mapped = g.node('Add', [g.node('MatMul', [embedding, g.initializer('adapter.weight', adapter.weight, [D, D])], embedding.shape), g.initializer('adapter.bias', adapter.bias, [D])], embedding.shape);
+    embedding = g.node('LpNormalization', [mapped], mapped.shape, { axis: -1, p: 2 });
+  }
+  g.output(embedding, 'embedding');
   const flops = countFlops(config, sub.widths);
   const nParams = countParams(config, sub.widths);
   const metadata = {
-    ...extraMetadata,
+    ...opts.metadata,
     'matvit.config': JSON.stringify(config),
     'matvit.ffn': sub.spec,
     'matvit.ffn_widths': JSON.stringify(sub.widths),
     'matvit.flops': String(flops),
     'matvit.params': String(nParams),
+    'matvit.adapter': adapter ? 'yes' : 'no',
   };
   return { onnx: g.toBytes(metadata, `matvit_${sub.spec.replaceAll(',', '')}`), flops, params: nParams, metadata };
 }

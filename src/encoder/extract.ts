@@ -1,6 +1,7 @@
 // `matvit extract`: load a checkpoint, pick a submodel, write its standalone ONNX file.
 import fs from 'node:fs';
 import { writeFileAtomic } from '../durable-file.ts';
+import { adapterFor } from './adapters.ts';
 import { DEFAULT_MODEL_PATH, loadModel } from './checkpoint.ts';
 import { ConfigError, parseSubmodel } from './config.ts';
 import { exportSubmodel } from './export.ts';
@@ -13,7 +14,7 @@ export function extractToFile(modelPath: string | undefined, ffn: string, out: s
   if (trained && trained.length < 4 && sub.granularities.some((g) => !trained.includes(g))) {
     throw new ConfigError(`${file} is a baseline trained only at ${trained.join(',')}; its other widths are untrained`);
   }
-  const ex = exportSubmodel(ckpt.config, ckpt.params, sub, { 'matvit.source': file });
+  const ex = exportSubmodel(ckpt.config, ckpt.params, sub, { metadata: { 'matvit.source': file }, adapter: adapterFor(ckpt.adapters, sub.spec) });
   writeFileAtomic(out, Buffer.from(ex.onnx));
-  return { out, ffn: sub.spec, widths: sub.widths, flops: ex.flops, params: ex.params, bytes: fs.statSync(out).size };
+  return { out, ffn: sub.spec, widths: sub.widths, adapter: ex.metadata['matvit.adapter'] === 'yes', flops: ex.flops, params: ex.params, bytes: fs.statSync(out).size };
 }

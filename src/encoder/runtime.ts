@@ -1,6 +1,7 @@
 // The serving runtime: one onnxruntime-node session per submodel, each built from a standalone sliced ONNX export
 // of the checkpoint, and a batched `encode` from decoded images to L2-normalised embeddings.
 import * as ort from 'onnxruntime-node';
+import { type QueryAdapter, adapterFor } from './adapters.ts';
 import { DEFAULT_MODEL_PATH, type ModelCheckpoint, loadModel } from './checkpoint.ts';
 import { ConfigError, type MatViTConfig, type Submodel, parseSubmodel } from './config.ts';
 import { exportSubmodel } from './export.ts';
@@ -67,12 +68,17 @@ export class Encoder implements ImageEncoder {
     return sub;
   }
 
+  /** The query adapter `spec` runs with, if the model has one for it (never for XL: the database's own encoder). */
+  adapterOf(spec: string): QueryAdapter | undefined {
+    return adapterFor(this.ckpt.adapters, this.submodel(spec).spec);
+  }
+
   /**
    * What a session for `spec` runs: the sliced standalone ONNX export and the session options.
    */
   private sessionRecipe(spec: string): { submodel: SubmodelInfo; onnx: Uint8Array; sessionOptions: ort.InferenceSession.SessionOptions } {
     const sub = this.submodel(spec);
-    const ex = exportSubmodel(this.config, this.ckpt.params, sub);
+    const ex = exportSubmodel(this.config, this.ckpt.params, sub, { adapter: this.adapterOf(sub.spec) });
     const sessionOptions: ort.InferenceSession.SessionOptions = { intraOpNumThreads: this.opts.threads ?? 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' };
     return { submodel: { ...sub, flops: ex.flops, params: ex.params }, onnx: ex.onnx, sessionOptions };
   }
