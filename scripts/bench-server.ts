@@ -10,6 +10,7 @@
 //   npx tsx scripts/bench-server.ts --url http://127.0.0.1:3000   # against a server already running (no CPU figures)
 //   options: --store DIR  --connections N  --duration S  --specs S,XL,auto (or 'S;S,S,M,M,L,XL;XL')  --k N
 //            --skip-photo  --skip-open-loop  --json FILE  --profile DIR (the server runs with --cpu-prof into DIR)
+//            --warmup S (seconds of load over every spec before measuring; default 6)  --repeat N (closed-loop rounds)
 //
 // The server and the load client (scripts/http-load.ts) run in processes of their own; on a 2-core machine they
 // compete for the CPU, so the figures are a floor, and the client's own CPU per request is reported beside the
@@ -40,6 +41,8 @@ const { values: args } = parseArgs({
     json: { type: 'string' },
     profile: { type: 'string' },
     'encode-workers': { type: 'string' },
+    warmup: { type: 'string', default: '6' },
+    repeat: { type: 'string', default: '1' },
   },
 });
 const connections = Number(args.connections);
@@ -54,6 +57,7 @@ interface RunResult {
   requestsPerSec: number;
   p50: number;
   p99: number;
+  p99BySecond: number[]; // of the requests sent (open loop: arrived) in each second
   errors: number;
   non2xx: number;
   timeouts: number;
@@ -201,6 +205,7 @@ async function run(url: string, pid: number | undefined, ffn: string, images: Bu
     requestsPerSec: result.requestsPerSec,
     p50: result.p50,
     p99: result.p99,
+    p99BySecond: result.p99BySecond,
     errors: result.errors + result.unsent,
     non2xx: result.non2xx,
     timeouts: result.timeouts,
@@ -247,6 +252,11 @@ const table = (rows: RunResult[]) => [
   }),
 ];
 
+function median(xs: number[]): number | undefined {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? (s[(s.length - 1) >> 1] + s[s.length >> 1]) / 2 : undefined;
+}
+
 async function main(): Promise<void> {
   const load = os.loadavg();
   let server: { url: string; child: ChildProcess } | null = null;
@@ -257,9 +267,13 @@ async function main(): Promise<void> {
     const stats = await getStats(url);
     process.stderr.write(`bench-server: ${url}, ${stats.images} images, model ${stats.modelId}; ${connections} connections, ${duration} s per run\n`);
     const cifar = await queryImages('cifar', Number(args.images));
-    await run(url, pid, specs[0], cifar, '32x32 JPEG', 1); // warm-up (JIT, allocator, connections)
+    // Warm-up, every spec in turn: a server's first seconds under load run slower (V8 still compiling the request
+    // path, its heap growing), and the spec measured first paid for it (S 831-865 requests/s measured first, 901-1025
+    // after XL, 2026-12-04).
+    const warmup = Number(args.warmup);
+    for (const ffn of specs) await run(url, pid, ffn, cifar, '32x32 JPEG', Math.max(1, warmup / specs.length));
     const closed: RunResult[] = [];
-    for (const ffn of specs) closed.push(await run(url, pid, ffn, cifar, '32x32 JPEG', duration));
+    for (let i = 0; i < Number(args.repeat); i++) for (const ffn of specs) closed.push(await run(url, pid, ffn, cifar, '32x32 JPEG', duration));
     if (!args['skip-photo']) {
       const photo = await queryImages('photo', 1);
       for (const ffn of specs) closed.push(await run(url, pid, ffn, photo, `1280x800 JPEG (${(photo[0].length / 1024).toFixed(0)} KiB)`, duration));
@@ -267,9 +281,9 @@ async function main(): Promise<void> {
     const conditions = { cores: os.availableParallelism(), cpu: os.cpus()[0]?.model, loadAverage1mAtStart: +load[0].toFixed(2), node: process.version, connections, durationSec: duration, images: stats.images };
     console.log('\nClosed loop:\n');
     console.log(table(closed).join('\n'));
-    const rate = (ffn: string) => closed.find((r) => r.ffn === ffn && r.image === '32x32 JPEG')?.requestsPerSec;
+    const rate = (ffn: string) => median(closed.filter((r) => r.ffn === ffn && r.image === '32x32 JPEG').map((r) => r.requestsPerSec));
     const [s, xl] = [rate('S'), rate('XL')];
-    if (s && xl) console.log(`\nthroughput ratio S/XL (32x32): ${(s / xl).toFixed(2)}`);
+    if (s && xl) console.log(`\nthroughput ratio S/XL (32x32${Number(args.repeat) > 1 ? ', medians of the repeats' : ''}): ${(s / xl).toFixed(2)}`);
 
     const open: (RunResult & { rate: number })[] = [];
     if (!args['skip-open-loop'] && xl) {
@@ -297,6 +311,7 @@ async function main(): Promise<void> {
         ...open.map((r) => `| ${r.rate} | ${r.ffn} | ${r.requestsPerSec.toFixed(0)} | ${r.p99} | ${r.errors + r.non2xx + r.timeouts} | ${Object.entries(r.mix).map(([k, v]) => `${k} ${v}`).join(', ')} |`)].join('\n'));
       const svg = path.join(projectRoot, 'reports/bench-server-open-loop.svg');
       await openLoopSvg(series, svg);
+      for (const r of open) console.log(`p99 ms by second of arrival, ${r.ffn} at ${r.rate}/s: ${r.p99BySecond.join(' ')}`);
       console.log(`\nencoder mix over time: ${path.relative(projectRoot, svg)}`);
     }
     console.log(`conditions: ${JSON.stringify(conditions)}`);

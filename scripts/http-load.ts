@@ -6,7 +6,7 @@
 //                connection if it must, and its latency counts from its arrival time (no coordinated omission).
 // Reads a JSON job on stdin, writes one JSON result on stdout:
 //   { url, path, contentType, bodyFiles: [...], connections, seconds, rate?, timeoutMs? }
-//   -> { requests, seconds, requestsPerSec, p50, p99, non2xx, errors, timeouts, unsent, cpuMs }
+//   -> { requests, seconds, requestsPerSec, p50, p99, p99BySecond, non2xx, errors, timeouts, unsent, cpuMs }
 import fs from 'node:fs';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
@@ -28,6 +28,7 @@ export interface LoadResult {
   requestsPerSec: number;
   p50: number; // ms
   p99: number;
+  p99BySecond: number[]; // the p99 of the requests sent (open loop: arrived) in each second of the run: where the tail is
   non2xx: number;
   errors: number; // connection errors
   timeouts: number;
@@ -126,6 +127,7 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
   const timeoutMs = job.timeoutMs ?? 10_000;
   const conns = Array.from({ length: job.connections }, () => new Connection(host, port));
   const latencies: number[] = [];
+  const sentAt: number[] = []; // ms after the start, beside latencies
   let next = 0;
   let non2xx = 0;
   let errors = 0;
@@ -147,6 +149,7 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
         (status) => {
           const now = performance.now();
           latencies.push(now - since);
+          sentAt.push(since - t0);
           lastAnswer = now;
           if (status < 200 || status > 299) non2xx++;
           afterAnswer(c);
@@ -207,12 +210,19 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
     requestsPerSec: Number((latencies.length / seconds).toFixed(1)),
     p50: Number(percentile(sorted, 0.5).toFixed(2)),
     p99: Number(percentile(sorted, 0.99).toFixed(2)),
+    p99BySecond: p99BySecond(latencies, sentAt),
     non2xx,
     errors,
     timeouts,
     unsent: result.unsent,
     cpuMs: Number(((cpu.user + cpu.system) / 1000).toFixed(1)),
   };
+}
+
+function p99BySecond(latencies: number[], sentAt: number[]): number[] {
+  const bySecond: number[][] = [];
+  latencies.forEach((ms, i) => (bySecond[Math.floor(sentAt[i] / 1000)] ??= []).push(ms));
+  return Array.from(bySecond, (xs) => (xs ? Number(percentile(Float64Array.from(xs).sort(), 0.99).toFixed(1)) : 0));
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

@@ -58,3 +58,12 @@ test('open loop: arrivals beyond the server\'s rate queue, and their wait counts
   assert.ok(r.p99 > 300, `p99 ${r.p99} ms: a client that timed from the free connection would report about ${SERVICE_MS} ms`);
   assert.ok(r.requestsPerSec < 130, `${r.requestsPerSec}/s answered: the server's pace, not the arrival rate`);
 });
+
+test('open loop: the p99 by second of arrival shows when the tail grew', async () => {
+  // 150 arrivals/s for 1.2 s against 100/s: the queue grows all along, so the second second's arrivals wait longer.
+  const r = await runLoad({ url, path: '/', contentType: 'text/plain', bodyFiles: [path.join(tmp, 'ok')], connections: 1, seconds: 1.2, rate: 150, timeoutMs: 5000 });
+  assert.equal(r.requests, 180);
+  assert.equal(r.p99BySecond.length, 2);
+  assert.ok(r.p99BySecond[0] > 300 && r.p99BySecond[1] > r.p99BySecond[0] + 100, `p99 by second ${r.p99BySecond.join(', ')}`);
+  assert.ok(r.p99 >= r.p99BySecond[0]);
+});
