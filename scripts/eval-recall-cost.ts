@@ -18,6 +18,9 @@ import { parseArgs } from 'node:util';
 import fs from 'node:fs';
 import { DEFAULT_REGION_GRID } from '../src/data/regions.ts';
 import { DEFAULT_MODEL_PATH } from '../src/encoder/checkpoint.ts';
+import { ConfigError } from '../src/encoder/config.ts';
+import { CheckpointError } from '../src/encoder/safetensors.ts';
+import { UsageError } from '../src/errors.ts';
 import { DEFAULT_MIXNMATCH_QUERIES, evaluateRecallCost } from '../src/eval/recall-cost.ts';
 import { DEFAULT_TASKS, TASKS, type Task } from '../src/eval/result.ts';
 import { DEFAULT_HNSW_EFS } from '../src/eval/task-hnsw.ts';
@@ -122,5 +125,5 @@ try {
   console.log(lines.join('\n'));
 } catch (err) {
   process.stderr.write(`eval-recall-cost: ${(err as Error).message}\n`);
-  process.exit(1);
+  process.exit(err instanceof UsageError || err instanceof ConfigError || err instanceof CheckpointError ? 2 : 1); // bad input: 2, as the CLI
 }

@@ -106,7 +106,7 @@ export async function main(argv = process.argv): Promise<void> {
       return;
     }
     const { QueueError } = await import('./queue/connection.ts');
-    const known = err instanceof StoreError || err instanceof QueueError || err instanceof UsageError || err instanceof NotFoundError || err instanceof ConfigError || err instanceof CheckpointError || (err as Error)?.name === 'ImageDecodeError';
+    const known = err instanceof StoreError || err instanceof QueueError || err instanceof UsageError || err instanceof NotFoundError || err instanceof ConfigError || err instanceof CheckpointError || ['ImageDecodeError', 'SourceReadError'].includes((err as Error)?.name);
     if (known) {
       process.stderr.write(`matvit: ${(err as Error).message}\n`);
       process.exitCode = 2;

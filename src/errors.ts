@@ -9,3 +9,8 @@ export class UsageError extends Error {
 export class NotFoundError extends Error {
   override name = 'NotFoundError';
 }
+
+/** A dataset given to train, adapt or evaluate that is missing, unreadable or malformed: the user's input, not a bug. */
+export class DatasetError extends UsageError {
+  override name = 'DatasetError';
+}

@@ -1,6 +1,7 @@
 // Query adapters: the closed-form fit, the sidecar file and its tie to the model's bytes, the same mapped embedding
 // from every runtime path (Encoder, encoder pool, extracted ONNX file), and `matvit adapt` end to end.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -127,4 +128,19 @@ test('matvit adapt brings held-out narrow embeddings closer to XL and writes wha
   await encoder.close();
   await assert.rejects(adaptModel({ model: file, data, specs: ['XL'], threads: 1 }), /XL encodes the database/);
   await assert.rejects(adaptModel({ model: file, data, specs: ['S'], limit: 50, threads: 1 }), /too few to fit/);
+});
+
+test('matvit adapt refuses a missing or malformed dataset in one line with exit code 2, and writes nothing', async () => {
+  const file = await tinyModelFile(14);
+  const dir = path.dirname(file);
+  const truncated = writeTextureIdx(fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-adapt-bad-')), 50, 4);
+  fs.truncateSync(truncated, 100); // a download cut short
+  const root = path.resolve(import.meta.dirname, '..');
+  for (const [data, message] of [[path.join(dir, 'missing.tar.gz'), /cannot read dataset .*no such file/], [truncated, /truncated|not a valid gzip/]] as const) {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'adapt', '--model', file, '--data', data], { cwd: root, encoding: 'utf8', env: { ...process.env, NODE_ENV: 'test' } });
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, message);
+    assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+  }
+  assert.equal(fs.existsSync(adaptersPath(file)), false);
 });

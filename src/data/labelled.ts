@@ -4,6 +4,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DatasetError } from '../errors.ts';
 import { logger } from '../log.ts';
 import { ImageDecodeError, decodeImage, decodeRawGray } from './images.ts';
 import { iterateImageSource, listImageSource, readIdx } from './sources.ts';
@@ -66,7 +67,7 @@ async function loadIdx(imagesPath: string, size: number, opts: LoadOptions): Pro
   const names: string[] = [];
   for (let i = 0; i < n; i++) {
     const l = idx.labels![i];
-    if (l >= FASHION_MNIST_CLASSES.length) throw new Error(`${imagesPath}: label ${l} of image ${i} is out of range 0..9`);
+    if (l >= FASHION_MNIST_CLASSES.length) throw new DatasetError(`${imagesPath}: label ${l} of image ${i} is out of range 0..9`);
     labels[i] = l;
     names.push(`${imagesPath}:${i}`);
   }
@@ -95,7 +96,7 @@ async function loadImages(source: string, size: number, opts: LoadOptions): Prom
       break;
     }
     if (item.label === undefined) {
-      throw new Error(`${item.path} is not in a class folder: a labelled dataset needs one sub-folder per class (e.g. train/cat/0001.jpg)`);
+      throw new DatasetError(`${item.path} is not in a class folder: a labelled dataset needs one sub-folder per class (e.g. train/cat/0001.jpg)`);
     }
     seenLabels.add(item.label);
     const slot = results.length;
@@ -121,7 +122,7 @@ async function loadImages(source: string, size: number, opts: LoadOptions): Prom
 
   if (bad.length) logger.warn({ source, skipped: bad.length, examples: bad.slice(0, 5) }, 'skipped images that could not be decoded');
   const ok = results.filter((r) => r !== null);
-  if (ok.length === 0) throw new Error(`${source}: no decodable images found`);
+  if (ok.length === 0) throw new DatasetError(`${source}: no decodable images found`);
   // Classes come from the whole source, not from the images kept, so that label indices do not depend on `limit`
   // (the first N images of a class-sorted archive may all be airplanes) or on which images failed to decode.
   if (truncated) for await (const item of listImageSource(source)) if (item.label !== undefined) seenLabels.add(item.label);
@@ -152,7 +153,7 @@ async function mapBounded(n: number, limit: number, fn: (i: number) => Promise<v
 async function cacheKey(abs: string, size: number, limit: number | undefined): Promise<string> {
   const parts: unknown[] = [CACHE_VERSION, abs, size, limit ?? null];
   const stat = await fs.promises.stat(abs).catch((err) => {
-    throw new Error(`cannot read dataset "${abs}": ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file or directory' : (err as Error).message}`);
+    throw new DatasetError(`cannot read dataset "${abs}": ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file or directory' : (err as Error).message}`);
   });
   if (stat.isDirectory()) {
     // A directory's own mtime misses edits in sub-folders: fingerprint every file instead (stat only, cheap).

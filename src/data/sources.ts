@@ -5,6 +5,7 @@ import path from 'node:path';
 import { pipeline } from 'node:stream';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
+import { DatasetError } from '../errors.ts';
 import { IMAGE_EXTENSIONS } from './formats.ts';
 import { ImageDecodeError, MAX_IMAGE_BYTES } from './images.ts';
 
@@ -172,7 +173,7 @@ async function readItem(file: string): Promise<Buffer> {
   try {
     return await readImageFile(file);
   } catch (err) {
-    throw new Error(`cannot read "${file}": ${(err as Error).message}`);
+    throw new DatasetError(`cannot read "${file}": ${(err as Error).message}`);
   }
 }
 
@@ -229,15 +230,15 @@ export function readIdx(imagesGzPath: string, labelsGzPath?: string): IdxData {
   const img = gunzipFile(imagesGzPath);
   const magic = img.length >= 4 ? img.readUInt32BE(0) : -1;
   if (magic !== IDX_IMAGES_MAGIC) {
-    throw new Error(`${imagesGzPath}: bad magic 0x${hex(magic)}, expected 0x${hex(IDX_IMAGES_MAGIC)} (IDX images)`);
+    throw new DatasetError(`${imagesGzPath}: bad magic 0x${hex(magic)}, expected 0x${hex(IDX_IMAGES_MAGIC)} (IDX images)`);
   }
-  if (img.length < 16) throw new Error(`${imagesGzPath}: truncated IDX file (${img.length} bytes, the header alone is 16)`);
+  if (img.length < 16) throw new DatasetError(`${imagesGzPath}: truncated IDX file (${img.length} bytes, the header alone is 16)`);
   const count = img.readUInt32BE(4);
   const rows = img.readUInt32BE(8);
   const cols = img.readUInt32BE(12);
   const expected = 16 + count * rows * cols;
   if (img.length < expected) {
-    throw new Error(`${imagesGzPath}: truncated IDX file: header says ${count} images of ${rows}x${cols} (${expected} bytes), file has ${img.length}`);
+    throw new DatasetError(`${imagesGzPath}: truncated IDX file: header says ${count} images of ${rows}x${cols} (${expected} bytes), file has ${img.length}`);
   }
   const pixels = new Uint8Array(img.buffer, img.byteOffset + 16, count * rows * cols);
   if (!labelsGzPath) return { count, rows, cols, pixels };
@@ -245,12 +246,12 @@ export function readIdx(imagesGzPath: string, labelsGzPath?: string): IdxData {
   const lab = gunzipFile(labelsGzPath);
   const lmagic = lab.length >= 4 ? lab.readUInt32BE(0) : -1;
   if (lmagic !== IDX_LABELS_MAGIC) {
-    throw new Error(`${labelsGzPath}: bad magic 0x${hex(lmagic)}, expected 0x${hex(IDX_LABELS_MAGIC)} (IDX labels)`);
+    throw new DatasetError(`${labelsGzPath}: bad magic 0x${hex(lmagic)}, expected 0x${hex(IDX_LABELS_MAGIC)} (IDX labels)`);
   }
-  if (lab.length < 8) throw new Error(`${labelsGzPath}: truncated IDX file (${lab.length} bytes, the header alone is 8)`);
+  if (lab.length < 8) throw new DatasetError(`${labelsGzPath}: truncated IDX file (${lab.length} bytes, the header alone is 8)`);
   const lcount = lab.readUInt32BE(4);
-  if (lab.length < 8 + lcount) throw new Error(`${labelsGzPath}: truncated IDX file: header says ${lcount} labels, file has ${lab.length - 8}`);
-  if (lcount !== count) throw new Error(`${labelsGzPath} has ${lcount} labels but ${imagesGzPath} has ${count} images`);
+  if (lab.length < 8 + lcount) throw new DatasetError(`${labelsGzPath}: truncated IDX file: header says ${lcount} labels, file has ${lab.length - 8}`);
+  if (lcount !== count) throw new DatasetError(`${labelsGzPath} has ${lcount} labels but ${imagesGzPath} has ${count} images`);
   return { count, rows, cols, pixels, labels: new Uint8Array(lab.buffer, lab.byteOffset + 8, lcount) };
 }
 
@@ -261,13 +262,13 @@ function gunzipFile(file: string): Buffer {
   try {
     raw = fs.readFileSync(file);
   } catch (err) {
-    throw new Error(`cannot read "${file}": ${describeFsError(err)}`);
+    throw new DatasetError(`cannot read "${file}": ${describeFsError(err)}`);
   }
   try {
     return zlib.gunzipSync(raw);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    if (e.code === 'Z_BUF_ERROR') throw new Error(`${file}: truncated gzip file (${e.message})`);
-    throw new Error(`${file}: not a valid gzip file (${e.message})`);
+    if (e.code === 'Z_BUF_ERROR') throw new DatasetError(`${file}: truncated gzip file (${e.message})`);
+    throw new DatasetError(`${file}: not a valid gzip file (${e.message})`);
   }
 }
