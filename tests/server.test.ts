@@ -14,6 +14,7 @@ import Database from 'better-sqlite3';
 import sharp from 'sharp';
 import { IMAGE_FORMATS } from '../src/data/formats.ts';
 import { isImageName, iterateImageSource } from '../src/data/sources.ts';
+import { saveAdapters } from '../src/encoder/adapters.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
 import { DEFAULT_CONFIG, countFlops, countParams, parseSubmodel } from '../src/encoder/config.ts';
 import * as indexerModule from '../src/index/indexer.ts';
@@ -63,6 +64,11 @@ before(async () => {
     path.join(tmp, 'calibration.json'),
     JSON.stringify({ version: 1, source: 'measured', modelId: 'another-model@1', createdAt: null, metric: '1-NN accuracy', xlFlops: flopsOf('XL'), frontier: [entry('S', 0.5), entry(MIX, 0.6), entry('XL', 0.7)] }),
   );
+
+  // An identity query adapter for M (`matvit adapt` writes real ones): M's embeddings stay as they are, and the
+  // encoder list says which encoders have one.
+  const D = DEFAULT_CONFIG.width;
+  saveAdapters(modelFile, { M: { weight: Float32Array.from({ length: D * D }, (_, i) => (i % (D + 1) === 0 ? 1 : 0)), bias: new Float32Array(D) } }, D);
 
   opened = await openServer({ store: path.join(tmp, 'store'), model: modelFile, gallery: path.join(tmp, 'gallery'), progress: false, limits: { maxUploadBytes: MAX_UPLOAD, maxFiles: 4 } });
   server = buildApp(opened.service).listen(0, '127.0.0.1');
@@ -192,6 +198,7 @@ describe('serving', () => {
     const r = EncodersResponse.parse((await call('GET', '/api/encoders')).json);
     assert.deepEqual(r.encoders.map((e) => e.spec), ['S', 'M', MIX, 'L', 'XL']);
     assert.deepEqual(r.encoders.map((e) => e.accuracy), [0.5, null, 0.6, null, 0.7]);
+    assert.deepEqual(r.encoders.map((e) => e.adapter), [false, true, false, false, false]);
     assert.equal(r.encoders[2].family, 'mixnmatch');
     assert.equal(r.encoders[4].flopsRel, 1);
     assert.ok(r.encoders.every((e, i) => i === 0 || e.flops > r.encoders[i - 1].flops));

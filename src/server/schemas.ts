@@ -153,6 +153,7 @@ export const EncoderEntry = z
     flops: z.number(),
     flopsRel: z.number(),
     params: z.number(),
+    adapter: z.boolean().describe("whether it runs with a query adapter (`matvit adapt`: a fitted map of its embedding toward XL's)"),
     accuracy: z.number().nullable().describe('1-NN accuracy from the calibration file, when measured'),
     encodeMs: z.number().nullable().describe('median batch-1 encode time measured by this server at start (null: not yet)'),
     servedEncodeMs: z.number().nullable().describe('median encode wait of the last queries served with it'),

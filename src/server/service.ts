@@ -307,6 +307,7 @@ export class SearchService {
           flops,
           flopsRel: round(flops / this.xlFlops, 4),
           params: countParams(c, sub.widths),
+          adapter: this.deps.encoder.adapterOf(spec) !== undefined,
           accuracy: cal.source === 'measured' ? (bySpec.get(spec)?.accuracy ?? null) : null,
           encodeMs: this.measured.has(spec) ? round(this.measured.get(spec)!, 3) : null,
           servedEncodeMs: served?.length ? round(median(served), 3) : null,

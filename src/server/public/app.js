@@ -42,7 +42,8 @@ function selectedFfn() {
 
 const figuresText = (e) => {
   const acc = e.accuracy !== null ? ` · 1-NN ${(100 * e.accuracy).toFixed(1)}%` : '';
-  return `${fmtFlops(e.flops)} (${Math.round(100 * e.flopsRel)}% of XL) · ${fmtMs(e.encodeMs)}${acc}`;
+  const adapted = e.adapter ? ' · with its query adapter' : '';
+  return `${fmtFlops(e.flops)} (${Math.round(100 * e.flopsRel)}% of XL) · ${fmtMs(e.encodeMs)}${acc}${adapted}`;
 };
 
 function showChoice() {
