@@ -390,7 +390,11 @@ async function indexAll(
   try {
     for await (const c of items) {
       if (opts.signal?.aborted) break;
-      window.push(prepare(c));
+      const prepared = prepare(c);
+      // Handled now, thrown when its turn comes: a rejection while the loop waits on the source (reading the next
+      // file) would otherwise be unhandled and end the process (seen with a store's region-grid mismatch).
+      prepared.catch(() => {});
+      window.push(prepared);
       while (window.length >= windowSize || (window.length > 1 && bytesInFlight > MAX_BYTES_IN_FLIGHT)) await consume(await window.shift()!);
     }
     while (window.length > 0) await consume(await window.shift()!);
