@@ -23,6 +23,7 @@ import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { iterateImageSource } from '../src/data/sources.ts';
 import type { LoadJob, LoadResult } from './http-load.ts';
+import { median } from '../src/eval/metrics.ts';
 import { renderSvg } from '../src/eval/plot.ts';
 import { DEMO_GALLERY } from '../src/server/server.ts';
 
@@ -251,11 +252,6 @@ const table = (rows: RunResult[]) => [
     return `| ${r.image} | ${r.ffn} | ${r.requestsPerSec.toFixed(0)} | ${r.p50} | ${r.p99} | ${r.errors + r.non2xx + r.timeouts} | ${r.batches.meanSize.toFixed(1)} | ${(100 * r.serverEventLoopUtilization).toFixed(0)}% | ${c?.main ?? '-'} | ${c?.encoder ?? '-'} | ${c?.other ?? '-'} | ${c?.outsideEncoder ?? '-'} | ${r.clientCpuMsPerRequest} | ${mix} |`;
   }),
 ];
-
-function median(xs: number[]): number | undefined {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? (s[(s.length - 1) >> 1] + s[s.length >> 1]) / 2 : undefined;
-}
 
 async function main(): Promise<void> {
   const load = os.loadavg();

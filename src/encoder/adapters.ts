@@ -30,9 +30,7 @@ export function adaptersPath(modelFile: string): string {
   return modelFile.replace(/(\.safetensors)?$/, '.adapters.safetensors');
 }
 
-export function sha256OfFile(file: string): string {
-  return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
-}
+const sha256 = (bytes: Uint8Array) => crypto.createHash('sha256').update(bytes).digest('hex');
 
 /** Writes adapters for `modelFile` (atomically, through saveSafetensors), keyed to its current bytes. */
 export function saveAdapters(modelFile: string, adapters: QueryAdapters, dim: number, extra: Record<string, string> = {}): string {
@@ -43,17 +41,21 @@ export function saveAdapters(modelFile: string, adapters: QueryAdapters, dim: nu
     tensors[`adapter.${spec}.bias`] = { shape: [dim], data: a.bias };
   }
   const file = adaptersPath(modelFile);
-  saveSafetensors(file, tensors, { ...extra, format: ADAPTERS_FORMAT, 'model.sha256': sha256OfFile(modelFile) });
+  saveSafetensors(file, tensors, { ...extra, format: ADAPTERS_FORMAT, 'model.sha256': sha256(fs.readFileSync(modelFile)) });
   return file;
 }
 
-/** The adapters of `modelFile`, or none if it has no sidecar. Throws CheckpointError for one fitted to other bytes. */
-export function loadAdapters(modelFile: string, dim: number): QueryAdapters {
+/**
+ * The adapters of `modelFile`, or none if it has no sidecar. `modelBytes` are the model file's bytes as the caller
+ * read them (not read again: the trainer may rewrite the file meanwhile). Throws CheckpointError for adapters fitted
+ * to other bytes.
+ */
+export function loadAdapters(modelFile: string, modelBytes: Uint8Array, dim: number): QueryAdapters {
   const file = adaptersPath(modelFile);
   if (!fs.existsSync(file)) return {};
   const { tensors, metadata } = loadSafetensors(file);
   if (metadata.format !== ADAPTERS_FORMAT) throw new CheckpointError(`${file} is not a query-adapter file (format "${metadata.format ?? 'missing'}", expected "${ADAPTERS_FORMAT}")`);
-  if (metadata['model.sha256'] !== sha256OfFile(modelFile)) {
+  if (metadata['model.sha256'] !== sha256(modelBytes)) {
     throw new CheckpointError(`${file} was fitted to another version of ${modelFile}; run \`matvit adapt\` again or delete it`);
   }
   const adapters: QueryAdapters = {};

@@ -26,7 +26,7 @@ export function saveModel(file: string, config: MatViTConfig, params: TensorMap,
 
 /** Loads and validates a model checkpoint. `requireHead` is for training; embedding models need no head. */
 export function loadModel(file: string, { requireHead = false } = {}): ModelCheckpoint {
-  const { tensors, metadata } = loadSafetensors(file);
+  const { tensors, metadata, bytes } = loadSafetensors(file);
   const config = configOf(metadata, file);
   const params: TensorMap = {};
   for (const [name, shape] of paramShapes(config, true)) {
@@ -41,7 +41,7 @@ export function loadModel(file: string, { requireHead = false } = {}): ModelChec
     params[name] = t;
   }
   const { format: _f, config: _c, ...rest } = metadata;
-  return { config, params, metadata: rest, adapters: loadAdapters(file, config.width) };
+  return { config, params, metadata: rest, adapters: loadAdapters(file, bytes, config.width) };
 }
 
 /** A checkpoint's model config, read from its header alone (not the weights). Throws CheckpointError. */

@@ -101,12 +101,13 @@ export function saveSafetensors(file: string, tensors: TensorMap, metadata: Reco
   writeFileAtomic(file, encodeSafetensors(tensors, metadata));
 }
 
-export function loadSafetensors(file: string): { tensors: TensorMap; metadata: Record<string, string> } {
+/** Reads and decodes a file; `bytes` is what was read (a caller that hashes the file must hash these, not re-read it). */
+export function loadSafetensors(file: string): { tensors: TensorMap; metadata: Record<string, string>; bytes: Buffer } {
   let buf: Buffer;
   try {
     buf = fs.readFileSync(file);
   } catch (err) {
     throw new CheckpointError(`cannot read checkpoint ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
   }
-  return decodeSafetensors(buf, file);
+  return { ...decodeSafetensors(buf, file), bytes: buf };
 }
