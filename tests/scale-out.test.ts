@@ -38,9 +38,15 @@ interface Run {
   stderr: string;
 }
 
+// Every process a test spawned and that still runs: a failed test leaves its workers and servers behind, whose open
+// pipes would keep this file from ever ending, so `after` kills them.
+const running = new Set<ChildProcess>();
+
 /** Spawns `matvit ARGS`; resolves when it exits. */
 function matvit(args: string[], env: Record<string, string> = {}): { child: ChildProcess; done: Promise<Run> } {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], { cwd: root, env: { ...process.env, NODE_ENV: 'test', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  running.add(child);
+  child.on('exit', () => running.delete(child));
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d) => (stdout += d));
@@ -115,6 +121,7 @@ before(async () => {
 });
 
 after(async () => {
+  for (const child of running) child.kill('SIGKILL');
   await Promise.all([pgs?.stop(), redis?.stop()]);
   fs.rmSync(tmp, { recursive: true, force: true });
 });
