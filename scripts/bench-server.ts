@@ -8,7 +8,7 @@
 //   npx tsx scripts/bench-server.ts                      # starts `matvit serve` on ./data, 16 connections, 10 s each
 //   npx tsx scripts/bench-server.ts --quick              # 3 s each
 //   npx tsx scripts/bench-server.ts --url http://127.0.0.1:3000   # against a server already running (no CPU figures)
-//   options: --store DIR  --connections N  --duration S  --specs S,XL,auto (or 'S;S,S,M,M,L,XL;XL')  --k N
+//   options: --store DIR  --model CKPT  --connections N  --duration S  --specs S,XL,auto (or 'S;S,S,M,M,L,XL;XL')  --k N
 //            --skip-photo  --skip-open-loop  --json FILE  --profile DIR (the server runs with --cpu-prof into DIR)
 //            --warmup S (seconds of load over every spec before measuring; default 6)  --repeat N (closed-loop rounds)
 //
@@ -31,6 +31,7 @@ const { values: args } = parseArgs({
   options: {
     url: { type: 'string' },
     store: { type: 'string', default: process.env.MATVIT_STORE || './data' },
+    model: { type: 'string' }, // the server's model (default: the shipped one); a store indexed with another model is refused
     connections: { type: 'string', default: '16' },
     duration: { type: 'string' },
     quick: { type: 'boolean', default: false },
@@ -121,7 +122,7 @@ async function load(job: LoadJob): Promise<LoadResult> {
 
 async function startServer(): Promise<{ url: string; child: ChildProcess }> {
   const profile = args.profile ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(args.profile)] : [];
-  const child = spawn(process.execPath, [...profile, '--import', 'tsx', path.join(projectRoot, 'src/cli.ts'), 'serve', '--store', args.store!, '--port', '0', '--host', '127.0.0.1', ...(args['encode-workers'] ? ['--encode-workers', args['encode-workers']] : [])], {
+  const child = spawn(process.execPath, [...profile, '--import', 'tsx', path.join(projectRoot, 'src/cli.ts'), 'serve', '--store', args.store!, '--port', '0', '--host', '127.0.0.1', ...(args.model ? ['--model', args.model] : []), ...(args['encode-workers'] ? ['--encode-workers', args['encode-workers']] : [])], {
     cwd: projectRoot,
     env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn' },
     stdio: ['ignore', 'inherit', 'pipe'],
