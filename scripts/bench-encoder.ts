@@ -57,8 +57,8 @@ if (!args['skip-tfjs']) {
   const x1 = tf.tensor(one, [1, 3, c.imageSize, c.imageSize]).transpose([0, 2, 3, 1]);
   const x64 = tf.tensor(batch, [64, 3, c.imageSize, c.imageSize]).transpose([0, 2, 3, 1]);
   for (const g of GRANULARITIES) {
-    const widths = parseSubmodel(g, c).widths;
-    const run = (x: tf.Tensor) => tf.tidy(() => forward(params, x, widths, c).embedding).dataSync();
+    const sub = parseSubmodel(g, c);
+    const run = (x: tf.Tensor) => tf.tidy(() => forward(params, x, sub, c).embedding).dataSync();
     const b1ms = await timeIt(() => run(x1), Math.max(5, Math.round(runs / 5)));
     const b64ms = await timeIt(() => run(x64), 3);
     rows.push({ runtime: `tfjs (${backend})`, ffn: g, mflops: rows.find((r) => r.ffn === g)!.mflops, b1ms, b64ms });

@@ -35,8 +35,8 @@ const pixels = Float32Array.from({ length: B * 3 * c.imageSize * c.imageSize }, 
 const targets = Float32Array.from({ length: B * c.numClasses }, (_, i) => (i % c.numClasses === (Math.floor(i / c.numClasses) % c.numClasses) ? 1 : 0));
 
 async function onnxStepMs(spec: string, objective: 'sample' | 'consistency' = 'sample'): Promise<number> {
-  const widths = parseSubmodel(spec, c).widths;
-  const g = objective === 'sample' ? buildTrainGraph(c, B, [widths]) : buildConsistencyGraph(c, B, widths, consistencySettings({} as never));
+  const sub = parseSubmodel(spec, c);
+  const g = objective === 'sample' ? buildTrainGraph(c, B, [sub]) : buildConsistencyGraph(c, B, sub, consistencySettings({} as never));
   const sess = await ort.InferenceSession.create(g.onnx, { intraOpNumThreads: Number(args.threads), interOpNumThreads: 1, graphOptimizationLevel: 'all' });
   const feeds: Record<string, ort.Tensor> = {
     pixels: new ort.Tensor('float32', pixels, [B, 3, c.imageSize, c.imageSize]),
@@ -56,10 +56,10 @@ async function onnxStepMs(spec: string, objective: 'sample' | 'consistency' = 's
 }
 
 function tfjsStepMs(spec: string): number {
-  const widths = parseSubmodel(spec, c).widths;
+  const sub = parseSubmodel(spec, c);
   const x = tf.tensor(pixels, [B, 3, c.imageSize, c.imageSize]).transpose([0, 2, 3, 1]);
   const y = tf.tensor(targets, [B, c.numClasses]);
-  const loss = (...ps: tf.Tensor[]) => tf.losses.softmaxCrossEntropy(y, forward(Object.fromEntries(names.map((n, i) => [n, ps[i]])), x, widths, c).logits!) as tf.Scalar;
+  const loss = (...ps: tf.Tensor[]) => tf.losses.softmaxCrossEntropy(y, forward(Object.fromEntries(names.map((n, i) => [n, ps[i]])), x, sub, c).logits!) as tf.Scalar;
   const run = () => tf.tidy(() => tf.grads(loss)(names.map((n) => params[n])).forEach((g) => g.dataSync()));
   run();
   const ms: number[] = [];

@@ -97,7 +97,7 @@ test('upload an image with auto cost, move the cost slider, get a grid of result
   for (let i = 0; i < 3; i++) await page.keyboard.press('ArrowLeft'); // XL -> L -> M -> S, each one searches
   await page.waitForFunction(() => document.getElementById('status')!.dataset.ffn === 'S');
   assert.equal(await slider.inputValue(), '0');
-  const sShare = Math.round((100 * countFlops(DEFAULT_CONFIG, parseSubmodel('S', DEFAULT_CONFIG).widths)) / countFlops(DEFAULT_CONFIG, parseSubmodel('XL', DEFAULT_CONFIG).widths));
+  const sShare = Math.round((100 * countFlops(DEFAULT_CONFIG, parseSubmodel('S', DEFAULT_CONFIG))) / countFlops(DEFAULT_CONFIG, parseSubmodel('XL', DEFAULT_CONFIG)));
   assert.equal(await slider.getAttribute('aria-valuetext'), `S: ${sShare}% of XL's FLOPs`);
   assert.match(await page.locator('#status').innerText(), new RegExp(`encoder S: .*\\(${sShare}% of XL\\)`));
   assert.match(await page.locator('#choice').innerText(), new RegExp(`^S · .*\\(${sShare}% of XL\\)`));

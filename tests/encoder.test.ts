@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import { tf } from '../src/encoder/backend.ts';
 import { defaultCalibration, loadCalibration } from '../src/encoder/budget.ts';
 import { loadModel, readModelConfig, saveModel } from '../src/encoder/checkpoint.ts';
-import { ConfigError, DEFAULT_CONFIG, GRANULARITIES, TINY_CONFIG, countFlops, countParams, monotoneSubmodels, parseSubmodel } from '../src/encoder/config.ts';
+import { ConfigError, DEFAULT_CONFIG, GRANULARITIES, TINY_CONFIG, countFlops, countParams, monotoneSubmodels, parseHeadCounts, parseSubmodel, validateConfig } from '../src/encoder/config.ts';
 import { paramShapes } from '../src/encoder/layout.ts';
 import { forward } from '../src/encoder/matvit.ts';
 import { CheckpointError, decodeSafetensors, encodeSafetensors, saveSafetensors } from '../src/encoder/safetensors.ts';
@@ -28,9 +28,9 @@ test('Mix\'n\'Match: 84 non-decreasing lists for depth 6, and cost grows with wi
   assert.equal(subs.length, 84);
   assert.equal(new Set(subs.map((s) => s.spec)).size, 84);
   for (const s of subs) for (let i = 1; i < s.widths.length; i++) assert.ok(s.widths[i] >= s.widths[i - 1]);
-  const flops = GRANULARITIES.map((g) => countFlops(DEFAULT_CONFIG, parseSubmodel(g, DEFAULT_CONFIG).widths));
+  const flops = GRANULARITIES.map((g) => countFlops(DEFAULT_CONFIG, parseSubmodel(g, DEFAULT_CONFIG)));
   for (let i = 1; i < 4; i++) assert.ok(flops[i] > flops[i - 1]);
-  const xlParams = countParams(DEFAULT_CONFIG, parseSubmodel('XL', DEFAULT_CONFIG).widths);
+  const xlParams = countParams(DEFAULT_CONFIG, parseSubmodel('XL', DEFAULT_CONFIG));
   assert.ok(xlParams > 1.1e6 && xlParams < 1.3e6, `default model has about 1.2M parameters, got ${xlParams}`);
   // the embedding model's count equals the checkpoint tensors without the head
   const fromShapes = paramShapes(DEFAULT_CONFIG, false).reduce((s, [, sh]) => s + sh.reduce((a, b) => a * b, 1), 0);
@@ -42,7 +42,7 @@ test('forward contract over every granularity: shape, finite, unit norm', async 
   const { params } = await randomModel(c);
   const x = tf.randomUniform([3, c.imageSize, c.imageSize, 3], 0, 1, 'float32', 1);
   for (const spec of [...GRANULARITIES, 'S,XL']) {
-    const out = forward(params, x, parseSubmodel(spec, c).widths, c);
+    const out = forward(params, x, parseSubmodel(spec, c), c);
     assert.deepEqual(out.embedding.shape, [3, c.width]);
     assert.deepEqual(out.logits!.shape, [3, c.numClasses]);
     const e = out.embedding.arraySync() as number[][];
@@ -60,7 +60,7 @@ test('every parameter receives a gradient at XL, and S leaves FFN neurons past i
   const x = tf.randomUniform([2, c.imageSize, c.imageSize, 3], 0, 1, 'float32', 2);
   const lossAt = (spec: string) => (...ps: tf.Tensor[]) => {
     const p = Object.fromEntries(names.map((n, i) => [n, ps[i]]));
-    return tf.sum(forward(p, x, parseSubmodel(spec, c).widths, c).logits!.square()) as tf.Scalar;
+    return tf.sum(forward(p, x, parseSubmodel(spec, c), c).logits!.square()) as tf.Scalar;
   };
   const gXL = tf.grads(lossAt('XL'))(names.map((n) => params[n]));
   names.forEach((n, i) => assert.ok(tf.max(tf.abs(gXL[i])).dataSync()[0] > 0, `${n} gets no gradient`));
@@ -69,6 +69,36 @@ test('every parameter receives a gradient at XL, and S leaves FFN neurons past i
   const m = parseSubmodel('S', c).widths[0];
   assert.ok(fc1.every((row) => row.slice(m).every((v) => v === 0)));
   assert.ok(fc1.some((row) => row.slice(0, m).some((v) => v !== 0)));
+});
+
+test('nested attention heads: each granularity keeps its first heads, costs less, and leaves the others untouched', async () => {
+  const c = { ...TINY_CONFIG, heads: 4, attnHeads: parseHeadCounts('S=1,M=2', { ...TINY_CONFIG, heads: 4 }) };
+  assert.deepEqual(c.attnHeads, { S: 1, M: 2, L: 4, XL: 4 });
+  assert.deepEqual(parseSubmodel('S,XL', c).heads, [1, 4]);
+  assert.deepEqual(parseSubmodel('L', TINY_CONFIG).heads, [2, 2], 'without attnHeads every granularity keeps every head');
+  assert.ok(countFlops(c, parseSubmodel('S', c)) < countFlops(TINY_CONFIG, parseSubmodel('S', TINY_CONFIG)) * 0.8);
+  const flat = { ...TINY_CONFIG, heads: 4 }; // the same model without nesting
+  assert.equal(countFlops(c, parseSubmodel('XL', c)), countFlops(flat, parseSubmodel('XL', flat)));
+  const fromShapes = paramShapes(c, false).reduce((s, [, sh]) => s + sh.reduce((a, b) => a * b, 1), 0);
+  assert.equal(countParams(c, parseSubmodel('XL', c)), fromShapes);
+  assert.equal(countParams(c, parseSubmodel('S', c)), countParams(TINY_CONFIG, parseSubmodel('S', TINY_CONFIG)) - 2 * (3 * 32 * 24 + 3 * 24 + 24 * 32), 'S drops 3 of 4 heads (24 of 32 attention columns) in both layers');
+  assert.throws(() => parseHeadCounts('S=3,M=2', c), (e: Error) => e instanceof ConfigError && /non-decreasing/.test(e.message));
+  assert.throws(() => parseHeadCounts('S=two', c), (e: Error) => e instanceof ConfigError && /GRANULARITY=HEADS/.test(e.message));
+  assert.throws(() => validateConfig({ ...c, attnHeads: { S: 1, M: 2, L: 3, XL: 3 } }), /XL keeps every attention head/);
+  assert.throws(() => parseHeadCounts('S=0', c), ConfigError);
+
+  const { params } = await randomModel(c);
+  const names = Object.keys(params);
+  const x = tf.randomUniform([2, c.imageSize, c.imageSize, 3], 0, 1, 'float32', 2);
+  const loss = (...ps: tf.Tensor[]) => tf.sum(forward(Object.fromEntries(names.map((n, i) => [n, ps[i]])), x, parseSubmodel('M', c), c).logits!.square()) as tf.Scalar;
+  const g = tf.grads(loss)(names.map((n) => params[n]));
+  const qkv = g[names.indexOf('blocks.0.attn.qkv.weight')].arraySync() as number[][]; // [32, 96]: q | k | v, 8 columns a head
+  const proj = g[names.indexOf('blocks.0.attn.proj.weight')].arraySync() as number[][]; // [32, 32]: 8 rows a head
+  for (const part of [0, 32, 64]) {
+    assert.ok(qkv.every((row) => row.slice(part + 16, part + 32).every((v) => v === 0)), 'heads 3 and 4 get no gradient at M');
+    assert.ok(qkv.some((row) => row.slice(part, part + 16).some((v) => v !== 0)), 'heads 1 and 2 do');
+  }
+  assert.ok(proj.slice(16).every((row) => row.every((v) => v === 0)) && proj.slice(0, 16).some((row) => row.some((v) => v !== 0)));
 });
 
 test('checkpoints round-trip, and bad files get errors that name the problem', async () => {

@@ -25,7 +25,7 @@ test('ONNX submodels equal the tfjs forward within 1e-4 for S, XL and a Mix\'n\'
   const images = Array.from({ length: 5 }, (_, i) => Uint8Array.from({ length: 32 * 32 * 3 }, (_, j) => (j * 31 + i * 97) % 256));
   const x = tf.div(tf.tensor(images.flatMap((im) => Array.from(im)), [5, 32, 32, 3]), 255);
   for (const spec of ['S', 'XL', 'S,S,M,M,L,XL']) {
-    const ref = forward(params, x, parseSubmodel(spec, c).widths, c).embedding.dataSync();
+    const ref = forward(params, x, parseSubmodel(spec, c), c).embedding.dataSync();
     const got = await encoder.encode(images, spec);
     const flat = new Float32Array(got.length * c.width);
     got.forEach((e, i) => flat.set(e, i * c.width));
@@ -34,6 +34,32 @@ test('ONNX submodels equal the tfjs forward within 1e-4 for S, XL and a Mix\'n\'
     for (const e of got) assert.ok(Math.abs(Math.hypot(...e) - 1) < 1e-5);
   }
   await encoder.close();
+});
+
+test('with nested attention heads, the exported files (heads sliced out) equal the tfjs forward too', async () => {
+  const nested = { ...c, attnHeads: { S: 2, M: 3, L: 4, XL: 4 } };
+  const { params, tensors } = await randomModel(nested, 6);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-parity-heads-'));
+  const file = path.join(dir, 'model.safetensors');
+  saveModel(file, nested, tensors);
+  const encoder = Encoder.load(file);
+  const images = Array.from({ length: 3 }, (_, i) => Uint8Array.from({ length: 32 * 32 * 3 }, (_, j) => (j * 17 + i * 53) % 256));
+  const x = tf.div(tf.tensor(images.flatMap((im) => Array.from(im)), [3, 32, 32, 3]), 255);
+  for (const spec of ['S', 'M', 'XL', 'S,M,M,L,XL,XL']) {
+    const ref = forward(params, x, parseSubmodel(spec, nested), nested).embedding.dataSync();
+    const got = await encoder.encode(images, spec);
+    const flat = new Float32Array(got.length * c.width);
+    got.forEach((e, i) => flat.set(e, i * c.width));
+    assert.ok(maxAbsDiff(flat, ref) < 1e-4, `${spec}: max abs difference ${maxAbsDiff(flat, ref)}`);
+  }
+  await encoder.close();
+  extractToFile(file, 'M', path.join(dir, 'm.onnx'));
+  const model = onnxProto.onnx.ModelProto.decode(fs.readFileSync(path.join(dir, 'm.onnx')));
+  const dims = (name: string) => model.graph!.initializer!.find((t) => t.name === name)!.dims!.map(Number);
+  assert.deepEqual(dims('blocks.0.attn.qkv.weight'), [128, 3 * 96], 'M keeps 3 of 4 heads: 96 columns each of q, k and v');
+  assert.deepEqual(dims('blocks.0.attn.proj.weight'), [96, 128]);
+  const meta = Object.fromEntries(model.metadataProps.map((p) => [p.key, p.value]));
+  assert.deepEqual(JSON.parse(meta['matvit.attn_heads']), [3, 3, 3, 3, 3, 3]);
 });
 
 test('extract writes a standalone sliced ONNX file with its config in metadata, S under half of XL', async () => {

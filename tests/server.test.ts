@@ -85,11 +85,11 @@ after(async () => {
 // ---- helpers --------------------------------------------------------------------------------------------------
 
 const MIX = 'S,S,M,M,L,XL';
-const flopsOf = (spec: string) => countFlops(DEFAULT_CONFIG, parseSubmodel(spec, DEFAULT_CONFIG).widths);
+const flopsOf = (spec: string) => countFlops(DEFAULT_CONFIG, parseSubmodel(spec, DEFAULT_CONFIG));
 const relOf = (spec: string) => flopsOf(spec) / flopsOf('XL');
 function entry(spec: string, accuracy: number) {
-  const widths = parseSubmodel(spec, DEFAULT_CONFIG).widths;
-  return { spec, family: spec.includes(',') ? 'mixnmatch' : 'uniform', flops: flopsOf(spec), flopsRel: relOf(spec), params: countParams(DEFAULT_CONFIG, widths), encodeMs: null, accuracy, recall10: null };
+  const sub = parseSubmodel(spec, DEFAULT_CONFIG);
+  return { spec, family: spec.includes(',') ? 'mixnmatch' : 'uniform', flops: flopsOf(spec), flopsRel: relOf(spec), params: countParams(DEFAULT_CONFIG, sub), encodeMs: null, accuracy, recall10: null };
 }
 
 function form(files: Record<string, { bytes: Buffer; name: string } | { bytes: Buffer; name: string }[]>, fields: Record<string, string> = {}): FormData {

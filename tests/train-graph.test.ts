@@ -4,29 +4,31 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as ort from 'onnxruntime-node';
 import { tf } from '../src/encoder/backend.ts';
-import { TINY_CONFIG, parseSubmodel } from '../src/encoder/config.ts';
+import { type MatViTConfig, TINY_CONFIG, parseSubmodel } from '../src/encoder/config.ts';
 import { paramShapes } from '../src/encoder/layout.ts';
 import { forward } from '../src/encoder/matvit.ts';
 import { type ConsistencyWeights, buildConsistencyGraph, buildTrainGraph } from '../src/train/step-graph.ts';
 import { randomModel } from './helpers/model.ts';
 
 const c = TINY_CONFIG;
+// Nested attention heads as well: S keeps 1 of 4 heads, M 2, L 3 (attention widths 8, 16, 24 of 32).
+const nestedHeads: MatViTConfig = { ...TINY_CONFIG, heads: 4, attnHeads: { S: 1, M: 2, L: 3, XL: 4 } };
 
-for (const specs of [['M'], ['S', 'M', 'L', 'XL'], ['S,XL']]) {
-  test(`step graph gradients equal tfjs autodiff (${specs.join(' + ')})`, async () => {
+for (const [specs, c] of [[['M'], TINY_CONFIG], [['S', 'M', 'L', 'XL'], TINY_CONFIG], [['S,XL'], TINY_CONFIG], [['S', 'M', 'L', 'XL'], nestedHeads], [['S,M'], nestedHeads]] as [string[], MatViTConfig][]) {
+  test(`step graph gradients equal tfjs autodiff (${specs.join(' + ')}${c.attnHeads ? ', nested heads' : ''})`, async () => {
     const { params, tensors } = await randomModel(c, 5);
     const B = 6;
     const x = tf.randomUniform([B, 32, 32, 3], 0, 1, 'float32', 3);
     const y = tf.oneHot(tf.tensor1d([0, 3, 9, 1, 1, 5], 'int32'), 10).toFloat();
     const names = paramShapes(c).map(([n]) => n);
-    const widthsList = specs.map((s) => parseSubmodel(s, c).widths);
+    const subs = specs.map((s) => parseSubmodel(s, c));
     const lossFn = (...ps: tf.Tensor[]) => {
       const p = Object.fromEntries(names.map((n, i) => [n, ps[i]]));
-      return widthsList.map((w) => tf.losses.softmaxCrossEntropy(y, forward(p, x, w, c).logits!)).reduce((a, b) => tf.add(a, b)) as tf.Scalar;
+      return subs.map((w) => tf.losses.softmaxCrossEntropy(y, forward(p, x, w, c).logits!)).reduce((a, b) => tf.add(a, b)) as tf.Scalar;
     };
     const { value, grads } = tf.valueAndGrads(lossFn)(names.map((n) => params[n]));
 
-    const g = buildTrainGraph(c, B, widthsList);
+    const g = buildTrainGraph(c, B, subs);
     const sess = await ort.InferenceSession.create(g.onnx);
     const feeds: Record<string, ort.Tensor> = {
       pixels: new ort.Tensor('float32', tf.transpose(x, [0, 3, 1, 2]).dataSync() as Float32Array, [B, 3, 32, 32]),
@@ -43,20 +45,21 @@ for (const specs of [['M'], ['S', 'M', 'L', 'XL'], ['S,XL']]) {
 // to XL's embedding, XL held fixed), an InfoNCE between the student on view B and XL on view A, and the ranking term
 // (the student's and XL's similarity distributions over the other images' fixed XL embeddings). tfjs has no stop-gradient, so the fixed XL targets are
 // computed outside the differentiated function: the same semantics.
-// With a bank, the ranking also runs over stored XL embeddings, of which the masked slots take no part.
+// With a bank, the ranking also runs over stored XL embeddings, of which the masked slots take no part. The pull is
+// 1 - cosine of XL's embedding to the fixed student's.
 for (const [student, bankSize] of [['S', 0], ['M,XL', 0], ['L', 7]] as const) {
   test(`consistency step gradients equal tfjs autodiff (student ${student}${bankSize ? `, bank of ${bankSize}` : ''})`, async () => {
     const { params, tensors } = await randomModel(c, 9);
     const B = 5;
-    const w: ConsistencyWeights = { kd: 0.7, kdTemp: 2, cos: 1.3, nce: 0.9, nceTemp: 0.2, rank: 1.1, rankTemp: 0.3, rankBank: bankSize };
+    const w: ConsistencyWeights = { kd: 0.7, kdTemp: 2, cos: 1.3, nce: 0.9, nceTemp: 0.2, rank: 1.1, rankTemp: 0.3, rankBank: bankSize, pull: 0.8 };
     const xA = tf.randomUniform([B, 32, 32, 3], 0, 1, 'float32', 11);
     const xB = tf.randomUniform([B, 32, 32, 3], 0, 1, 'float32', 12);
     const y = tf.oneHot(tf.tensor1d([2, 3, 9, 1, 2], 'int32'), 10).toFloat();
     const eye = tf.eye(B);
     const names = paramShapes(c).map(([n]) => n);
-    const xlWidths = parseSubmodel('XL', c).widths;
-    const studentWidths = parseSubmodel(student, c).widths;
-    const fixed = forward(params, xA, xlWidths, c); // XL's targets, outside the gradient
+    const xl = parseSubmodel('XL', c);
+    const studentSub = parseSubmodel(student, c);
+    const fixed = forward(params, xA, xl, c); // XL's targets, outside the gradient
     const pXl = tf.softmax(tf.div(fixed.logits!, w.kdTemp));
     const bank = tf.randomNormal([bankSize, c.width], 0, 1, 'float32', 13);
     const bankZ = tf.div(bank, tf.norm(bank, 2, 1, true)); // unit rows, as stored XL embeddings are
@@ -65,11 +68,12 @@ for (const [student, bankSize] of [['S', 0], ['M,XL', 0], ['L', 7]] as const) {
     const notSelf = tf.concat([tf.mul(eye, -1e4), bankBias], 1); // an image's own entry is left out of the ranking
     const xlScores = tf.add(tf.div(tf.matMul(fixed.embedding, tf.transpose(database)), w.rankTemp), notSelf);
     const pRank = tf.softmax(xlScores);
+    const fixedStudent = forward(params, xA, studentSub, c).embedding; // the pull's target, outside the gradient
     const lossFn = (...ps: tf.Tensor[]) => {
       const p = Object.fromEntries(names.map((n, i) => [n, ps[i]]));
-      const a = forward(p, xA, xlWidths, c);
-      const s = forward(p, xA, studentWidths, c);
-      const b = forward(p, xB, studentWidths, c);
+      const a = forward(p, xA, xl, c);
+      const s = forward(p, xA, studentSub, c);
+      const b = forward(p, xB, studentSub, c);
       const ce = tf.add(tf.losses.softmaxCrossEntropy(y, a.logits!), tf.losses.softmaxCrossEntropy(y, s.logits!));
       const kl = tf.mean(tf.sum(tf.mul(pXl, tf.sub(tf.log(pXl), tf.logSoftmax(tf.div(s.logits!, w.kdTemp)))), 1));
       const cos = tf.sub(1, tf.mean(tf.sum(tf.mul(s.embedding, fixed.embedding), 1)));
@@ -77,11 +81,12 @@ for (const [student, bankSize] of [['S', 0], ['M,XL', 0], ['L', 7]] as const) {
       const nce = tf.mul(0.5, tf.add(tf.losses.softmaxCrossEntropy(eye, sim), tf.losses.softmaxCrossEntropy(eye, tf.transpose(sim))));
       const studentScores = tf.add(tf.div(tf.matMul(s.embedding, tf.transpose(database)), w.rankTemp), notSelf);
       const rank = tf.sub(tf.losses.softmaxCrossEntropy(pRank, studentScores), tf.losses.softmaxCrossEntropy(pRank, xlScores));
-      return tf.addN([ce, tf.mul(w.kd * w.kdTemp ** 2, kl), tf.mul(w.cos, cos), tf.mul(w.nce, nce), tf.mul(w.rank, rank)]) as tf.Scalar;
+      const pull = tf.sub(1, tf.mean(tf.sum(tf.mul(fixedStudent, a.embedding), 1)));
+      return tf.addN([ce, tf.mul(w.kd * w.kdTemp ** 2, kl), tf.mul(w.cos, cos), tf.mul(w.nce, nce), tf.mul(w.rank, rank), tf.mul(w.pull, pull)]) as tf.Scalar;
     };
     const { value, grads } = tf.valueAndGrads(lossFn)(names.map((n) => params[n]));
 
-    const g = buildConsistencyGraph(c, B, studentWidths, w);
+    const g = buildConsistencyGraph(c, B, studentSub, w);
     const sess = await ort.InferenceSession.create(g.onnx);
     const nchw = (x: tf.Tensor) => new ort.Tensor('float32', tf.transpose(x, [0, 3, 1, 2]).dataSync() as Float32Array, [B, 3, 32, 32]);
     const feeds: Record<string, ort.Tensor> = { pixels: nchw(xA), pixels_b: nchw(xB), targets: new ort.Tensor('float32', y.dataSync() as Float32Array, [B, 10]) };

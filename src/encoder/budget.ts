@@ -79,11 +79,11 @@ export const calibrationPath = (modelPath: string) => path.join(path.dirname(mod
 
 /** The fallback when no calibration exists: uniform S, M, L, XL ordered by FLOPs, quality unknown. */
 export function defaultCalibration(config: MatViTConfig = DEFAULT_CONFIG, modelId = 'unknown'): Calibration {
-  const xlFlops = countFlops(config, parseSubmodel('XL', config).widths);
+  const xlFlops = countFlops(config, parseSubmodel('XL', config));
   const frontier = GRANULARITIES.map((g): CalibrationEntry => {
-    const w = parseSubmodel(g, config).widths;
-    const flops = countFlops(config, w);
-    return { spec: g, family: 'uniform', flops, flopsRel: flops / xlFlops, params: countParams(config, w), encodeMs: null, accuracy: null, recall10: null };
+    const sub = parseSubmodel(g, config);
+    const flops = countFlops(config, sub);
+    return { spec: g, family: 'uniform', flops, flopsRel: flops / xlFlops, params: countParams(config, sub), encodeMs: null, accuracy: null, recall10: null };
   });
   return { version: CALIBRATION_VERSION, source: 'default', modelId, createdAt: null, metric: 'none (not calibrated: uniform granularities by FLOPs)', xlFlops, frontier };
 }

@@ -12,6 +12,9 @@ export interface MatViTConfig {
   depth: number; // number of Transformer blocks
   heads: number; // attention heads; width must divide by heads
   ffnRatios: Record<Granularity, number>; // FFN width of each granularity, as a multiple of width
+  // Attention heads each granularity keeps (the first ones; absent: every granularity keeps all, as in the paper).
+  // Nesting heads as well as FFN neurons shrinks the attention projections, which FFN nesting alone leaves whole.
+  attnHeads?: Record<Granularity, number>;
   numClasses: number; // classification head, used for training only
   mean: [number, number, number]; // per-channel normalisation, applied inside the model
   std: [number, number, number];
@@ -54,7 +57,33 @@ export function validateConfig(c: MatViTConfig): MatViTConfig {
     if (!Number.isInteger(w) || w <= prev) throw new ConfigError(`FFN widths must be increasing integers S < M < L < XL; ${g} gives ${w}`);
     prev = w;
   }
+  if (c.attnHeads !== undefined) {
+    let fewest = 1;
+    for (const g of GRANULARITIES) {
+      const h = c.attnHeads[g];
+      if (!Number.isInteger(h) || h < fewest || h > c.heads) throw new ConfigError(`attention heads must be non-decreasing integers from S to XL, between 1 and ${c.heads}; ${g} gives ${JSON.stringify(h)}`);
+      fewest = h;
+    }
+    if (c.attnHeads.XL !== c.heads) throw new ConfigError(`XL keeps every attention head (${c.heads}); config.attnHeads.XL is ${c.attnHeads.XL}`);
+  }
   return c;
+}
+
+/** Attention heads each granularity keeps: config.attnHeads, or all of them when heads are not nested. */
+export function headCounts(c: MatViTConfig): Record<Granularity, number> {
+  return c.attnHeads ?? { S: c.heads, M: c.heads, L: c.heads, XL: c.heads };
+}
+
+/** Parses "S=2,M=4" (the granularities not named keep every head) into a config's attnHeads. */
+export function parseHeadCounts(text: string, c: MatViTConfig): Record<Granularity, number> {
+  const counts = { ...headCounts(c) };
+  for (const part of text.split(',').map((p) => p.trim()).filter(Boolean)) {
+    const m = /^(S|M|L|XL)=(\d+)$/i.exec(part);
+    if (!m) throw new ConfigError(`attention heads "${part}" in "${text}": write GRANULARITY=HEADS, e.g. S=2,M=3`);
+    counts[m[1].toUpperCase() as Granularity] = Number(m[2]);
+  }
+  validateConfig({ ...c, attnHeads: counts });
+  return counts;
 }
 
 /** FFN hidden width of each granularity, e.g. {S: 64, M: 128, L: 256, XL: 512} for width 128. */
@@ -67,14 +96,19 @@ export const numTokens = (c: MatViTConfig) => numPatches(c) + 1; // + [CLS]
 export const patchDim = (c: MatViTConfig) => c.patchSize * c.patchSize * c.channels;
 export const maxFfn = (c: MatViTConfig) => c.width * c.ffnRatios.XL;
 
+/** What each layer keeps: its FFN hidden width (the first widths[i] neurons) and its attention heads (the first heads[i]). */
+export interface LayerWidths {
+  widths: number[];
+  heads: number[];
+}
+
 /**
  * A submodel: one granularity per layer. `spec` is the canonical text ("XL" for uniform, "S,S,M,M,L,XL" for a
- * Mix'n'Match list) and `widths` the FFN hidden width that each layer keeps (the first widths[i] neurons).
+ * Mix'n'Match list); each layer keeps its granularity's FFN width and attention heads.
  */
-export interface Submodel {
+export interface Submodel extends LayerWidths {
   spec: string;
   granularities: Granularity[];
-  widths: number[];
 }
 
 /** Parses "S", "XL" or a comma-separated per-layer list such as "S,S,M,M,L,XL". */
@@ -95,7 +129,8 @@ export function parseSubmodel(text: string, c: MatViTConfig): Submodel {
 export function submodelOf(granularities: Granularity[], c: MatViTConfig): Submodel {
   const uniform = granularities.every((g) => g === granularities[0]);
   const w = ffnWidths(c);
-  return { spec: uniform ? granularities[0] : granularities.join(','), granularities, widths: granularities.map((g) => w[g]) };
+  const h = headCounts(c);
+  return { spec: uniform ? granularities[0] : granularities.join(','), granularities, widths: granularities.map((g) => w[g]), heads: granularities.map((g) => h[g]) };
 }
 
 /** Every Mix'n'Match list whose granularity never decreases with depth (84 for depth 6 and 4 granularities). */
@@ -110,23 +145,24 @@ export function monotoneSubmodels(c: MatViTConfig): Submodel[] {
 }
 
 /** Parameters of the embedding model (no classification head) that a submodel keeps. */
-export function countParams(c: MatViTConfig, widths: number[]): number {
+export function countParams(c: MatViTConfig, sub: LayerWidths): number {
   const D = c.width;
   const embed = patchDim(c) * D + D + D + numTokens(c) * D; // patch projection, bias, [CLS], positions
-  const attn = 4 * D + 3 * D * D + 3 * D + D * D + D; // two LayerNorms, qkv, proj
-  const ffn = widths.reduce((s, m) => s + D * m + m + m * D + D, 0);
-  return embed + c.depth * attn + ffn + 2 * D;
+  const attn = (a: number) => 4 * D + 3 * D * a + 3 * a + a * D + D; // two LayerNorms, qkv, proj at attention width a
+  const ffn = (m: number) => D * m + m + m * D + D;
+  return embed + sub.widths.reduce((s, m, i) => s + attn(sub.heads[i] * (D / c.heads)) + ffn(m), 0) + 2 * D;
 }
 
 /**
  * Multiply-accumulate-based FLOPs (2 per MAC) of one image's forward pass through the embedding model, as the ONNX
  * graph runs it: the last block computes keys and values for every token but the rest for the [CLS] token only.
  */
-export function countFlops(c: MatViTConfig, widths: number[]): number {
+export function countFlops(c: MatViTConfig, sub: LayerWidths): number {
   const D = c.width;
   const T = numTokens(c);
   const embed = 2 * numPatches(c) * patchDim(c) * D;
-  // qkv over all T tokens; scores, weighted sum, projection and FFN over `queries` tokens
-  const layer = (m: number, queries: number) => 2 * T * D * 3 * D + 2 * 2 * queries * T * D + 2 * queries * D * D + 2 * 2 * queries * D * m;
-  return embed + widths.reduce((s, m, i) => s + layer(m, i === widths.length - 1 ? 1 : T), 0);
+  // qkv over all T tokens; scores, weighted sum, projection and FFN over `queries` tokens; attention width a
+  const layer = (m: number, a: number, queries: number) => 2 * T * D * 3 * a + 2 * 2 * queries * T * a + 2 * queries * a * D + 2 * 2 * queries * D * m;
+  const last = sub.widths.length - 1;
+  return embed + sub.widths.reduce((s, m, i) => s + layer(m, sub.heads[i] * (D / c.heads), i === last ? 1 : T), 0);
 }

@@ -16,5 +16,5 @@ export function extractToFile(modelPath: string | undefined, ffn: string, out: s
   }
   const ex = exportSubmodel(ckpt.config, ckpt.params, sub, { metadata: { 'matvit.source': file }, adapter: adapterFor(ckpt.adapters, sub.spec) });
   writeFileAtomic(out, Buffer.from(ex.onnx));
-  return { out, ffn: sub.spec, widths: sub.widths, adapter: ex.metadata['matvit.adapter'] === 'yes', flops: ex.flops, params: ex.params, bytes: fs.statSync(out).size };
+  return { out, ffn: sub.spec, widths: sub.widths, heads: sub.heads, adapter: ex.metadata['matvit.adapter'] === 'yes', flops: ex.flops, params: ex.params, bytes: fs.statSync(out).size };
 }

@@ -45,3 +45,24 @@ export function ffnSlices(d: number, m: number): Record<'fc1.weight' | 'fc1.bias
     'fc2.weight': { begin: [0, 0], size: [m, d] },
   };
 }
+
+/** One tensor's part that a submodel keeps: the [start, end) ranges along `axis`, joined in order. */
+export interface KeptRanges {
+  axis: number;
+  ranges: [number, number][];
+}
+
+/**
+ * The nested-heads rule, beside the FFN's: a layer that keeps its first h of H heads (head width dh = D / H, attention
+ * width a = h * dh) keeps the first a columns of each of q, k and v in qkv (columns q | k | v, heads contiguous)
+ * and the first a rows of proj; proj's bias stays whole. With h = H every range is the whole tensor.
+ */
+export function headSlices(d: number, heads: number, h: number): Record<'qkv.weight' | 'qkv.bias' | 'proj.weight', KeptRanges> {
+  const a = h * (d / heads);
+  const qkv: [number, number][] = [[0, a], [d, d + a], [2 * d, 2 * d + a]];
+  return {
+    'qkv.weight': { axis: 1, ranges: qkv },
+    'qkv.bias': { axis: 0, ranges: qkv },
+    'proj.weight': { axis: 0, ranges: [[0, a]] },
+  };
+}

@@ -1,9 +1,9 @@
 // The MatViT model in TensorFlow.js, bottom-up: parameters, patch embedding, attention, nested MLP, block, model.
-// Parameters are a flat name -> tensor map (the checkpoint layout); the forward pass takes one FFN width per layer,
-// so uniform S/M/L/XL and every Mix'n'Match list run on the same weights.
+// Parameters are a flat name -> tensor map (the checkpoint layout); the forward pass takes one FFN width and one
+// head count per layer, so uniform S/M/L/XL and every Mix'n'Match list run on the same weights.
 import { tf } from './backend.ts';
-import { type MatViTConfig, numPatches, numTokens, patchDim } from './config.ts';
-import { ffnSlices, paramShapes } from './layout.ts';
+import { type LayerWidths, type MatViTConfig, numPatches, numTokens, patchDim } from './config.ts';
+import { type KeptRanges, ffnSlices, headSlices, paramShapes } from './layout.ts';
 import { bmm, dense, gelu, layerNorm } from './ops.ts';
 
 export type Params = Record<string, tf.Tensor>;
@@ -32,18 +32,27 @@ function patchEmbed(p: Params, images: tf.Tensor, c: MatViTConfig): tf.Tensor {
   return tf.add(tf.concat([cls, emb], 1), p['pos_embed']); // [B, T, D]
 }
 
-function attention(p: Params, pre: string, x: tf.Tensor, B: number, c: MatViTConfig): tf.Tensor {
+/** The part of a tensor that a submodel keeps (layout.ts's rule): its ranges along one axis, joined. */
+function keep(t: tf.Tensor, { axis, ranges }: KeptRanges): tf.Tensor {
+  if (ranges.length === 1 && ranges[0][0] === 0 && ranges[0][1] === t.shape[axis]) return t;
+  const parts = ranges.map(([start, end]) => tf.slice(t, t.shape.map((_, i) => (i === axis ? start : 0)), t.shape.map((d, i) => (i === axis ? end - start : d))));
+  return parts.length === 1 ? parts[0] : tf.concat(parts, axis);
+}
+
+/** Self-attention with the layer's first H of c.heads heads (attention width A = H * dh). */
+function attention(p: Params, pre: string, x: tf.Tensor, B: number, H: number, c: MatViTConfig): tf.Tensor {
   const T = numTokens(c);
-  const H = c.heads;
-  const dh = c.width / H;
-  const qkv = dense(x, p[pre + 'qkv.weight'], p[pre + 'qkv.bias']); // [B*T, 3D]
+  const dh = c.width / c.heads;
+  const A = H * dh;
+  const s = headSlices(c.width, c.heads, H);
+  const qkv = dense(x, keep(p[pre + 'qkv.weight'], s['qkv.weight']), keep(p[pre + 'qkv.bias'], s['qkv.bias'])); // [B*T, 3A]
   // Rank-4 transposes only: tfjs-wasm runs a rank-5 transpose about 100x slower.
   const [q, k, v] = tf.split(qkv, 3, 1).map((t) => tf.reshape(t, [B, T, H, dh])); // each [B, T, H, dh]
   const toHeads = (t: tf.Tensor, perm: number[]) => tf.reshape(tf.transpose(t, perm), [B * H, ...(perm[3] === 3 ? [T, dh] : [dh, T])]);
   const scores = bmm(toHeads(tf.mul(q, 1 / Math.sqrt(dh)), [0, 2, 1, 3]), toHeads(k, [0, 2, 3, 1])); // [B*H, T, dh] x [B*H, dh, T] -> [B*H, T, T]
   const out = bmm(tf.softmax(scores), toHeads(v, [0, 2, 1, 3])); // [B*H, T, dh]
-  const merged = tf.reshape(tf.transpose(tf.reshape(out, [B, H, T, dh]), [0, 2, 1, 3]), [B * T, c.width]); // [B*T, D]
-  return dense(merged, p[pre + 'proj.weight'], p[pre + 'proj.bias']);
+  const merged = tf.reshape(tf.transpose(tf.reshape(out, [B, H, T, dh]), [0, 2, 1, 3]), [B * T, A]); // [B*T, A]
+  return dense(merged, keep(p[pre + 'proj.weight'], s['proj.weight']), p[pre + 'proj.bias']);
 }
 
 /** The nested FFN at hidden width m. */
@@ -55,10 +64,10 @@ function mlp(p: Params, pre: string, x: tf.Tensor, m: number, c: MatViTConfig): 
   return dense(gelu(dense(x, w1, b1)), w2, p[pre + 'fc2.bias']); // [B*T, D]
 }
 
-function block(p: Params, i: number, x: tf.Tensor, m: number, B: number, c: MatViTConfig): tf.Tensor {
+function block(p: Params, i: number, x: tf.Tensor, m: number, heads: number, B: number, c: MatViTConfig): tf.Tensor {
   const pre = `blocks.${i}.`;
   const eps = c.layerNormEps;
-  const h = tf.add(x, attention(p, pre + 'attn.', layerNorm(x, p[pre + 'norm1.weight'], p[pre + 'norm1.bias'], eps), B, c));
+  const h = tf.add(x, attention(p, pre + 'attn.', layerNorm(x, p[pre + 'norm1.weight'], p[pre + 'norm1.bias'], eps), B, heads, c));
   return tf.add(h, mlp(p, pre + 'mlp.', layerNorm(h, p[pre + 'norm2.weight'], p[pre + 'norm2.bias'], eps), m, c)); // [B*T, D]
 }
 
@@ -68,12 +77,12 @@ export interface ForwardOutput {
   logits?: tf.Tensor; // [B, classes] when the head is present
 }
 
-/** images [B, H, W, C] float32 in [0, 1]; widths: the FFN width of each layer. */
-export function forward(p: Params, images: tf.Tensor, widths: number[], c: MatViTConfig): ForwardOutput {
-  if (widths.length !== c.depth) throw new Error(`expected ${c.depth} FFN widths, got ${widths.length}`);
+/** images [B, H, W, C] float32 in [0, 1]; sub: the FFN width and attention heads of each layer (a Submodel). */
+export function forward(p: Params, images: tf.Tensor, sub: LayerWidths, c: MatViTConfig): ForwardOutput {
+  if (sub.widths.length !== c.depth || sub.heads.length !== c.depth) throw new Error(`expected ${c.depth} FFN widths and head counts, got ${sub.widths.length} and ${sub.heads.length}`);
   const B = images.shape[0];
   let x = tf.reshape(patchEmbed(p, images, c), [B * numTokens(c), c.width]); // [B*T, D]
-  for (let i = 0; i < c.depth; i++) x = block(p, i, x, widths[i], B, c);
+  for (let i = 0; i < c.depth; i++) x = block(p, i, x, sub.widths[i], sub.heads[i], B, c);
   const cls = tf.reshape(tf.slice(tf.reshape(x, [B, numTokens(c), c.width]), [0, 0, 0], [B, 1, c.width]), [B, c.width]); // [B, D]
   const features = layerNorm(cls, p['norm.weight'], p['norm.bias'], c.layerNormEps);
   const embedding = tf.div(features, tf.maximum(tf.norm(features, 'euclidean', 1, true), 1e-12));

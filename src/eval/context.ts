@@ -130,7 +130,7 @@ export async function openModel(run: EvalRun, modelPath: string, label: string, 
   if (baselineGranularity(ckpt)) throw new Error(`${modelPath} is a baseline (trained only at ${ckpt.metadata.trained_granularities}); evaluate the MatViT and name baselines with --baselines`);
   const c = ckpt.config;
   if (c.imageSize !== run.db.data.size) throw new Error(`${modelPath} takes ${c.imageSize}x${c.imageSize} images; the evaluation data is ${run.db.data.size}x${run.db.data.size}`);
-  const xlFlops = countFlops(c, parseSubmodel('XL', c).widths);
+  const xlFlops = countFlops(c, parseSubmodel('XL', c));
 
   const uniform = uniformEncoders(modelPath, ckpt);
   const { encoders: baselines, notes: baselineNotes } = findBaselines(opts.baselinesBeside ?? modelPath, c, s.baselines);
@@ -152,11 +152,11 @@ export async function openModel(run: EvalRun, modelPath: string, label: string, 
 
   const results = new Map<string, EncoderResult>();
   for (const ref of [...uniform, ...baselines, ...mnm]) {
-    const w = parseSubmodel(ref.spec, ref.ckpt.config).widths;
-    const flops = countFlops(ref.ckpt.config, w);
+    const sub = parseSubmodel(ref.spec, ref.ckpt.config);
+    const flops = countFlops(ref.ckpt.config, sub);
     results.set(ref.id, {
       id: ref.id, family: ref.family, spec: ref.spec, modelId: new Encoder(ref.ckpt, ref.modelPath).modelId,
-      flops, flopsRel: flops / xlFlops, params: countParams(ref.ckpt.config, w), encodeMs: null,
+      flops, flopsRel: flops / xlFlops, params: countParams(ref.ckpt.config, sub), encodeMs: null,
       all: null, common: null, onCommonFrontier: false, onFrontier: false, self: null, copies: null, own: null,
     });
   }

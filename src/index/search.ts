@@ -60,7 +60,7 @@ export async function searchByPixels(
     const query = await encode(pixels, sub.spec);
     const t1 = performance.now();
     const hits = await store.nearest(query, k, ef, opts.filter, opts.regionPenalty);
-    return { spec: sub.spec, flops: countFlops(config, sub.widths), results: await rows(store, hits), encodeMs: t1 - t0, searchMs: performance.now() - t1 };
+    return { spec: sub.spec, flops: countFlops(config, sub), results: await rows(store, hits), encodeMs: t1 - t0, searchMs: performance.now() - t1 };
   };
   const rule = opts.cascade;
   if (!rule) {

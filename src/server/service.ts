@@ -137,7 +137,7 @@ export class SearchService {
     const byDefault = deps.defaultFfn ?? 'XL';
     this.defaultFfn = byDefault.toLowerCase() === AUTO ? AUTO : deps.encoder.submodel(byDefault).spec;
     const c = deps.encoder.config;
-    this.xlFlops = countFlops(c, deps.encoder.submodel('XL').widths);
+    this.xlFlops = countFlops(c, deps.encoder.submodel('XL'));
     this.regionPenalty = regionPenaltyOf(deps.calibration);
     this.decoder = sharedDecoder(c.imageSize);
   }
@@ -299,14 +299,14 @@ export class SearchService {
     const encoders = this.encoderSpecs()
       .map((spec) => {
         const sub = this.deps.encoder.submodel(spec);
-        const flops = countFlops(c, sub.widths);
+        const flops = countFlops(c, sub);
         const served = this.served.get(spec);
         return {
           spec,
           family: sub.granularities.every((g) => g === sub.granularities[0]) ? ('uniform' as const) : ('mixnmatch' as const),
           flops,
           flopsRel: round(flops / this.xlFlops, 4),
-          params: countParams(c, sub.widths),
+          params: countParams(c, sub),
           adapter: this.deps.encoder.adapterOf(spec) !== undefined,
           accuracy: cal.source === 'measured' ? (bySpec.get(spec)?.accuracy ?? null) : null,
           encodeMs: this.measured.has(spec) ? round(this.measured.get(spec)!, 3) : null,

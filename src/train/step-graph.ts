@@ -5,15 +5,16 @@
 import { gradients } from '../onnx/autodiff.ts';
 import { GraphBuilder, type V } from '../onnx/graph.ts';
 import * as op from '../onnx/ops.ts';
-import { type MatViTConfig, parseSubmodel } from '../encoder/config.ts';
-import { ffnSlices, paramShapes } from '../encoder/layout.ts';
+import { type LayerWidths, type MatViTConfig, parseSubmodel } from '../encoder/config.ts';
+import { ffnSlices, headSlices, paramShapes } from '../encoder/layout.ts';
 import { type WeightSource, matvitGraph } from '../encoder/onnx-matvit.ts';
 
-/** Full-size weights as graph inputs; each granularity slices the FFN inside the graph (gradients pad back). */
+/** Full-size weights as graph inputs; each granularity slices the FFN and heads inside the graph (gradients pad back). */
 class InputWeights implements WeightSource {
   readonly inputs: V[];
   private byName: Map<string, V>;
   private ffnCache = new Map<string, { w1: V; b1: V; w2: V }>();
+  private attnCache = new Map<string, { qkvW: V; qkvB: V; projW: V }>();
   constructor(private g: GraphBuilder, private c: MatViTConfig, differentiable: boolean) {
     this.inputs = paramShapes(c, true).map(([name, shape]) => g.input(name, shape, 'float', differentiable));
     this.byName = new Map(this.inputs.map((v) => [v.name, v]));
@@ -39,6 +40,24 @@ class InputWeights implements WeightSource {
     }
     return w;
   }
+  attn(layer: number, h: number) {
+    const key = `${layer}:${h}`;
+    let w = this.attnCache.get(key);
+    if (!w) {
+      const pre = `blocks.${layer}.attn.`;
+      const s = headSlices(this.c.width, this.c.heads, h);
+      const cut = (k: keyof typeof s) => {
+        const full = this.get(pre + k);
+        const { axis, ranges } = s[k];
+        if (h === this.c.heads) return full;
+        const parts = ranges.map(([start, end]) => op.slice(this.g, full, axis, start, end));
+        return parts.length === 1 ? parts[0] : op.concat(this.g, parts, axis);
+      };
+      w = { qkvW: cut('qkv.weight'), qkvB: cut('qkv.bias'), projW: cut('proj.weight') };
+      this.attnCache.set(key, w);
+    }
+    return w;
+  }
 }
 
 export interface TrainGraph {
@@ -48,15 +67,15 @@ export interface TrainGraph {
 }
 
 /**
- * One training step for a fixed batch size: the loss is the sum over `widthsList` of each submodel's mean
+ * One training step for a fixed batch size: the loss is the sum over `subs` of each submodel's mean
  * cross-entropy (one entry: the sampled-granularity objective; all four: the joint objective of the official code).
  */
-export function buildTrainGraph(c: MatViTConfig, batch: number, widthsList: number[][]): TrainGraph {
+export function buildTrainGraph(c: MatViTConfig, batch: number, subs: LayerWidths[]): TrainGraph {
   const g = new GraphBuilder();
   const pixels = g.input('pixels', [batch, c.channels, c.imageSize, c.imageSize]);
   const targets = g.input('targets', [batch, c.numClasses]);
   const W = new InputWeights(g, c, true);
-  const outs = matvitGraph(g, c, W, pixels, widthsList, batch, true);
+  const outs = matvitGraph(g, c, W, pixels, subs, batch, true);
   const losses = outs.map((o) => op.crossEntropy(g, o.logits!, targets));
   const loss = losses.slice(1).reduce((a, b) => op.add(g, a, b), losses[0]);
   const grads = gradients(g, loss, W.inputs);
@@ -77,10 +96,11 @@ export interface ConsistencyWeights {
   rank: number; // KL between XL's and the student's similarity distributions over the batch's other XL embeddings
   rankTemp: number;
   rankBank: number; // XL embeddings of recent batches the ranking also runs over (0: the batch alone)
+  pull: number; // 1 - cosine of XL's embedding to the student's, the student held fixed: XL meets the student halfway
 }
 
 /** The loss terms a consistency step reports, in output order (`loss.<name>`). */
-export const CONSISTENCY_TERMS = ['ce_xl', 'ce_student', 'kd', 'cos', 'nce', 'rank'] as const;
+export const CONSISTENCY_TERMS = ['ce_xl', 'ce_student', 'kd', 'cos', 'nce', 'rank', 'pull'] as const;
 
 /**
  * One step of the consistency objective. XL sees view A (`pixels`) and learns from the labels. A narrower submodel
@@ -95,17 +115,20 @@ export const CONSISTENCY_TERMS = ['ce_xl', 'ce_student', 'kd', 'cos', 'nce', 'ra
  * too few to show a query its ten nearest neighbours among 50,000; with `rankBank` N the ranking also runs over N
  * XL embeddings of recent batches (inputs `rank_bank` [N, D] and `rank_bank_bias` [B, N]: 0, or -1e4 for a slot
  * not yet filled), as SEED (Fang et al., 2021) distils a teacher's similarities over a queue; the step then outputs
- * `embedding_xl` to fill it. The student runs once over A and B stacked.
+ * `embedding_xl` to fill it. The pull term is the cosine term seen from the other side: XL's embedding moves toward
+ * the student's, the student held fixed. A search compares a student's query with XL's stored vectors, so the gap
+ * can also close from XL's side, in directions XL's labels do not need, where the student lacks the capacity to
+ * follow. The student runs once over A and B stacked.
  * Outputs: loss, logits_0 (XL), logits_1 (student on A), each term, the gradients.
  */
-export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWidths: number[], w: ConsistencyWeights): TrainGraph {
+export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWidths: LayerWidths, w: ConsistencyWeights): TrainGraph {
   const g = new GraphBuilder();
   const shape = [batch, c.channels, c.imageSize, c.imageSize];
   const pixelsA = g.input('pixels', shape);
   const pixelsB = g.input('pixels_b', shape);
   const targets = g.input('targets', [batch, c.numClasses]);
   const W = new InputWeights(g, c, true);
-  const [xl] = matvitGraph(g, c, W, pixelsA, [parseSubmodel('XL', c).widths], batch, true);
+  const [xl] = matvitGraph(g, c, W, pixelsA, [parseSubmodel('XL', c)], batch, true);
   const [student] = matvitGraph(g, c, W, op.concat(g, [pixelsA, pixelsB], 0), [studentWidths], 2 * batch, true);
   const studentLogits = op.slice(g, student.logits!, 0, 0, batch); // view A
   const zStudent = op.l2Normalize(g, student.features); // [2B, D]: view A, then view B
@@ -121,6 +144,7 @@ export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWid
     cos: g.constFloat([0], []),
     nce: g.constFloat([0], []),
     rank: g.constFloat([0], []),
+    pull: g.constFloat([0], []),
   };
   if (w.kd > 0) {
     // KL(p_XL || p_student) = CE(p_XL, student) - H(p_XL), times T² so that its gradients keep their scale across T
@@ -132,6 +156,10 @@ export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWid
   if (w.cos > 0) {
     const meanCos = op.scale(g, op.sumAll(g, op.mul(g, op.slice(g, zStudent, 0, 0, batch), op.stopGradient(g, zXl))), 1 / batch);
     terms.cos = op.sub(g, g.constFloat([1], []), meanCos);
+  }
+  if (w.pull > 0) {
+    const meanCos = op.scale(g, op.sumAll(g, op.mul(g, op.stopGradient(g, op.slice(g, zStudent, 0, 0, batch)), zXl)), 1 / batch);
+    terms.pull = op.sub(g, g.constFloat([1], []), meanCos);
   }
   if (w.nce > 0) {
     const copies = op.slice(g, zStudent, 0, batch, 2 * batch);
@@ -151,7 +179,7 @@ export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWid
     const pXl = g.node('Softmax', [xlScores], xlScores.shape, { axis: -1 });
     terms.rank = op.sub(g, op.crossEntropy(g, scores(op.slice(g, zStudent, 0, 0, batch)), pXl), op.crossEntropy(g, xlScores, pXl));
   }
-  const loss = [weighted(terms.kd, w.kd), weighted(terms.cos, w.cos), weighted(terms.nce, w.nce), weighted(terms.rank, w.rank)].reduce((a, b) => op.add(g, a, b), op.add(g, terms.ce_xl, terms.ce_student));
+  const loss = [weighted(terms.kd, w.kd), weighted(terms.cos, w.cos), weighted(terms.nce, w.nce), weighted(terms.rank, w.rank), weighted(terms.pull, w.pull)].reduce((a, b) => op.add(g, a, b), op.add(g, terms.ce_xl, terms.ce_student));
   const grads = gradients(g, loss, W.inputs);
   g.output(loss, 'loss');
   g.output(xl.logits!, 'logits_0');
@@ -165,11 +193,11 @@ export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWid
 }
 
 /** Forward only, dynamic batch, weights as inputs: logits and features of each submodel (validation during training). */
-export function buildEvalGraph(c: MatViTConfig, widthsList: number[][]): TrainGraph {
+export function buildEvalGraph(c: MatViTConfig, subs: LayerWidths[]): TrainGraph {
   const g = new GraphBuilder();
   const pixels = g.input('pixels', [-1, c.channels, c.imageSize, c.imageSize]);
   const W = new InputWeights(g, c, false);
-  const outs = matvitGraph(g, c, W, pixels, widthsList, -1, true);
+  const outs = matvitGraph(g, c, W, pixels, subs, -1, true);
   outs.forEach((o, i) => g.output(o.logits!, `logits_${i}`));
   outs.forEach((o, i) => g.output(o.features, `features_${i}`));
   const paramNames = W.inputs.map((v) => v.name);

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { z } from 'zod';
-import { DEFAULT_CONFIG, GRANULARITIES, type Granularity, type MatViTConfig, TINY_CONFIG, parseSubmodel } from '../encoder/config.ts';
+import { DEFAULT_CONFIG, GRANULARITIES, type Granularity, type MatViTConfig, TINY_CONFIG, parseHeadCounts, parseSubmodel } from '../encoder/config.ts';
 import { loadModel, saveModel } from '../encoder/checkpoint.ts';
 import { isDecayed, paramShapes } from '../encoder/layout.ts';
 import { initParams, toTensorMap } from '../encoder/matvit.ts';
@@ -17,6 +17,7 @@ import { loadLabelledPixels } from '../data/labelled.ts';
 import { logger } from '../log.ts';
 import { type AdamWSlot, adamwStep, learningRate } from './adamw.ts';
 import { copyViews, makeBatch } from './augment.ts';
+import { orderHeadsByImportance } from './head-order.ts';
 import { COPY_EDITS, JpegRoundTrip } from './copy-edits.ts';
 import { toNchw } from '../encoder/runtime.ts';
 import { Progress } from '../progress.ts';
@@ -27,6 +28,7 @@ export const TrainOptions = z.object({
   data: z.string(), // training images: folder, .tar.gz or IDX
   out: z.string(), // run directory
   model: z.enum(['default', 'tiny']).default('default'),
+  attnHeads: z.string().optional(), // nested attention heads, e.g. "S=2": the heads each granularity keeps (default: all)
   epochs: z.number().int().positive().default(30),
   batchSize: z.number().int().positive().default(128),
   lr: z.number().positive().default(1e-3),
@@ -49,6 +51,8 @@ export const TrainOptions = z.object({
   rankWeight: z.number().nonnegative().optional(),
   rankTemp: z.number().positive().optional(),
   rankBank: z.number().int().nonnegative().optional(), // XL embeddings of recent batches the ranking also runs over
+  xlPull: z.number().nonnegative().optional(), // weight of XL's pull toward the student's embedding (default 0: off)
+  xlPullWidths: z.array(z.enum(GRANULARITIES)).min(1).optional(), // the student widths XL is pulled toward (default L)
   studentProbs: z.array(z.number().nonnegative()).length(4).optional(), // the student width's sampling (S/M/L/XL)
   copyCropArea: z.tuple([z.number().gt(0).max(1), z.number().gt(0).max(1)]).refine(([a, b]) => a <= b, 'min above max').optional(), // the copy view's crop area range
   init: z.string().optional(), // start from this model's weights (fine-tuning) instead of a fresh initialisation
@@ -64,10 +68,11 @@ export const TrainOptions = z.object({
   logEvery: z.number().int().positive().default(20), // steps between metrics.jsonl lines
 }).superRefine((o, ctx) => {
   // Options that would do nothing are refused rather than silently entering the run's identity.
-  const flags = { kdWeight: '--kd-weight', kdTemp: '--kd-temp', cosWeight: '--cos-weight', nceWeight: '--nce-weight', nceTemp: '--nce-temp', rankWeight: '--rank-weight', rankTemp: '--rank-temp', rankBank: '--rank-bank', studentProbs: '--student-probs', copyCropArea: '--copy-crop-area' } as const;
+  const flags = { kdWeight: '--kd-weight', kdTemp: '--kd-temp', cosWeight: '--cos-weight', nceWeight: '--nce-weight', nceTemp: '--nce-temp', rankWeight: '--rank-weight', rankTemp: '--rank-temp', rankBank: '--rank-bank', xlPull: '--xl-pull', xlPullWidths: '--xl-pull-widths', studentProbs: '--student-probs', copyCropArea: '--copy-crop-area' } as const;
   const given = Object.entries(flags).filter(([k]) => o[k as keyof typeof flags] !== undefined).map(([, f]) => f);
   if (o.objective !== 'consistency' && given.length) ctx.addIssue({ code: 'custom', path: ['objective'], message: `${given.join(', ')} only apply to --objective consistency` });
   if (o.rankBank && !o.rankWeight) ctx.addIssue({ code: 'custom', path: ['rankBank'], message: '--rank-bank only applies with a --rank-weight above 0' });
+  if (o.xlPullWidths && !o.xlPull) ctx.addIssue({ code: 'custom', path: ['xlPullWidths'], message: '--xl-pull-widths only applies with an --xl-pull above 0' });
   if (o.objective === 'consistency' && o.baseline) ctx.addIssue({ code: 'custom', path: ['baseline'], message: 'a baseline trains one width: it cannot be combined with --objective consistency' });
 });
 export type TrainOptions = z.infer<typeof TrainOptions>;
@@ -75,8 +80,8 @@ export type TrainOptions = z.infer<typeof TrainOptions>;
 const VOLATILE: (keyof TrainOptions)[] = ['checkpointMinutes', 'threads', 'maxSteps', 'logEvery', 'out', 'data', 'init'];
 
 /** The consistency objective's settings, defaults filled in (recorded in the model's metadata and the model card). */
-export function consistencySettings(o: TrainOptions): ConsistencyWeights & { studentProbs: number[]; copyCropArea: readonly [number, number] } {
-  return { kd: o.kdWeight ?? 1, kdTemp: o.kdTemp ?? 2, cos: o.cosWeight ?? 1, nce: o.nceWeight ?? 1, nceTemp: o.nceTemp ?? 0.1, rank: o.rankWeight ?? 0, rankTemp: o.rankTemp ?? 0.05, rankBank: o.rankBank ?? 0, studentProbs: o.studentProbs ?? [0.35, 0.2, 0.2, 0.25], copyCropArea: o.copyCropArea ?? COPY_EDITS.crop.area };
+export function consistencySettings(o: TrainOptions): ConsistencyWeights & { pullWidths: Granularity[]; studentProbs: number[]; copyCropArea: readonly [number, number] } {
+  return { kd: o.kdWeight ?? 1, kdTemp: o.kdTemp ?? 2, cos: o.cosWeight ?? 1, nce: o.nceWeight ?? 1, nceTemp: o.nceTemp ?? 0.1, rank: o.rankWeight ?? 0, rankTemp: o.rankTemp ?? 0.05, rankBank: o.rankBank ?? 0, pull: o.xlPull ?? 0, pullWidths: o.xlPullWidths ?? ['L'], studentProbs: o.studentProbs ?? [0.35, 0.2, 0.2, 0.25], copyCropArea: o.copyCropArea ?? COPY_EDITS.crop.area };
 }
 
 export const STATE_FILE = 'train-state.safetensors';
@@ -100,7 +105,8 @@ interface RankBank {
 }
 
 function modelConfig(o: TrainOptions): MatViTConfig {
-  return o.model === 'tiny' ? TINY_CONFIG : DEFAULT_CONFIG;
+  const base = o.model === 'tiny' ? TINY_CONFIG : DEFAULT_CONFIG;
+  return o.attnHeads ? { ...base, attnHeads: parseHeadCounts(o.attnHeads, base) } : base;
 }
 
 /** The options that make a run what it is (a state saved before a key became volatile still matches). */
@@ -115,11 +121,20 @@ function freshState(c: MatViTConfig, o: TrainOptions): RunState {
   return { step: 0, elapsedSec: 0, params, m: zeros(), v: zeros(), val: {}, bank };
 }
 
-/** Weights to fine-tune from: a trained MatViT of the same configuration, with its classification head. */
+/**
+ * Weights to fine-tune from: a trained MatViT of the same configuration, with its classification head. Its heads
+ * may be nested differently (the weights' layout is the same); one trained with whole heads has each layer's heads
+ * sorted by importance first, so that nesting keeps the heads that matter most.
+ */
 function initialWeights(file: string, c: MatViTConfig): TensorMap {
   const ckpt = loadModel(file, { requireHead: true });
-  if (JSON.stringify(ckpt.config) !== JSON.stringify(c)) throw new CheckpointError(`--init ${file} has another model configuration than this run's`);
-  return ckpt.params;
+  const { attnHeads: initHeads, ...initShape } = ckpt.config;
+  const { attnHeads, ...runShape } = c;
+  if (JSON.stringify(initShape) !== JSON.stringify(runShape)) throw new CheckpointError(`--init ${file} has another model configuration than this run's`);
+  if (!attnHeads || initHeads) return ckpt.params;
+  const { params, order } = orderHeadsByImportance(ckpt.params, c);
+  logger.info({ order }, 'heads of --init sorted by importance for nesting (each layer\'s old head indices, most important first)');
+  return params;
 }
 
 function loadState(file: string, o: TrainOptions): RunState {
@@ -198,7 +213,7 @@ export interface Validation {
 
 /** Top-1 accuracy of each submodel on a labelled set (no augmentation), and how close its embeddings are to XL's. */
 export async function evaluateSubmodels(c: MatViTConfig, params: TensorMap, pixels: Uint8Array, labels: Int32Array, indices: Int32Array, specs: string[], threads: number): Promise<Validation> {
-  const g = buildEvalGraph(c, specs.map((s) => parseSubmodel(s, c).widths));
+  const g = buildEvalGraph(c, specs.map((s) => parseSubmodel(s, c)));
   const sess = await ort.InferenceSession.create(g.onnx, sessionOptions(threads));
   const feeds = paramFeeds(g.paramNames, params);
   const correct = new Array(specs.length).fill(0);
@@ -289,8 +304,8 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
     const key = specs.join('+');
     const build = () =>
       consistency
-        ? buildConsistencyGraph(c, o.batchSize, parseSubmodel(specs[1], c).widths, consistency)
-        : buildTrainGraph(c, o.batchSize, specs.map((sp) => parseSubmodel(sp, c).widths));
+        ? buildConsistencyGraph(c, o.batchSize, parseSubmodel(specs[1], c), { ...consistency, pull: consistency.pullWidths.includes(specs[1] as Granularity) ? consistency.pull : 0 })
+        : buildTrainGraph(c, o.batchSize, specs.map((sp) => parseSubmodel(sp, c)));
     if (!sessions.has(key)) sessions.set(key, ort.InferenceSession.create(build().onnx, sessionOptions(o.threads)));
     return sessions.get(key)!;
   };
