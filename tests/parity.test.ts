@@ -8,7 +8,7 @@ import * as ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
 import { tf } from '../src/encoder/backend.ts';
 import { saveModel } from '../src/encoder/checkpoint.ts';
-import { DEFAULT_CONFIG, parseSubmodel } from '../src/encoder/config.ts';
+import { DEFAULT_CONFIG, type MatViTConfig, parseSubmodel } from '../src/encoder/config.ts';
 import { extractToFile } from '../src/encoder/extract.ts';
 import { forward } from '../src/encoder/matvit.ts';
 import { Encoder } from '../src/encoder/runtime.ts';
@@ -16,43 +16,37 @@ import { maxAbsDiff, randomModel } from './helpers/model.ts';
 
 const c = DEFAULT_CONFIG;
 
-test('ONNX submodels equal the tfjs forward within 1e-4 for S, XL and a Mix\'n\'Match list', async () => {
-  const { params, tensors } = await randomModel(c, 3);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-parity-'));
-  const file = path.join(dir, 'model.safetensors');
-  saveModel(file, c, tensors);
+/**
+ * Saves a random model of config `cfg`, encodes a few images with the serving runtime (an exported, sliced ONNX file
+ * per submodel) and asserts each spec's embeddings equal the tfjs forward within 1e-4, at unit length.
+ */
+async function assertRuntimeMatchesTfjs(cfg: MatViTConfig, seed: number, specs: string[]): Promise<string> {
+  const { params, tensors } = await randomModel(cfg, seed);
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-parity-')), 'model.safetensors');
+  saveModel(file, cfg, tensors);
   const encoder = Encoder.load(file);
-  const images = Array.from({ length: 5 }, (_, i) => Uint8Array.from({ length: 32 * 32 * 3 }, (_, j) => (j * 31 + i * 97) % 256));
+  const images = Array.from({ length: 5 }, (_, i) => Uint8Array.from({ length: 32 * 32 * 3 }, (_, j) => (j * 31 + i * 97 + seed) % 256));
   const x = tf.div(tf.tensor(images.flatMap((im) => Array.from(im)), [5, 32, 32, 3]), 255);
-  for (const spec of ['S', 'XL', 'S,S,M,M,L,XL']) {
-    const ref = forward(params, x, parseSubmodel(spec, c), c).embedding.dataSync();
+  for (const spec of specs) {
+    const ref = forward(params, x, parseSubmodel(spec, cfg), cfg).embedding.dataSync();
     const got = await encoder.encode(images, spec);
-    const flat = new Float32Array(got.length * c.width);
-    got.forEach((e, i) => flat.set(e, i * c.width));
+    const flat = new Float32Array(got.length * cfg.width);
+    got.forEach((e, i) => flat.set(e, i * cfg.width));
     const d = maxAbsDiff(flat, ref);
     assert.ok(d < 1e-4, `${spec}: max abs difference ${d}`);
     for (const e of got) assert.ok(Math.abs(Math.hypot(...e) - 1) < 1e-5);
   }
   await encoder.close();
+  return file;
+}
+
+test('ONNX submodels equal the tfjs forward within 1e-4 for S, XL and a Mix\'n\'Match list', async () => {
+  await assertRuntimeMatchesTfjs(c, 3, ['S', 'XL', 'S,S,M,M,L,XL']);
 });
 
 test('with nested attention heads, the exported files (heads sliced out) equal the tfjs forward too', async () => {
-  const nested = { ...c, attnHeads: { S: 2, M: 3, L: 4, XL: 4 } };
-  const { params, tensors } = await randomModel(nested, 6);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'matvit-parity-heads-'));
-  const file = path.join(dir, 'model.safetensors');
-  saveModel(file, nested, tensors);
-  const encoder = Encoder.load(file);
-  const images = Array.from({ length: 3 }, (_, i) => Uint8Array.from({ length: 32 * 32 * 3 }, (_, j) => (j * 17 + i * 53) % 256));
-  const x = tf.div(tf.tensor(images.flatMap((im) => Array.from(im)), [3, 32, 32, 3]), 255);
-  for (const spec of ['S', 'M', 'XL', 'S,M,M,L,XL,XL']) {
-    const ref = forward(params, x, parseSubmodel(spec, nested), nested).embedding.dataSync();
-    const got = await encoder.encode(images, spec);
-    const flat = new Float32Array(got.length * c.width);
-    got.forEach((e, i) => flat.set(e, i * c.width));
-    assert.ok(maxAbsDiff(flat, ref) < 1e-4, `${spec}: max abs difference ${maxAbsDiff(flat, ref)}`);
-  }
-  await encoder.close();
+  const file = await assertRuntimeMatchesTfjs({ ...c, attnHeads: { S: 2, M: 3, L: 4, XL: 4 } }, 6, ['S', 'M', 'XL', 'S,M,M,L,XL,XL']);
+  const dir = path.dirname(file);
   extractToFile(file, 'M', path.join(dir, 'm.onnx'));
   const model = onnxProto.onnx.ModelProto.decode(fs.readFileSync(path.join(dir, 'm.onnx')));
   const dims = (name: string) => model.graph!.initializer!.find((t) => t.name === name)!.dims!.map(Number);

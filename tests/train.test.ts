@@ -114,4 +114,6 @@ test('options that would do nothing are refused: consistency terms without --obj
   assert.match(messages({ objective: 'consistency', copyCropArea: [0.5, 0.2] }).join(), /min above max/);
   assert.match(messages({ objective: 'consistency', baseline: 'S' }).join(), /cannot be combined with --objective consistency/);
   assert.match(messages({ objective: 'consistency', rankBank: 256 }).join(), /--rank-bank only applies with a --rank-weight above 0/);
+  assert.match(messages({ objective: 'consistency', xlPullWidths: ['L'] }).join(), /--xl-pull-widths only applies with an --xl-pull above 0/);
+  assert.match(messages({ xlPull: 1 }).join(), /--xl-pull only apply to --objective consistency/);
 });

@@ -1,6 +1,7 @@
 // Extraction: a submodel (one FFN width and head count per layer) written as a standalone ONNX file whose FFN and
-// attention weights are physically sliced, so the file is smaller and the runtime does fewer FLOPs. Input `pixels` [N, 3, H, W] float32
-// RGB in [0, 1]; output `embedding` [N, D], L2-normalised; the config and widths travel in metadata_props.
+// attention weights are physically sliced, so the file is smaller and the runtime does fewer FLOPs. Input `pixels`
+// [N, 3, H, W] float32 RGB in [0, 1]; output `embedding` [N, D], L2-normalised; the config, widths and heads travel
+// in metadata_props.
 import { GraphBuilder, type V } from '../onnx/graph.ts';
 import type { QueryAdapter } from './adapters.ts';
 import { type MatViTConfig, type Submodel, countFlops, countParams } from './config.ts';
@@ -21,7 +22,12 @@ export function sliceTensor(t: NamedTensor, begin: number[], size: number[]): Na
 export function keepRanges(t: NamedTensor, { axis, ranges }: KeptRanges): NamedTensor {
   const parts = ranges.map(([start, end]) => sliceTensor(t, t.shape.map((_, i) => (i === axis ? start : 0)), t.shape.map((d, i) => (i === axis ? end - start : d))));
   if (parts.length === 1) return parts[0];
-  if (t.shape.length === 1 || axis === 0) return { shape: t.shape.map((d, i) => (i === axis ? parts.reduce((s, p) => s + p.shape[axis], 0) : d)), data: Float32Array.from(parts.flatMap((p) => [...p.data])) };
+  if (t.shape.length === 1 || axis === 0) {
+    // rows (or a vector's runs) are contiguous: the pieces follow one another
+    const data = new Float32Array(parts.reduce((s, p) => s + p.data.length, 0));
+    parts.reduce((at, p) => (data.set(p.data, at), at + p.data.length), 0);
+    return { shape: t.shape.map((d, i) => (i === axis ? parts.reduce((s, p) => s + p.shape[axis], 0) : d)), data };
+  }
   // columns of a matrix: interleave each row's pieces
   const [rows] = t.shape;
   const cols = parts.reduce((s, p) => s + p.shape[1], 0);

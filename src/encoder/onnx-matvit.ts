@@ -30,7 +30,7 @@ function patchEmbed(g: GraphBuilder, c: MatViTConfig, W: WeightSource, pixels: V
 }
 
 /**
- * Multi-head self-attention over x [B*T, D] with the layer's first H heads (attention width D = H * dh). With
+ * Multi-head self-attention over x [B*T, D] with the layer's first H heads (attention width A = H * dh). With
  * `clsOnly` only the [CLS] token's output is computed ([B, D]): keys and values still come from every token, but
  * queries, the weighted sum and the projection only for [CLS].
  */
@@ -38,20 +38,20 @@ function attention(g: GraphBuilder, c: MatViTConfig, W: WeightSource, layer: num
   const T = numTokens(c);
   const Tq = clsOnly ? 1 : T; // query tokens
   const dh = c.width / c.heads;
-  const D = H * dh;
+  const A = H * dh;
   const { qkvW, qkvB, projW } = W.attn(layer, H);
-  const qkv = op.dense(g, x, qkvW, qkvB); // [B*T, 3D]
+  const qkv = op.dense(g, x, qkvW, qkvB); // [B*T, 3A]
   // Heads stay a separate axis (4-D batched products): fewer nodes than folding them into the batch.
-  const heads = (i: number, perm: number[]) => op.transpose(g, op.reshape(g, op.slice(g, qkv, 1, i * D, (i + 1) * D), [B, T, H, dh]), perm);
+  const heads = (i: number, perm: number[]) => op.transpose(g, op.reshape(g, op.slice(g, qkv, 1, i * A, (i + 1) * A), [B, T, H, dh]), perm);
   const kT = heads(1, [0, 2, 3, 1]); // [B, H, dh, T]
   const v = heads(2, [0, 2, 1, 3]); // [B, H, T, dh]
   const q = clsOnly
-    ? op.reshape(g, op.slice(g, op.reshape(g, op.slice(g, qkv, 1, 0, D), [B, T, D]), 1, 0, 1), [B, H, 1, dh]) // [B, H, 1, dh]: a [B, 1, H, dh] is [B, H, 1, dh]
+    ? op.reshape(g, op.slice(g, op.reshape(g, op.slice(g, qkv, 1, 0, A), [B, T, A]), 1, 0, 1), [B, H, 1, dh]) // [B, H, 1, dh]: a [B, 1, H, dh] is [B, H, 1, dh]
     : heads(0, [0, 2, 1, 3]); // [B, H, T, dh]
   const attn = op.softmax(g, op.matmul(g, op.scale(g, q, 1 / Math.sqrt(dh)), kT)); // [B, H, Tq, T]
   const out = op.matmul(g, attn, v); // [B, H, Tq, dh]
-  const merged = clsOnly ? op.reshape(g, out, [B, D]) : op.reshape(g, op.transpose(g, out, [0, 2, 1, 3]), [B * Tq, D]); // [B*Tq, D]
-  return op.dense(g, merged, projW, W.get(`blocks.${layer}.attn.proj.bias`)); // [B*Tq, width]
+  const merged = clsOnly ? op.reshape(g, out, [B, A]) : op.reshape(g, op.transpose(g, out, [0, 2, 1, 3]), [B * Tq, A]); // [B*Tq, A]
+  return op.dense(g, merged, projW, W.get(`blocks.${layer}.attn.proj.bias`)); // [B*Tq, D]
 }
 
 /**

@@ -48,8 +48,8 @@ class InputWeights implements WeightSource {
       const s = headSlices(this.c.width, this.c.heads, h);
       const cut = (k: keyof typeof s) => {
         const full = this.get(pre + k);
-        const { axis, ranges } = s[k];
         if (h === this.c.heads) return full;
+        const { axis, ranges } = s[k];
         const parts = ranges.map(([start, end]) => op.slice(this.g, full, axis, start, end));
         return parts.length === 1 ? parts[0] : op.concat(this.g, parts, axis);
       };
@@ -121,7 +121,7 @@ export const CONSISTENCY_TERMS = ['ce_xl', 'ce_student', 'kd', 'cos', 'nce', 'ra
  * follow. The student runs once over A and B stacked.
  * Outputs: loss, logits_0 (XL), logits_1 (student on A), each term, the gradients.
  */
-export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWidths: LayerWidths, w: ConsistencyWeights): TrainGraph {
+export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentSub: LayerWidths, w: ConsistencyWeights): TrainGraph {
   const g = new GraphBuilder();
   const shape = [batch, c.channels, c.imageSize, c.imageSize];
   const pixelsA = g.input('pixels', shape);
@@ -129,7 +129,7 @@ export function buildConsistencyGraph(c: MatViTConfig, batch: number, studentWid
   const targets = g.input('targets', [batch, c.numClasses]);
   const W = new InputWeights(g, c, true);
   const [xl] = matvitGraph(g, c, W, pixelsA, [parseSubmodel('XL', c)], batch, true);
-  const [student] = matvitGraph(g, c, W, op.concat(g, [pixelsA, pixelsB], 0), [studentWidths], 2 * batch, true);
+  const [student] = matvitGraph(g, c, W, op.concat(g, [pixelsA, pixelsB], 0), [studentSub], 2 * batch, true);
   const studentLogits = op.slice(g, student.logits!, 0, 0, batch); // view A
   const zStudent = op.l2Normalize(g, student.features); // [2B, D]: view A, then view B
   const zXl = op.l2Normalize(g, xl.features);
