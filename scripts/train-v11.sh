@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # MatViT v11: v10 (S with 2 of 4 heads) trained on, S sampled most, to see how much of S's quality comes back. After
 # v10's 3 epochs S's cosine to XL was 0.852, 0.875, 0.880 by epoch and its recall@10 of XL's neighbours 0.465 (v9's
-# S with all heads: 0.689), while its server throughput met issue 14's targets (README). Started 2026-12-04; a long
-# run over sessions: rerun it after any stop and it resumes from models/matvit-cifar10-v11/train-state.safetensors.
+# S with all heads: 0.689), while its server throughput met issue 14's targets (README).
+# Outcome: stopped after 1 of 8 epochs (16 min): S's recall@10 0.493 (cosine 0.896), but M 0.743, L 0.841 and XL's
+# validation top-1 75.6% all fell (v10: 0.761, 0.857, 76.9%). Log and command kept; weights and state not.
 # Needs ../shared/datasets (CIFAR-10). Usage: scripts/train-v11.sh [extra flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
