@@ -73,7 +73,7 @@ test('an adapter maps narrower submodels in every runtime path, never XL', async
   await bare.close();
 
   const adapter = randomAdapter(3);
-  saveAdapters(file, { S: adapter, XL: randomAdapter(4) }, D);
+  saveAdapters(file, loadModel(file).sha256, { S: adapter, XL: randomAdapter(4) }, D);
   const encoder = Encoder.load(file);
   const want = applyAdapter(adapter, bareS, D);
   assert.ok(maxAbsDiff(want, bareS) > 0.05, 'the adapter moves the embedding');
@@ -100,7 +100,7 @@ test('an adapter maps narrower submodels in every runtime path, never XL', async
 
 test('adapters are tied to the model file they were fitted to', async () => {
   const file = await tinyModelFile(12);
-  saveAdapters(file, { M: randomAdapter(6) }, D);
+  saveAdapters(file, loadModel(file).sha256, { M: randomAdapter(6) }, D);
   const { params, adapters } = loadModel(file);
   assert.deepEqual(Object.keys(adapters!), ['M']);
   // The same file changed in place (another training run writing over it, say): loading refuses.

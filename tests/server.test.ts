@@ -15,7 +15,7 @@ import sharp from 'sharp';
 import { IMAGE_FORMATS } from '../src/data/formats.ts';
 import { isImageName, iterateImageSource } from '../src/data/sources.ts';
 import { saveAdapters } from '../src/encoder/adapters.ts';
-import { saveModel } from '../src/encoder/checkpoint.ts';
+import { loadModel, saveModel } from '../src/encoder/checkpoint.ts';
 import { DEFAULT_CONFIG, countFlops, countParams, parseSubmodel } from '../src/encoder/config.ts';
 import * as indexerModule from '../src/index/indexer.ts';
 import { ImageStore, contentHash } from '../src/index/store.ts';
@@ -68,7 +68,7 @@ before(async () => {
   // An identity query adapter for M (`matvit adapt` writes real ones): M's embeddings stay as they are, and the
   // encoder list says which encoders have one.
   const D = DEFAULT_CONFIG.width;
-  saveAdapters(modelFile, { M: { weight: Float32Array.from({ length: D * D }, (_, i) => (i % (D + 1) === 0 ? 1 : 0)), bias: new Float32Array(D) } }, D);
+  saveAdapters(modelFile, loadModel(modelFile).sha256, { M: { weight: Float32Array.from({ length: D * D }, (_, i) => (i % (D + 1) === 0 ? 1 : 0)), bias: new Float32Array(D) } }, D);
 
   opened = await openServer({ store: path.join(tmp, 'store'), model: modelFile, gallery: path.join(tmp, 'gallery'), progress: false, limits: { maxUploadBytes: MAX_UPLOAD, maxFiles: 4 } });
   server = buildApp(opened.service).listen(0, '127.0.0.1');

@@ -81,7 +81,7 @@ export async function adaptModel(opts: AdaptOptions): Promise<{ file: string; fi
         fits.push(r);
         logger.info({ ...r, seconds: (Date.now() - t0) / 1000 }, 'fitted query adapter');
       }
-      const file = saveAdapters(modelFile, adapters, dim, {
+      const file = saveAdapters(modelFile, ckpt.sha256, adapters, dim, {
         data: opts.data,
         lambda: String(lambda),
         seed: String(opts.seed ?? 0),

@@ -30,10 +30,15 @@ export function adaptersPath(modelFile: string): string {
   return modelFile.replace(/(\.safetensors)?$/, '.adapters.safetensors');
 }
 
-const sha256 = (bytes: Uint8Array) => crypto.createHash('sha256').update(bytes).digest('hex');
+/** The hex SHA-256 of a model file's bytes: what its adapters are keyed to. */
+export const sha256 = (bytes: Uint8Array) => crypto.createHash('sha256').update(bytes).digest('hex');
 
-/** Writes adapters for `modelFile` (atomically, through saveSafetensors), keyed to its current bytes. */
-export function saveAdapters(modelFile: string, adapters: QueryAdapters, dim: number, extra: Record<string, string> = {}): string {
+/**
+ * Writes adapters for `modelFile` (atomically, through saveSafetensors), keyed to `modelSha256`: the hash of the
+ * bytes the adapters were fitted on (a loaded checkpoint's `sha256`), not of the file as it is now, which a trainer
+ * may have rewritten meanwhile.
+ */
+export function saveAdapters(modelFile: string, modelSha256: string, adapters: QueryAdapters, dim: number, extra: Record<string, string> = {}): string {
   const tensors: TensorMap = {};
   for (const [spec, a] of Object.entries(adapters)) {
     if (a.weight.length !== dim * dim || a.bias.length !== dim) throw new RangeError(`adapter ${spec} is not ${dim} x ${dim}`);
@@ -41,21 +46,21 @@ export function saveAdapters(modelFile: string, adapters: QueryAdapters, dim: nu
     tensors[`adapter.${spec}.bias`] = { shape: [dim], data: a.bias };
   }
   const file = adaptersPath(modelFile);
-  saveSafetensors(file, tensors, { ...extra, format: ADAPTERS_FORMAT, 'model.sha256': sha256(fs.readFileSync(modelFile)) });
+  saveSafetensors(file, tensors, { ...extra, format: ADAPTERS_FORMAT, 'model.sha256': modelSha256 });
   return file;
 }
 
 /**
- * The adapters of `modelFile`, or none if it has no sidecar. `modelBytes` are the model file's bytes as the caller
- * read them (not read again: the trainer may rewrite the file meanwhile). Throws CheckpointError for adapters fitted
- * to other bytes.
+ * The adapters of `modelFile`, or none if it has no sidecar. `modelSha256` is the hash of the model bytes the caller
+ * decoded (not of the file read again: the trainer may rewrite it meanwhile). Throws CheckpointError for adapters
+ * fitted to other bytes.
  */
-export function loadAdapters(modelFile: string, modelBytes: Uint8Array, dim: number): QueryAdapters {
+export function loadAdapters(modelFile: string, modelSha256: string, dim: number): QueryAdapters {
   const file = adaptersPath(modelFile);
   if (!fs.existsSync(file)) return {};
   const { tensors, metadata } = loadSafetensors(file);
   if (metadata.format !== ADAPTERS_FORMAT) throw new CheckpointError(`${file} is not a query-adapter file (format "${metadata.format ?? 'missing'}", expected "${ADAPTERS_FORMAT}")`);
-  if (metadata['model.sha256'] !== sha256(modelBytes)) {
+  if (metadata['model.sha256'] !== modelSha256) {
     throw new CheckpointError(`${file} was fitted to another version of ${modelFile}; run \`matvit adapt\` again or delete it`);
   }
   const adapters: QueryAdapters = {};

@@ -2,7 +2,7 @@
 // pipeline: read, parse the config, check every expected tensor's name and shape, report what is wrong.
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type QueryAdapters, loadAdapters, removeAdapters } from './adapters.ts';
+import { type QueryAdapters, loadAdapters, removeAdapters, sha256 } from './adapters.ts';
 import { type MatViTConfig, ConfigError, validateConfig } from './config.ts';
 import { paramShapes } from './layout.ts';
 import { CheckpointError, type TensorMap, loadSafetensors, readSafetensorsMetadata, saveSafetensors } from './safetensors.ts';
@@ -16,6 +16,7 @@ export interface ModelCheckpoint {
   config: MatViTConfig;
   params: TensorMap; // float32 weights by name
   metadata: Record<string, string>; // everything else in the header (training run, step, accuracy...)
+  sha256: string; // of the file's bytes that were decoded: what query adapters are keyed to
   adapters?: QueryAdapters; // per narrower submodel, from the model's sidecar file (adapters.ts)
 }
 
@@ -41,7 +42,8 @@ export function loadModel(file: string, { requireHead = false } = {}): ModelChec
     params[name] = t;
   }
   const { format: _f, config: _c, ...rest } = metadata;
-  return { config, params, metadata: rest, adapters: loadAdapters(file, bytes, config.width) };
+  const hash = sha256(bytes);
+  return { config, params, metadata: rest, sha256: hash, adapters: loadAdapters(file, hash, config.width) };
 }
 
 /** A checkpoint's model config, read from its header alone (not the weights). Throws CheckpointError. */

@@ -3,7 +3,7 @@
 // the database encoded once with its XL, exact search over it, XL's own results (the ground truth of neighbour
 // recall) and the results each task fills in.
 import path from 'node:path';
-import { adaptersPath } from '../encoder/adapters.ts';
+import { adapterFor, adaptersPath } from '../encoder/adapters.ts';
 import { type ModelCheckpoint, loadModel } from '../encoder/checkpoint.ts';
 import { countFlops, countParams, parseSubmodel } from '../encoder/config.ts';
 import { Encoder } from '../encoder/runtime.ts';
@@ -137,7 +137,7 @@ export async function openModel(run: EvalRun, modelPath: string, label: string, 
   const note = (n: string) => run.notes.includes(n) || run.notes.push(n);
   baselineNotes.forEach(note);
   if (baselines.length === 0) note('no independently trained baselines found (models/baseline-*/model.safetensors); none evaluated');
-  const adapted = Object.keys(ckpt.adapters ?? {}).filter((spec) => spec !== 'XL');
+  const adapted = Object.keys(ckpt.adapters ?? {}).filter((spec) => adapterFor(ckpt.adapters, spec)); // the ones a query runs with
   if (adapted.length > 0) {
     note(`${opts.nameInNotes ? `${label}: ` : ''}query adapters (\`matvit adapt\`, ${path.basename(adaptersPath(modelPath))}) map ${adapted.map((a) => `\`${a}\``).join(', ')} toward XL; every other query encoder runs bare`);
   }
